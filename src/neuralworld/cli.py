@@ -1,0 +1,152 @@
+"""The ``neuralworld`` command: parse typed arguments, call the library, print.
+
+Each verb lives in a ``_cmd_*`` function; none holds logic of its own. Errors the
+user can fix (bad paths, wrong arguments, damaged files) print one clear line
+and exit 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must look like 128x128 (HxW), got {text!r}") from None
+    if not (8 <= h <= 2048 and 8 <= w <= 2048):
+        raise argparse.ArgumentTypeError(f"resolution {h}x{w} out of range (8..2048 each side)")
+    return h, w
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+# ---------------------------------------------------------------------------
+def _cmd_record(args: argparse.Namespace) -> int:
+    from neuralworld.record.doom import RecordConfig, record
+
+    cfg = RecordConfig(
+        env=args.env,
+        episodes=args.episodes,
+        workers=args.workers,
+        resolution=args.resolution,
+        max_steps=args.max_steps,
+        frame_skip=args.frame_skip,
+        seed=args.seed,
+        policy=args.policy,
+    )
+    summary = record(cfg, args.out, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from neuralworld.data.store import Dataset
+
+    ds = Dataset(args.path)
+    nbytes = ds.nbytes_stored()
+    h, w = ds.resolution
+    info = {
+        "path": ds.where,
+        "source": ds.info.source,
+        "episodes": ds.num_episodes,
+        "frames": ds.num_frames,
+        "incomplete_episodes": len(ds.incomplete),
+        "resolution": f"{h}x{w}",
+        "fps": ds.fps,
+        "actions": ds.spec.describe(),
+        "pose": list(ds.info.pose_names),
+        "game_variables": list(ds.info.game_variables),
+        "bytes": nbytes,
+        "bytes_per_frame": (round(nbytes / ds.num_frames, 1) if nbytes and ds.num_frames else None),
+        "raw_bytes_per_frame": h * w * 3,
+        "episode_lengths": {
+            "min": min(ds.lengths, default=0),
+            "mean": round(sum(ds.lengths) / max(ds.num_episodes, 1), 1),
+            "max": max(ds.lengths, default=0),
+        },
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:>20}: {v}")
+    return 0
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    from neuralworld.data.view import render_episode
+
+    out = render_episode(args.path, args.episode, args.out, scale=args.scale, max_frames=args.max_frames)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neuralworld", description="Worlds that exist only as a neural network.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("record", help="record play from a real game engine with per-frame actions")
+    r.add_argument("--env", required=True, help="what to record, e.g. doom/freedoom_map01 or doom/basic (see --env list)")
+    r.add_argument("--episodes", type=_positive_int, default=20, help="how many episodes to record")
+    r.add_argument("--workers", type=_positive_int, default=2, help="parallel engine processes")
+    r.add_argument("--resolution", type=_resolution, default=(128, 128), help="stored frame size HxW")
+    r.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode at most")
+    r.add_argument("--frame-skip", type=_positive_int, default=2, help="engine tics per recorded frame (Doom runs 35 tics/s)")
+    r.add_argument("--policy", default="explorer", choices=["explorer", "random"], help="how the recorded player acts")
+    r.add_argument("--seed", type=int, default=0, help="base seed; episode k uses seed+k")
+    r.add_argument("--out", required=True, help="dataset folder (created, or appended to if it is one)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_record)
+
+    d = sub.add_parser("data", help="look at a dataset")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    di = dsub.add_parser("info", help="episodes, frames, controls, resolution, bytes per frame")
+    di.add_argument("path", help="dataset folder or URL")
+    di.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    di.set_defaults(func=_cmd_data_info)
+    ds = dsub.add_parser("show", help="render an episode to a video with its actions drawn on")
+    ds.add_argument("path", help="dataset folder or URL")
+    ds.add_argument("--episode", type=int, default=0, help="episode index (0 = first; -1 = last)")
+    ds.add_argument("--out", required=True, help="output file: .mp4 or .gif")
+    ds.add_argument("--scale", type=_positive_int, default=3, help="upscale factor for viewing")
+    ds.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
+    ds.set_defaults(func=_cmd_data_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from neuralworld.actions import ActionError
+    from neuralworld.data.store import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, DatasetError, ActionError, FileNotFoundError) as e:
+        print(f"neuralworld {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"neuralworld {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
