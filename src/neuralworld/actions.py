@@ -42,6 +42,8 @@ class Axis:
     unit: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "low", float(self.low))
+        object.__setattr__(self, "high", float(self.high))
         if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
             raise ValueError(f"axis {self.name!r}: need finite low < high, got [{self.low}, {self.high}]")
 

@@ -1,0 +1,1 @@
+"""Recorders: real game engines (ViZDoom) and footage (video import) → datasets."""

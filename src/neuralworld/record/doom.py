@@ -1,0 +1,310 @@
+"""Record ViZDoom play into a dataset: frames, the actions the engine executed,
+rewards, terminations, the player's pose and a few game variables, per frame.
+
+ViZDoom (PyPI ``vizdoom``) carries the engine and the Freedoom game data and
+renders headless at thousands of frames per second. Every scenario uses the
+same controls, so datasets from different maps share one ActionSpec:
+
+    buttons: forward, back, strafe_left, strafe_right, attack, use
+    axis:    turn — degrees per recorded frame, positive turns right (like mouse x)
+
+One recorded frame is ``frame_skip`` engine tics (Doom runs 35 tics/s), so the
+dataset's fps is 35 / frame_skip. Episodes run in parallel worker processes,
+each writing its own episodes straight into the store (see data/store.py for
+why that is safe and what a killed recording leaves).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralworld.actions import ActionSpec, Axis
+from neuralworld.data.store import DatasetError, DatasetWriter
+from neuralworld.record.explorer import CELL, coverage_cells, make_policy
+
+TICS_PER_SECOND = 35
+TURN_LIMIT = 15.0  # degrees per recorded frame
+BUTTONS = ("forward", "back", "strafe_left", "strafe_right", "attack", "use")
+POSE_NAMES = ("x", "y", "z", "angle")
+GAME_VARIABLES = ("health", "armor", "ammo", "kills")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    wad: str  # a scenario wad shipped with vizdoom, or an IWAD (freedoom1/2)
+    map: str
+    description: str
+    monsters: bool = False
+    iwad: bool = False  # wad is the game itself (full Freedoom maps)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "basic": Scenario("basic.wad", "map01", "one small rectangular room (ViZDoom 'basic'), one monster", monsters=True),
+    "my_way_home": Scenario("my_way_home.wad", "map01", "a small maze of connected rooms with a vest to find"),
+    "freedoom_map01": Scenario("freedoom2.wad", "MAP01", "Freedoom Phase 2 MAP01, a full map: corridors, doors, rooms; no monsters", iwad=True),
+    "freedoom_map02": Scenario("freedoom2.wad", "MAP02", "Freedoom Phase 2 MAP02, a full map; no monsters", iwad=True),
+    "freedoom_e1m1": Scenario("freedoom1.wad", "E1M1", "Freedoom Phase 1 E1M1, a full map; no monsters", iwad=True),
+}
+
+
+def scenario_help() -> str:
+    return "\n".join(f"  doom/{k:<16} {s.description}" for k, s in SCENARIOS.items())
+
+
+def parse_env(env: str) -> tuple[str, Scenario]:
+    name = env.removeprefix("doom/") if env.startswith("doom/") else None
+    if name is None:
+        raise DatasetError(f"unknown --env {env!r}: engines available: doom/<scenario>. Scenarios:\n{scenario_help()}")
+    if name not in SCENARIOS:
+        raise DatasetError(f"unknown Doom scenario {name!r}. Scenarios:\n{scenario_help()}")
+    return name, SCENARIOS[name]
+
+
+def doom_action_spec(frame_skip: int) -> ActionSpec:
+    return ActionSpec(
+        buttons=BUTTONS,
+        axes=(Axis("turn", -TURN_LIMIT, TURN_LIMIT, "deg/frame"),),
+        fps=TICS_PER_SECOND / frame_skip,
+        descriptions={
+            "forward": "W / Up", "back": "S / Down", "strafe_left": "A", "strafe_right": "D",
+            "attack": "mouse button / Ctrl", "use": "E / Space", "turn": "mouse x / Left, Right",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    env: str = "doom/freedoom_map01"
+    episodes: int = 20
+    workers: int = 2
+    resolution: tuple[int, int] = (128, 128)
+    max_steps: int = 1000
+    frame_skip: int = 2
+    seed: int = 0
+    policy: str = "explorer"
+
+
+# ---------------------------------------------------------------------------
+# one engine
+# ---------------------------------------------------------------------------
+def _render_resolution(vzd: Any, h: int, w: int) -> Any:
+    """The smallest 4:3 engine resolution at least as big as the stored frame."""
+    for rw, rh in ((160, 120), (200, 150), (256, 192), (320, 240), (400, 300), (512, 384), (640, 480), (800, 600), (1024, 768)):
+        if rw >= w and rh >= h:
+            return getattr(vzd.ScreenResolution, f"RES_{rw}X{rh}")
+    return vzd.ScreenResolution.RES_1024X768
+
+
+class DoomEngine:
+    """A headless ViZDoom game set up for recording one scenario."""
+
+    def __init__(self, scenario: Scenario, resolution: tuple[int, int], frame_skip: int, seed: int):
+        import vizdoom as vzd
+
+        self.vzd = vzd
+        self.resolution = resolution
+        self.frame_skip = frame_skip
+        g = vzd.DoomGame()
+        pkg = os.path.dirname(vzd.__file__)
+        if scenario.iwad:
+            g.set_doom_game_path(os.path.join(pkg, scenario.wad))
+        else:
+            g.set_doom_game_path(os.path.join(pkg, "freedoom2.wad"))
+            g.set_doom_scenario_path(os.path.join(vzd.scenarios_path, scenario.wad))
+        g.set_doom_map(scenario.map)
+        g.set_screen_resolution(_render_resolution(vzd, *resolution))
+        g.set_screen_format(vzd.ScreenFormat.RGB24)
+        g.set_render_hud(False)
+        g.set_render_crosshair(False)
+        g.set_render_weapon(True)
+        g.set_render_decals(True)
+        g.set_render_particles(True)
+        g.set_render_messages(False)
+        g.set_render_corpses(True)
+        g.set_window_visible(False)
+        g.set_sound_enabled(False)
+        g.set_mode(vzd.Mode.PLAYER)
+        g.set_episode_start_time(10)  # skip the tics where input is ignored
+        g.set_episode_timeout(0)  # we bound episodes ourselves (max_steps)
+        if not scenario.monsters:
+            g.add_game_args("-nomonsters")
+        B = vzd.Button
+        g.set_available_buttons([
+            B.MOVE_FORWARD, B.MOVE_BACKWARD, B.MOVE_LEFT, B.MOVE_RIGHT, B.ATTACK, B.USE, B.TURN_LEFT_RIGHT_DELTA,
+        ])
+        V = vzd.GameVariable
+        g.set_available_game_variables([
+            V.POSITION_X, V.POSITION_Y, V.POSITION_Z, V.ANGLE, V.HEALTH, V.ARMOR, V.SELECTED_WEAPON_AMMO, V.KILLCOUNT,
+        ])
+        g.set_seed(int(seed) % (2**31))
+        g.init()
+        self.game = g
+
+    def close(self) -> None:
+        self.game.close()
+
+    def frame(self, state: Any) -> np.ndarray:
+        import cv2
+
+        img = state.screen_buffer  # (H, W, 3) uint8 RGB
+        h, w = self.resolution
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(img)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float]:
+        """Apply one recorded frame's action; returns (executed action, reward)."""
+        cmd = [float(v) for v in action[:-1]] + [float(action[-1]) / self.frame_skip]  # turn per tic
+        reward = self.game.make_action(cmd, self.frame_skip)
+        executed = np.asarray(self.game.get_last_action(), np.float32)
+        executed[-1] *= self.frame_skip
+        return executed, float(reward)
+
+
+def record_episode(
+    engine: DoomEngine,
+    writer: DatasetWriter,
+    episode_id: str,
+    *,
+    spec: ActionSpec,
+    policy_name: str,
+    seed: int,
+    max_steps: int,
+    env: str,
+    parent_pid: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Play one episode with the policy and stream it into the store."""
+    g = engine.game
+    g.set_seed(int(seed) % (2**31))
+    g.new_episode()
+    policy = make_policy(policy_name, seed, TURN_LIMIT)
+    ep = writer.episode(episode_id, env=env, seed=seed, policy=policy_name)
+    xy = []
+    total_reward = 0.0
+    terminated = False
+    t0 = time.perf_counter()
+    try:
+        for step in range(max_steps):
+            if parent_pid is not None and step % 16 == 0 and os.getppid() != parent_pid:
+                raise SystemExit("recorder parent died")  # orphaned: leave the episode incomplete
+            state = g.get_state()
+            frame = engine.frame(state)
+            gv = np.asarray(state.game_variables, np.float32)
+            pose, game_vars = gv[:4], gv[4:]
+            xy.append(pose[:2])
+            want = policy.act(float(pose[0]), float(pose[1]), float(pose[3]))
+            executed, reward = engine.step(spec.make(want))
+            executed[-1] = np.clip(executed[-1], -TURN_LIMIT, TURN_LIMIT)
+            terminated = bool(g.is_episode_finished())  # died or left the map
+            total_reward += reward
+            ep.add_frame(frame, executed, reward, terminated, pose, game_vars)
+            if progress is not None:
+                with progress.get_lock():
+                    progress.value += 1
+            if terminated:
+                break
+        cells = coverage_cells(np.array(xy))
+        ep.save(coverage_cells=cells, terminated=terminated, total_reward=total_reward)
+    except BaseException:
+        ep.discard()  # an error or an orphaned worker: leave nothing half-written
+        raise
+    return {
+        "id": episode_id,
+        "frames": ep.length,
+        "coverage_cells": cells,
+        "terminated": terminated,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# ---------------------------------------------------------------------------
+# parallel recording
+# ---------------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _worker_init(cfg: RecordConfig, out: str, parent_pid: int, progress: Any) -> None:
+    _, scenario = parse_env(cfg.env)
+    _worker["engine"] = DoomEngine(scenario, cfg.resolution, cfg.frame_skip, cfg.seed)
+    _worker["writer"] = DatasetWriter.open(out)
+    _worker["cfg"] = cfg
+    _worker["parent"] = parent_pid
+    _worker["progress"] = progress
+
+
+def _worker_episode(task: tuple[str, int]) -> dict[str, Any]:
+    episode_id, seed = task
+    cfg: RecordConfig = _worker["cfg"]
+    return record_episode(
+        _worker["engine"], _worker["writer"], episode_id,
+        spec=doom_action_spec(cfg.frame_skip), policy_name=cfg.policy, seed=seed,
+        max_steps=cfg.max_steps, env=cfg.env, parent_pid=_worker["parent"], progress=_worker["progress"],
+    )
+
+
+def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
+    """Record ``cfg.episodes`` episodes into the dataset at ``out`` (created or appended to)."""
+    name, scenario = parse_env(cfg.env)
+    try:
+        import vizdoom  # noqa: F401
+    except ImportError:
+        raise DatasetError("ViZDoom is not installed: pip install 'neuralworld[doom]' (or run ./setup.sh)") from None
+    spec = doom_action_spec(cfg.frame_skip)
+    writer = DatasetWriter.open_or_create(
+        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES
+    )
+    removed = writer.remove_incomplete()
+    ids = writer.next_ids(cfg.episodes)
+    seeds = [cfg.seed + int(i) for i in ids]  # the id fixes the seed: an appended run never repeats one
+    tasks = list(zip(ids, seeds))
+    workers = max(1, min(cfg.workers, cfg.episodes))
+
+    ctx = mp.get_context("spawn")  # the engine is not fork-safe
+    counter = ctx.Value("q", 0)
+    results: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.episodes, unit="ep", desc=f"recording {cfg.env}", dynamic_ncols=True)
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, str(out), os.getpid(), counter)) as pool:
+        pending = pool.imap_unordered(_worker_episode, tasks)
+        while len(results) < len(tasks):
+            try:
+                results.append(pending.next(timeout=0.5))
+                if bar is not None:
+                    bar.update(1)
+            except mp.TimeoutError:
+                pass
+            if bar is not None:
+                dt = time.perf_counter() - t0
+                bar.set_postfix(frames=counter.value, fps=f"{counter.value / max(dt, 1e-9):.0f}")
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    frames = sum(r["frames"] for r in results)
+    cells = [r["coverage_cells"] for r in results]
+    return {
+        "out": str(out),
+        "env": cfg.env,
+        "episodes": len(results),
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "frames_per_second": round(frames / seconds, 1),
+        "frames_per_second_per_worker": round(frames / seconds / workers, 1),
+        "workers": workers,
+        "coverage_cells_mean": round(float(np.mean(cells)), 1),
+        "coverage_cell_size": CELL,
+        "removed_incomplete": removed,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }
