@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import multiprocessing.util
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,6 +123,9 @@ class DoomEngine:
             g.set_doom_game_path(os.path.join(pkg, "freedoom2.wad"))
             g.set_doom_scenario_path(os.path.join(vzd.scenarios_path, scenario.wad))
         g.set_doom_map(scenario.map)
+        # the engine writes its settings file; keep it out of the user's folder
+        self._config_dir = tempfile.mkdtemp(prefix="neuralworld-vizdoom-")
+        g.set_doom_config_path(os.path.join(self._config_dir, "_vizdoom.ini"))
         g.set_screen_resolution(_render_resolution(vzd, *resolution))
         g.set_screen_format(vzd.ScreenFormat.RGB24)
         g.set_render_hud(False)
@@ -150,6 +156,7 @@ class DoomEngine:
 
     def close(self) -> None:
         self.game.close()
+        shutil.rmtree(self._config_dir, ignore_errors=True)
 
     def frame(self, state: Any) -> np.ndarray:
         import cv2
@@ -234,7 +241,8 @@ _worker: dict[str, Any] = {}
 
 def _worker_init(cfg: RecordConfig, out: str, parent_pid: int, progress: Any) -> None:
     _, scenario = parse_env(cfg.env)
-    _worker["engine"] = DoomEngine(scenario, cfg.resolution, cfg.frame_skip, cfg.seed)
+    engine = _worker["engine"] = DoomEngine(scenario, cfg.resolution, cfg.frame_skip, cfg.seed)
+    mp.util.Finalize(engine, engine.close, exitpriority=10)  # runs when the pool closes cleanly
     _worker["writer"] = DatasetWriter.open(out)
     _worker["cfg"] = cfg
     _worker["parent"] = parent_pid
@@ -289,6 +297,8 @@ def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True) 
             if bar is not None:
                 dt = time.perf_counter() - t0
                 bar.set_postfix(frames=counter.value, fps=f"{counter.value / max(dt, 1e-9):.0f}")
+        pool.close()
+        pool.join()
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
