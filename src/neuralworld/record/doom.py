@@ -135,6 +135,7 @@ class DoomEngine:
         g.set_render_particles(True)
         g.set_render_messages(False)
         g.set_render_corpses(True)
+        g.set_depth_buffer_enabled(True)  # the explorer steers by it; it is not stored
         g.set_window_visible(False)
         g.set_sound_enabled(False)
         g.set_mode(vzd.Mode.PLAYER)
@@ -166,6 +167,15 @@ class DoomEngine:
         if img.shape[:2] != (h, w):
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(img)
+
+    @staticmethod
+    def clearance(state: Any) -> tuple[float, float, float]:
+        """Median depth of the left, centre and right thirds of the view's middle band."""
+        d = state.depth_buffer
+        h, w = d.shape
+        band = d[int(h * 0.4) : int(h * 0.6)]
+        thirds = np.array_split(band, 3, axis=1)
+        return tuple(float(np.median(t)) for t in thirds)  # type: ignore[return-value]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float]:
         """Apply one recorded frame's action; returns (executed action, reward)."""
@@ -208,7 +218,7 @@ def record_episode(
             gv = np.asarray(state.game_variables, np.float32)
             pose, game_vars = gv[:4], gv[4:]
             xy.append(pose[:2])
-            want = policy.act(float(pose[0]), float(pose[1]), float(pose[3]))
+            want = policy.act(float(pose[0]), float(pose[1]), float(pose[3]), engine.clearance(state))
             executed, reward = engine.step(spec.make(want))
             executed[-1] = np.clip(executed[-1], -TURN_LIMIT, TURN_LIMIT)
             terminated = bool(g.is_episode_finished())  # died or left the map

@@ -11,11 +11,15 @@ default policy is an **explorer** with:
 * getting unstuck — when forward is held but the pose stops moving it presses
   *use* (doors, lifts, switches), backs off and turns away;
 * view sweeps — smooth turning with a random rate, sometimes a full look around,
-  so the data holds every kind of camera motion the player will try.
+  so the data holds every kind of camera motion the player will try;
+* room to walk — where the engine gives depth, it steers away from a wall
+  before touching it and prefers open headings, so the data is mostly views
+  down corridors and across rooms, not close-ups of a wall.
 
-Policies are engine-agnostic: they see the pose (x, y, angle in degrees) and
-return a dict of control values by name; the recorder turns it into an action
-through the ActionSpec.
+Policies are engine-agnostic: they see the pose (x, y, angle in degrees) and,
+optionally, the clearance ahead (median depth in the left, centre and right
+thirds of the view, in the engine's depth units) and return a dict of control
+values by name; the recorder turns it into an action through the ActionSpec.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CELL = 64.0  # map units per coverage cell (Doom: a corridor is ~128 wide)
+NEAR = 18.0  # clearance (ViZDoom depth units, 0-255) under which a wall is "close"
 
 
 def coverage_cells(xy: np.ndarray, cell: float = CELL) -> int:
@@ -44,7 +49,7 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
         self.turn_limit = turn_limit
 
-    def act(self, x: float, y: float, angle: float) -> dict[str, float]:
+    def act(self, x: float, y: float, angle: float, clearance: tuple[float, float, float] | None = None) -> dict[str, float]:
         r = self.rng
         return {
             "forward": float(r.random() < 0.5),
@@ -89,26 +94,33 @@ class Explorer:
     def _cell(self, x: float, y: float) -> tuple[int, int]:
         return int(math.floor(x / self.cell)), int(math.floor(y / self.cell))
 
-    def _pick_heading(self, x: float, y: float, angle: float) -> float:
-        """A heading toward the least-visited cells ahead (softmax over novelty)."""
+    def _pick_heading(self, x: float, y: float, angle: float, clearance: tuple[float, float, float] | None) -> float:
+        """A heading toward the least-visited cells ahead (softmax over novelty),
+        preferring open space in view when depth is known."""
         candidates = angle + np.arange(0, 360, 30.0)
         scores = []
-        for h in candidates:
+        for i, h in enumerate(candidates):
             dx, dy = math.cos(math.radians(h)), math.sin(math.radians(h))
             seen = sum(self.visits.get(self._cell(x + dx * d * self.cell, y + dy * d * self.cell), 0) for d in (1, 2, 3, 4))
             # a slight preference for not turning round: keeps walks long
             turn_cost = abs((h - angle + 180) % 360 - 180) / 180.0
-            scores.append(-seen - 0.5 * turn_cost)
+            open_bonus = 0.0
+            if clearance is not None:
+                # 0° is straight ahead (centre third); +30° lies in the left third, -30° (330°) in the right
+                view = {0: clearance[1], 1: clearance[0], 11: clearance[2]}.get(i)
+                if view is not None:
+                    open_bonus = 1.5 * min(view, 4 * NEAR) / (4 * NEAR) - (2.0 if view < NEAR else 0.0)
+            scores.append(-seen - 0.5 * turn_cost + open_bonus)
         s = np.array(scores) * 1.5
         p = np.exp(s - s.max())
         p /= p.sum()
         return float(candidates[self.rng.choice(len(candidates), p=p)] % 360)
 
-    def _new_plan(self, x: float, y: float, angle: float) -> _Plan:
+    def _new_plan(self, x: float, y: float, angle: float, clearance: tuple[float, float, float] | None) -> _Plan:
         r = self.rng
         u = r.random()
         if u < 0.62:
-            return _Plan("walk", int(r.integers(20, 90)), heading=self._pick_heading(x, y, angle))
+            return _Plan("walk", int(r.integers(20, 90)), heading=self._pick_heading(x, y, angle, clearance))
         if u < 0.78:
             return _Plan("sweep", int(r.integers(8, 30)), turn_rate=float(r.choice([-1, 1]) * r.uniform(0.2, 0.8) * self.turn_limit))
         if u < 0.90:
@@ -119,7 +131,7 @@ class Explorer:
         return _Plan("look", int(360 / abs(rate)) + 1, turn_rate=rate)
 
     # -- the policy ----------------------------------------------------------------
-    def act(self, x: float, y: float, angle: float) -> dict[str, float]:
+    def act(self, x: float, y: float, angle: float, clearance: tuple[float, float, float] | None = None) -> dict[str, float]:
         r = self.rng
         c = self._cell(x, y)
         self.visits[c] = self.visits.get(c, 0) + 1
@@ -128,7 +140,7 @@ class Explorer:
 
         a = {"forward": 0.0, "back": 0.0, "strafe_left": 0.0, "strafe_right": 0.0, "attack": 0.0, "use": 0.0}
         if self.plan is None or self.plan.steps <= 0:
-            self.plan = self._new_plan(x, y, angle)
+            self.plan = self._new_plan(x, y, angle, clearance)
         plan = self.plan
 
         # stuck: walking but not moving for a while → press use, back off, turn away
@@ -140,6 +152,11 @@ class Explorer:
             self.stuck_frames = 0
             plan = self.plan = _Plan("unstick", int(r.integers(8, 20)), turn_rate=float(r.choice([-1, 1]) * r.uniform(0.5, 1.0) * self.turn_limit))
             a["use"] = 1.0
+
+        # a wall close ahead while walking: steer to the more open side before touching it
+        if plan.kind == "walk" and clearance is not None and clearance[1] < NEAR:
+            side = 1.0 if clearance[0] >= clearance[2] else -1.0  # +1 = left is more open
+            plan.heading = (angle + side * float(r.uniform(45, 100))) % 360
 
         target_turn = 0.0
         if plan.kind == "walk":
