@@ -182,3 +182,16 @@ def test_split_with_two_episodes_has_both_sides(store, tmp_path):
     write_episode(store, 2)
     train, held = Dataset(tmp_path / "d").split(0.1)
     assert len(train) == 1 and len(held) == 1
+
+
+def test_fsspec_url_store():
+    # the same code writes to object storage: fsspec's in-memory filesystem stands in for s3://
+    url = "memory://neuralworld-test/d"
+    w = DatasetWriter.open_or_create(url, SPEC, RES, source="t", game_variables=("health",))
+    write_episode(w, 40)
+    w2 = DatasetWriter.open_or_create(url, SPEC, RES, source="t", game_variables=("health",))
+    assert w2.next_ids(1) == ["000001"]
+    write_episode(w2, 5, save=False)  # an unfinished episode stays invisible there too
+    ds = Dataset(url)
+    assert ds.num_episodes == 1 and ds.num_frames == 40 and ds.incomplete == ["000001"]
+    assert WindowSampler(ds, 4).sample(2).frames.shape == (2, 4, *RES, 3)
