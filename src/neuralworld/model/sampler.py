@@ -1,0 +1,102 @@
+"""Stateless samplers for rectified flow, one signature for all.
+
+``sampler(denoise_fn, x_noise, steps, *, shift=1.0) -> x0``
+
+* ``denoise_fn(x, t) -> velocity``: x (B, ...) at noise level t (B,) in [0, 1];
+  it closes over whatever conditions the prediction (for the world: the
+  dynamics, its KV cache and the action), so samplers know nothing of models.
+* ``x_noise``: pure noise at t = 1; the sampler integrates dx/dt = v from t = 1
+  to t = 0 and returns the sample.
+* ``steps``: integration steps; ``shift`` spends them nearer t = 1 (SD3's
+  time shift) where few-step sampling loses most.
+
+Presets (``SAMPLERS``) are config: the method, steps and shift, and the noise
+level at which a session appends finished frames to memory (``context_level``,
+inside the training range [0, context_noise_max]). ``fast`` will move to a
+distilled one-call sampler (consistency / shortcut / DMD) once one exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def flow_times(steps: int, shift: float = 1.0) -> list[float]:
+    """steps + 1 times from 1 to 0: uniform, then warped by t' = s t / (1 + (s - 1) t)
+    (Esser et al. 2024, SD3, eq. 23): s > 1 takes smaller steps at high noise."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ts = [1.0 - i / steps for i in range(steps + 1)]
+    return [shift * t / (1.0 + (shift - 1.0) * t) for t in ts]
+
+
+def _level(x: torch.Tensor, t: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)  # (B,)
+
+
+def sample_euler(denoise_fn: DenoiseFn, x_noise: torch.Tensor, steps: int, *, shift: float = 1.0) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE dx/dt = v(x, t) from t = 1 to 0,
+    as rectified flow samples (Liu et al. 2022, "Flow Straight and Fast", sec. 2).
+    One network call per step; one step returns x1 - v(x1, 1), the mean prediction."""
+    ts = flow_times(steps, shift)
+    x = x_noise
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        x = x + (t_next - t) * denoise_fn(x, _level(x, t))
+    return x
+
+
+def sample_heun(denoise_fn: DenoiseFn, x_noise: torch.Tensor, steps: int, *, shift: float = 1.0) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, "Elucidating the Design Space
+    of Diffusion-Based Generative Models", Algorithm 1) in flow time: an Euler
+    predictor, then the trapezoidal corrector with the slope at the step's end.
+    The final step to t = 0 is plain Euler, as in Algorithm 1. 2 * steps - 1 calls."""
+    ts = flow_times(steps, shift)
+    x = x_noise
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        dt = t_next - t
+        v = denoise_fn(x, _level(x, t))
+        x_pred = x + dt * v
+        if t_next > 0.0:
+            v_next = denoise_fn(x_pred, _level(x, t_next))
+            x = x + dt * 0.5 * (v + v_next)
+        else:
+            x = x_pred
+    return x
+
+
+METHODS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "heun": sample_heun}
+
+
+@dataclass(frozen=True)
+class SamplerPreset:
+    """A sampler recipe as config; calling it samples."""
+
+    method: str
+    steps: int
+    shift: float = 1.0
+    context_level: float = 0.02
+    """Noise level a session gives frames it appends to memory (training saw [0, context_noise_max])."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown sampler method {self.method!r}; choose from {sorted(METHODS)}")
+        flow_times(self.steps, self.shift)
+
+    @property
+    def calls(self) -> int:
+        """Network calls per generated frame (not counting the append)."""
+        return 2 * self.steps - 1 if self.method == "heun" else self.steps
+
+    def __call__(self, denoise_fn: DenoiseFn, x_noise: torch.Tensor) -> torch.Tensor:
+        return METHODS[self.method](denoise_fn, x_noise, self.steps, shift=self.shift)
+
+
+SAMPLERS: dict[str, SamplerPreset] = {
+    "quality": SamplerPreset("heun", steps=8, shift=1.0),
+    "fast": SamplerPreset("euler", steps=2, shift=1.0),
+}
