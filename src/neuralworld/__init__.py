@@ -4,7 +4,27 @@ The public face: ``ActionSpec`` (a world's controls) and, as they arrive,
 ``load(path)`` for a trained world and ``WorldSession`` to play it.
 """
 
+from typing import TYPE_CHECKING
+
 from neuralworld.actions import ActionError, ActionSpec, Axis
 
+if TYPE_CHECKING:  # what the lazy __getattr__ below returns, for type checkers
+    from neuralworld.bundle import load_bundle as load
+    from neuralworld.session import WorldSession
+
 __version__ = "0.1.0"
-__all__ = ["ActionError", "ActionSpec", "Axis", "__version__"]
+__all__ = ["ActionError", "ActionSpec", "Axis", "WorldSession", "__version__", "load"]
+
+
+def __getattr__(name: str):
+    # lazy (PEP 562): `load` and `WorldSession` need torch, which commands like
+    # `neuralworld data info` should not pay ~1 s to import
+    if name == "load":
+        from neuralworld.bundle import load_bundle
+
+        return load_bundle
+    if name == "WorldSession":
+        from neuralworld.session import WorldSession
+
+        return WorldSession
+    raise AttributeError(f"module 'neuralworld' has no attribute {name!r}")

@@ -98,6 +98,22 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     return 0
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from neuralworld.bundle import BundleError
+    from neuralworld.eval import EvalError, evaluate, summarize
+
+    try:
+        horizons = tuple(int(h) for h in args.horizons.split(","))
+    except ValueError:
+        raise UserError(f"--horizons must be whole numbers separated by commas, got {args.horizons!r}") from None
+    try:
+        result = evaluate(args.world, args.data, out=args.out, horizons=horizons, episodes=args.episodes,
+                          context=args.context, sampler=args.sampler, seed=args.seed)
+    except (EvalError, BundleError) as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(summarize(result)))
+    return 0
+
 
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--scale", type=_positive_int, default=3, help="upscale factor for viewing")
     ds.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     ds.set_defaults(func=_cmd_data_show)
+
+    e = sub.add_parser("eval", help="fidelity on held-out episodes: teacher-forced and open-loop PSNR/SSIM beside copy-last-frame")
+    e.add_argument("world", help="run folder (from neuralworld train) or world bundle")
+    e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run was trained on)")
+    e.add_argument("--out", default=None, help="folder for metrics.json and rollout.mp4 (default: RUN/eval)")
+    e.add_argument("--episodes", type=_positive_int, default=None, help="use at most this many held-out episodes")
+    e.add_argument("--sampler", default="quality", choices=["quality", "fast"], help="sampler preset")
+    e.add_argument("--horizons", default="1,8,32,128", help="open-loop steps to report, comma-separated")
+    e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    e.set_defaults(func=_cmd_eval)
     return p
 
 
