@@ -57,6 +57,32 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from neuralworld.train import train, train_config
+
+    stages = {"all": ("autoencoder", "dynamics"), "autoencoder": ("autoencoder",), "dynamics": ("dynamics",)}[args.stage]
+    cfg = train_config(
+        args.preset,
+        stages=stages,
+        clip_frames=args.clip_frames,
+        grad_accum=args.grad_accum,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        log_every=args.log_every,
+        precision=args.precision,
+        device=args.device,
+        **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps,
+           "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch},
+    )
+    summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from neuralworld.data.store import Dataset
 
@@ -98,6 +124,7 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     return 0
 
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from neuralworld.bundle import BundleError
     from neuralworld.eval import EvalError, evaluate, summarize
@@ -112,6 +139,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (EvalError, BundleError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(summarize(result)))
+    return 0
+
+
+def _cmd_import_video(args: argparse.Namespace) -> int:
+    from neuralworld.record.video import import_video
+
+    summary = import_video(
+        args.videos,
+        args.out,
+        motion=args.motion,
+        motion_offset=args.motion_offset,
+        resolution=args.resolution,
+        fps=args.fps,
+        crop=args.crop,
+        max_episode_frames=args.max_episode_frames,
+        hfov=args.hfov,
+    )
+    print(json.dumps(summary))
     return 0
 
 
@@ -132,6 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="dataset folder (created, or appended to if it is one)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_record)
+
+    t = sub.add_parser("train", help="train a world (autoencoder, then dynamics) on a dataset; torchrun for many processes")
+    t.add_argument("data", help="dataset folder or URL (from neuralworld record / import-video)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, logs, and the world bundle in OUT/world")
+    t.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="model and training sizes")
+    t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics"], help="train both, or one")
+    t.add_argument("--autoencoder-steps", type=int, default=None, help="override the preset's autoencoder steps")
+    t.add_argument("--dynamics-steps", type=int, default=None, help="override the preset's dynamics steps")
+    t.add_argument("--autoencoder-batch", type=_positive_int, default=None, help="global autoencoder batch (frames)")
+    t.add_argument("--dynamics-batch", type=_positive_int, default=None, help="global dynamics batch (clips)")
+    t.add_argument("--clip-frames", type=_positive_int, default=None, help="frames per dynamics training clip")
+    t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per process per step")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
+    t.add_argument("--validate-every", type=_positive_int, default=None, help="steps between held-out validations")
+    t.add_argument("--log-every", type=_positive_int, default=None, help="steps between logged metrics")
+    t.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"], help="autocast (auto: bf16 where supported)")
+    t.add_argument("--device", default=None, help="auto, cpu or cuda")
+    t.add_argument("--seed", type=int, default=None, help="seed of data order, noise and initialisation")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("data", help="look at a dataset")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -157,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     e.set_defaults(func=_cmd_eval)
+
+    v = sub.add_parser("import-video", help="turn videos into a dataset whose actions are the camera's motion")
+    v.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, mov, webm, mkv, ...)")
+    v.add_argument("--motion", action="append", default=None, metavar="FILE", help="motion log CSV (t,x,y,z,yaw,pitch,roll or t,gx,gy,gz,ax,ay,az), one per video in order; without it the motion is estimated from the pixels")
+    v.add_argument("--motion-offset", type=float, default=0.0, metavar="S", help="seconds added to video time to read the log's clock")
+    v.add_argument("--fps", type=float, default=None, help="dataset frame rate (default: the source's, at most 30)")
+    v.add_argument("--resolution", type=_resolution, default=(128, 128), help="stored frame size HxW (centre-cropped to its aspect)")
+    v.add_argument("--crop", default="center", choices=["center", "stretch"], help="crop to the stored aspect, or stretch the whole frame")
+    v.add_argument("--max-episode-frames", type=_positive_int, default=1000, help="longer videos are split into episodes")
+    v.add_argument("--hfov", type=float, default=90.0, metavar="DEG", help="horizontal field of view of the video, for visual odometry")
+    v.add_argument("--out", required=True, help="dataset folder (created, or appended to if it is one)")
+    v.set_defaults(func=_cmd_import_video)
     return p
 
 
@@ -165,9 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from neuralworld.data.store import DatasetError
 
     args = build_parser().parse_args(argv)
+    user_errors: tuple[type[BaseException], ...] = (UserError, DatasetError, ActionError, FileNotFoundError)
+    if args.command in ("train",):
+        from neuralworld.bundle import BundleError
+        from neuralworld.state_io import StateError
+        from neuralworld.train import TrainingError
+
+        user_errors += (TrainingError, BundleError, StateError)
     try:
         return int(args.func(args) or 0)
-    except (UserError, DatasetError, ActionError, FileNotFoundError) as e:
+    except user_errors as e:
         print(f"neuralworld {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
