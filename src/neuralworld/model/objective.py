@@ -83,7 +83,7 @@ def dynamics_loss(model: Dynamics, batch: LatentClip) -> tuple[torch.Tensor, dic
     x0 = batch.latents  # (B, T, C, h, w)
     B, T = x0.shape[:2]
     t, target = sample_noise_levels(model, B, T, x0.device)  # (B, T), (B, T)
-    noise = torch.randn_like(x0)
+    noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)  # not randn_like: its values would follow the memory layout
     tb = t[:, :, None, None, None].to(x0.dtype)  # (B, T, 1, 1, 1)
     xt = (1 - tb) * x0 + tb * noise  # (B, T, C, h, w)
     out = model(xt, t, batch.actions)

@@ -1,0 +1,7 @@
+"""``python -m neuralworld`` (and ``torchrun -m neuralworld``) run the CLI."""
+
+import sys
+
+from neuralworld.cli import main
+
+sys.exit(main())

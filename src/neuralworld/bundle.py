@@ -1,0 +1,154 @@
+"""Inference bundles: a trained world in two files, loaded from a path alone.
+
+    WORLD/
+      config.json          {"format": "neuralworld-bundle", "version", "name",
+                            "world": WorldConfig (resolution, ActionSpec, both networks),
+                            "weights_sha256", "created", "training": {...}}
+      model.safetensors    autoencoder.* and dynamics.* weights (EMA), latent normalisation
+
+No pickle anywhere: the config is JSON, the weights are safetensors, and the
+weights' SHA-256 is checked before they are used, so a truncated or edited file
+is refused with a message that names it. Training state (optimizer, step, RNG)
+never goes in a bundle; see train.py.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from neuralworld.actions import ActionSpec
+from neuralworld.model.autoencoder import Autoencoder
+from neuralworld.model.config import ConfigError, WorldConfig
+from neuralworld.model.dynamics import Dynamics
+from neuralworld.state_io import StateError, atomic_write_json, load_tensors, read_json, save_tensors
+
+FORMAT = "neuralworld-bundle"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class BundleError(Exception):
+    """A bundle is missing, damaged, or does not fit what it is used with."""
+
+
+@dataclass
+class World:
+    """A loaded world: its config, controls and networks (in eval mode)."""
+
+    config: WorldConfig
+    autoencoder: Autoencoder
+    dynamics: Dynamics
+    name: str = ""
+    path: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> ActionSpec:
+        spec = self.config.spec
+        assert spec is not None, "a bundle always carries its ActionSpec"
+        return spec
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.config.resolution
+
+    def start(self, frames: Any = None, **kw: Any) -> Any:
+        """A new ``WorldSession`` from dataset frames or one image (see session.py)."""
+        from neuralworld.session import WorldSession
+
+        return WorldSession(self, frames, **kw)
+
+
+def build_networks(config: WorldConfig) -> tuple[Autoencoder, Dynamics]:
+    config.validate()
+    return Autoencoder(config.autoencoder), Dynamics.from_world(config)
+
+
+def save_bundle(
+    path: str | os.PathLike,
+    config: WorldConfig,
+    autoencoder: Autoencoder,
+    dynamics: Dynamics,
+    *,
+    name: str = "",
+    training: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle; the weights first, then config.json (which names their hash)."""
+    path = Path(path)
+    config.validate()
+    if config.spec is None:
+        raise BundleError("a bundle needs its ActionSpec: build the config with .for_spec(spec)")
+    tensors = {f"autoencoder.{k}": v for k, v in autoencoder.state_dict().items()}
+    tensors.update({f"dynamics.{k}": v for k, v in dynamics.state_dict().items()})
+    try:
+        sha = save_tensors(path / WEIGHTS_FILE, tensors, {"format": FORMAT})
+        atomic_write_json(path / CONFIG_FILE, {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": name or path.name,
+            "world": config.to_dict(),
+            "weights_sha256": sha,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "training": dict(training or {}),
+        })
+    except StateError as e:
+        raise BundleError(str(e)) from None
+    return path
+
+
+def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such world")
+    if not (path / CONFIG_FILE).is_file():
+        raise BundleError(f"{path} is not a neuralworld world (no {CONFIG_FILE} inside)")
+    try:
+        meta = read_json(path / CONFIG_FILE, "world config")
+    except StateError as e:
+        raise BundleError(str(e)) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{path / CONFIG_FILE} is not a neuralworld bundle config")
+    if int(meta.get("version", 0)) > VERSION:
+        raise BundleError(f"{path} is bundle format v{meta['version']}; this neuralworld reads up to v{VERSION}: upgrade")
+    return meta
+
+
+def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> World:
+    """Open a world from its folder: config.json + model.safetensors, nothing else."""
+    path = Path(path)
+    meta = read_bundle_config(path)
+    try:
+        config = WorldConfig.from_dict(meta["world"]).validate()
+    except (KeyError, ConfigError, ValueError, TypeError) as e:
+        raise BundleError(f"{path / CONFIG_FILE}: bad world config ({e})") from None
+    try:
+        tensors, _ = load_tensors(path / WEIGHTS_FILE, sha256=meta.get("weights_sha256"), what="world weights")
+    except StateError as e:
+        raise BundleError(str(e)) from None
+    autoencoder, dynamics = build_networks(config)
+    for prefix, module in (("autoencoder.", autoencoder), ("dynamics.", dynamics)):
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        load_state_strict(module, part, f"{path / WEIGHTS_FILE} ({prefix.rstrip('.')})")
+    autoencoder.to(device).eval()
+    dynamics.to(device).eval()
+    return World(config, autoencoder, dynamics, name=str(meta.get("name", path.name)), path=str(path), meta=meta)
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict`` with errors that say what does not fit."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise BundleError(f"{where}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise BundleError(f"{where}: {k} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
+    module.load_state_dict(dict(state))

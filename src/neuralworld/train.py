@@ -1,0 +1,705 @@
+"""The one training loop: autoencoder, then latents, then dynamics; one CPU or torchrun.
+
+    neuralworld train DATA --preset tiny --out RUN            # one process
+    torchrun --nproc_per_node=N -m neuralworld.cli train ...  # N processes (gloo on CPU, NCCL on GPU)
+
+A run folder::
+
+    RUN/
+      run.json                    dataset, TrainConfig and WorldConfig of the run (checked on --resume)
+      autoencoder.safetensors     training state: weights, EMA, optimizer, step (state_io: no pickle)
+      latents.safetensors         the dataset encoded once by the EMA encoder, normalised, fp16
+      dynamics.safetensors        training state of the dynamics
+      metrics.jsonl               one JSON line per logged step and per validation
+      tb/                         TensorBoard scalars and sample grids (real | generated)
+      world/                      the inference bundle (config.json + model.safetensors), EMA weights
+
+Exact resume without saving a data loader: the global batch of step s is drawn
+from an RNG seeded by (seed, stage, s), split into ``world_size * grad_accum``
+micro-batches; micro-batch j also seeds the noise the objective draws. So a run
+resumed at step s sees the same data and noise as one that never stopped, and N
+processes compute what one process with ``grad_accum = N`` computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from neuralworld.actions import ActionSpec
+from neuralworld.bundle import World, build_networks, load_state_strict, save_bundle, BundleError
+from neuralworld.data.store import Dataset, DatasetError
+from neuralworld.model.autoencoder import Autoencoder, autoencoder_loss, frames_to_tensor, tensor_to_frames
+from neuralworld.model.config import ConfigError, WorldConfig, preset
+from neuralworld.model.dynamics import Dynamics
+from neuralworld.model.objective import LatentClip, dynamics_loss
+from neuralworld.model.sampler import sample_euler
+from neuralworld.state_io import (
+    StateError, atomic_write_json, flatten_state, load_tensors, read_json, save_tensors, sha256_file, unflatten_state,
+)
+
+STAGES = ("autoencoder", "dynamics")
+
+
+class TrainingError(Exception):
+    """Training cannot start or go on; the message says why and what is intact."""
+
+
+# ---------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------
+@dataclass
+class StageConfig:
+    steps: int
+    """Optimizer steps for this stage."""
+    batch_size: int
+    """Global batch (all processes and accumulation steps together)."""
+    lr: float
+    """Peak learning rate (AdamW), after a linear warm-up; cosine decay to 10% at the end."""
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    stages: tuple[str, ...] = STAGES
+    autoencoder: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 16, 1e-3))
+    dynamics: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 8, 5e-4))
+    clip_frames: int = 6
+    """Frames per dynamics training clip (the window read is one step longer)."""
+    grad_accum: int = 1
+    """Micro-batches per process per step: global batch = world_size x grad_accum x micro."""
+    held_out: float = 0.1
+    """Fraction of episodes kept out of training for validation."""
+    seed: int = 0
+    checkpoint_every: int = 200
+    validate_every: int = 200
+    log_every: int = 10
+    precision: str = "auto"
+    """auto (bf16 where the hardware has it), fp32 or bf16."""
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stages"] = list(self.stages)
+        return d
+
+
+# the training half of each preset (the network half is model/config.PRESETS)
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(autoencoder=StageConfig(400, 16, 1e-3, warmup=50), dynamics=StageConfig(600, 8, 5e-4, warmup=50), clip_frames=6),
+    "small": dict(autoencoder=StageConfig(20_000, 32, 5e-4, warmup=500), dynamics=StageConfig(60_000, 32, 3e-4, warmup=1000), clip_frames=16),
+    "base": dict(autoencoder=StageConfig(50_000, 64, 4e-4, warmup=1000), dynamics=StageConfig(200_000, 64, 2e-4, warmup=2000), clip_frames=32),
+}
+
+
+def train_config(preset_name: str, **overrides: Any) -> TrainConfig:
+    if preset_name not in TRAIN_PRESETS:
+        raise TrainingError(f"unknown preset {preset_name!r}; choose from {sorted(TRAIN_PRESETS)}")
+    base = dict(TRAIN_PRESETS[preset_name])
+    for stage in STAGES:
+        base[stage] = dataclasses.replace(base[stage])
+    cfg = TrainConfig(preset=preset_name, **base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:  # "autoencoder.steps"
+            stage, field = key.split(".", 1)
+            setattr(getattr(cfg, stage), field, value)
+        else:
+            setattr(cfg, key, value)
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# processes, devices, precision
+# ---------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average logged metrics over processes, so a log line describes the global batch."""
+        if self.world_size == 1 or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item() > 0)
+
+
+def setup_distributed(device: str) -> Dist:
+    """Read torchrun's environment; one process when it is absent."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda asked for, but PyTorch sees no GPU")
+        dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world_size, local_rank, dev)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TrainingError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and (device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and _cpu_has_bf16())
+    )
+    if not use_bf16:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------
+# data: deterministic by step
+# ---------------------------------------------------------------------------
+def _rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STAGES.index(stage) + 1, step])
+
+
+class FrameSource:
+    """Random frames of the training episodes, held in memory when they fit."""
+
+    def __init__(self, ds: Dataset, episodes: list[int], memory_limit: int = 6 << 30):
+        self.ds = ds
+        self.episodes = episodes
+        self.lengths = np.array([ds.lengths[e] for e in episodes])
+        self.cum = np.cumsum(self.lengths)
+        h, w = ds.resolution
+        self.in_memory = int(self.cum[-1]) * h * w * 3 <= memory_limit
+        self._frames: dict[int, np.ndarray] = {}
+
+    def frames(self, e: int) -> np.ndarray:
+        if e not in self._frames:
+            self._frames[e] = ds_frames = self.ds.episode(e)["frames"][:]
+            if not self.in_memory:
+                self._frames = {e: ds_frames}
+        return self._frames[e]
+
+    def batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        flat = rng.integers(0, int(self.cum[-1]), size=n)
+        out = []
+        for i in flat:
+            j = int(np.searchsorted(self.cum, i, side="right"))
+            t = int(i - (self.cum[j - 1] if j else 0))
+            out.append(self.frames(self.episodes[j])[t])
+        return np.stack(out)  # (n, H, W, 3) uint8
+
+
+@dataclass
+class LatentEpisodes:
+    """The dataset encoded once: per episode, normalised latents and the step data."""
+
+    latents: list[torch.Tensor]  # (T, C, h, w) fp16
+    actions: list[torch.Tensor]  # (T, A) normalised
+    rewards: list[torch.Tensor]  # (T,)
+    terminated: list[torch.Tensor]  # (T,)
+
+    def clips(self, rng: np.random.Generator, episodes: list[int], n: int, frames: int) -> LatentClip:
+        """n clips of ``frames`` frames: a window of frames+1 steps, aligned as LatentClip says."""
+        ok = [e for e in episodes if len(self.latents[e]) >= frames + 1]
+        counts = np.array([len(self.latents[e]) - frames for e in ok])
+        cum = np.cumsum(counts)
+        picks = rng.integers(0, int(cum[-1]), size=n)
+        lat, act, rew, term = [], [], [], []
+        for i in picks:
+            j = int(np.searchsorted(cum, i, side="right"))
+            s = int(i - (cum[j - 1] if j else 0))
+            e = ok[j]
+            lat.append(self.latents[e][s + 1 : s + frames + 1].float())
+            act.append(self.actions[e][s : s + frames])
+            rew.append(self.rewards[e][s : s + frames])
+            term.append(self.terminated[e][s : s + frames])
+        return LatentClip(torch.stack(lat).contiguous(), torch.stack(act), torch.stack(rew), torch.stack(term).float())
+
+
+# ---------------------------------------------------------------------------
+# EMA, schedule, checkpoints
+# ---------------------------------------------------------------------------
+class EMA:
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # a short warm-up so early EMA is not stale init
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+
+def lr_at(step: int, cfg: StageConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def save_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer, step: int, extra: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+    opt_tensors, opt_skeleton = flatten_state(opt.state_dict(), "opt")
+    tensors.update(opt_tensors)
+    save_tensors(path, tensors, {"step": step, "optimizer": opt_skeleton, "torch_rng": torch.get_rng_state().tolist(), **extra})
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer | None) -> dict[str, Any]:
+    try:
+        tensors, meta = load_tensors(path, what="training checkpoint")
+    except StateError as e:
+        raise TrainingError(f"{e}; delete it to restart that stage") from None
+    try:
+        load_state_strict(module, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
+        for k in ema.shadow:
+            ema.shadow[k] = tensors[f"ema.{k}"].float()
+        if opt is not None:
+            opt.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
+    except (BundleError, KeyError, StateError, ValueError) as e:
+        raise TrainingError(f"training checkpoint {path} does not fit this run ({e})") from None
+    return meta
+
+
+# ---------------------------------------------------------------------------
+# the loop shared by both stages
+# ---------------------------------------------------------------------------
+class Logger:
+    def __init__(self, run: Path, enabled: bool):
+        self.enabled = enabled
+        self.run = run
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run / "tb"))
+            except ImportError:  # tensorboard is optional: metrics.jsonl has everything
+                self.tb = None
+
+    def scalars(self, stage: str, step: int, values: dict[str, float], kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        with open(self.run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"stage": stage, "kind": kind, "step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{stage}/{kind}/{k}", v, step)
+
+    def image(self, tag: str, step: int, img: np.ndarray) -> None:
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, img, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _run_stage(
+    *,
+    stage: str,
+    module: torch.nn.Module,
+    cfg: TrainConfig,
+    stage_cfg: StageConfig,
+    d: Dist,
+    run: Path,
+    logger: Logger,
+    loss_fn: Callable[[torch.nn.Module, np.random.Generator, int], tuple[torch.Tensor, dict[str, float]]],
+    validate: Callable[[torch.nn.Module, int], None],
+    progress: bool,
+) -> torch.nn.Module:
+    """Train ``module`` for the stage's steps, resuming from its checkpoint if there is one.
+    ``loss_fn(module, rng, micro_batch)`` returns the loss of a micro-batch drawn with
+    ``rng``. Returns the module holding its EMA weights."""
+    ckpt = run / f"{stage}.safetensors"
+    micro_total = d.world_size * cfg.grad_accum
+    if stage_cfg.batch_size % micro_total:
+        raise TrainingError(
+            f"{stage} batch size {stage_cfg.batch_size} must divide into {d.world_size} processes x {cfg.grad_accum} accumulation steps"
+        )
+    micro = stage_cfg.batch_size // micro_total
+    module.to(d.device)
+    ema = EMA(module, stage_cfg.ema_decay)
+    opt = torch.optim.AdamW(module.parameters(), lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay, betas=(0.9, 0.99))
+    step = 0
+    if ckpt.exists():
+        meta = load_checkpoint(ckpt, module, ema, opt)
+        step = int(meta["step"])
+        if d.main:
+            print(f"[{stage}] resuming at step {step}/{stage_cfg.steps}", flush=True)
+    if step >= stage_cfg.steps:
+        ema.copy_to(module)
+        return module
+
+    # the loss runs inside forward so DDP sees it (its gradient hooks need its own forward)
+    model: torch.nn.Module = _Objective(module, loss_fn)
+    if d.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    autocast = autocast_for(cfg.precision, d.device)
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stage_cfg.steps, initial=step, desc=stage, unit="step", dynamic_ncols=True)
+    t_last, samples_since = time.perf_counter(), 0
+    module.train()
+    while step < stage_cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, stage_cfg)
+        micro_seeds = _rng(cfg.seed, stage, step).integers(2**62, size=micro_total)  # one per global micro-batch
+        metrics_sum: dict[str, float] = {}
+        finite = True
+        for k in range(cfg.grad_accum):
+            j = d.rank * cfg.grad_accum + k  # global micro-batch index: the data slice and its noise
+            torch.manual_seed(int(np.random.default_rng([cfg.seed, STAGES.index(stage), step, j]).integers(2**62)))
+            sync = k == cfg.grad_accum - 1 or d.world_size == 1
+            ctx = model.no_sync() if (d.world_size > 1 and not sync) else nullcontext()
+            with ctx:
+                with autocast():
+                    loss, metrics = model(np.random.default_rng(micro_seeds[j]), micro)
+                finite &= bool(torch.isfinite(loss))
+                (loss / cfg.grad_accum).backward()
+            for key, v in metrics.items():
+                metrics_sum[key] = metrics_sum.get(key, 0.0) + v / cfg.grad_accum
+        if not d.all_true(finite):
+            raise TrainingError(
+                f"[{stage}] the loss became NaN/inf at step {step}; stopped. "
+                + (f"The last good checkpoint ({ckpt.name}) is intact: lower the learning rate and --resume."
+                   if ckpt.exists() else "No checkpoint was written yet.")
+            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(module, step)
+        step += 1
+        samples_since += stage_cfg.batch_size
+
+        if d.world_size > 1 and (step % cfg.log_every == 0 or step == stage_cfg.steps):
+            # every process joins the average; per-t bins a micro-batch lacked stay rank 0's own
+            metrics_sum.update(d.mean({k: v for k, v in metrics_sum.items() if not k.startswith("flow_by_t/")}))
+        if d.main and (step % cfg.log_every == 0 or step == stage_cfg.steps):
+            dt = time.perf_counter() - t_last
+            metrics_sum.update(lr=opt.param_groups[0]["lr"], grad_norm=float(grad_norm), samples_per_s=samples_since / max(dt, 1e-9))
+            logger.scalars(stage, step, metrics_sum)
+            t_last, samples_since = time.perf_counter(), 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics_sum['loss']:.4f}", sps=f"{metrics_sum['samples_per_s']:.1f}")
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == stage_cfg.steps:
+            if d.main:
+                save_checkpoint(ckpt, module, ema, opt, step, {"stage": stage})
+            d.barrier()
+        if d.main and (step % cfg.validate_every == 0 or step == stage_cfg.steps):
+            ema_module = _ema_copy(module, ema)
+            validate(ema_module, step)
+            module.train()
+    if bar is not None:
+        bar.close()
+    _check_ranks_agree(module, d, stage)
+    ema.copy_to(module)
+    module.eval()
+    return module
+
+
+class _Objective(torch.nn.Module):
+    """A network and its loss as one module, so DDP's forward runs the loss."""
+
+    def __init__(self, net: torch.nn.Module, loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]]):
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def forward(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.net, rng, n)
+
+
+def _ema_copy(module: torch.nn.Module, ema: EMA) -> torch.nn.Module:
+    import copy
+
+    m = copy.deepcopy(module)
+    ema.copy_to(m)
+    return m.eval()
+
+
+def _check_ranks_agree(module: torch.nn.Module, d: Dist, stage: str) -> None:
+    """Every process must end a stage with the same weights (DDP keeps them so; check)."""
+    if d.world_size == 1:
+        return
+    vec = torch.cat([p.detach().float().flatten() for p in module.parameters()])
+    gathered = [torch.zeros_like(vec) for _ in range(d.world_size)]
+    dist.all_gather(gathered, vec)
+    worst = max(float((g - gathered[0]).abs().max()) for g in gathered)
+    if worst > 0:
+        raise TrainingError(f"[{stage}] processes disagree on the weights after training (max diff {worst:g})")
+
+
+# ---------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+
+
+def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: tuple[list[int], list[int]], d: Dist,
+                      run: Path, logger: Logger, progress: bool) -> Autoencoder:
+    torch.manual_seed(cfg.seed)
+    ae, _ = build_networks(world)
+    train_eps, held_eps = split
+    source = FrameSource(ds, train_eps)
+    held = FrameSource(ds, held_eps or train_eps).batch(np.random.default_rng(12345), 64)
+    held_t = frames_to_tensor(held).to(d.device)
+
+    def loss_fn(net: torch.nn.Module, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return autoencoder_loss(net, frames_to_tensor(source.batch(rng, n)).to(d.device))
+
+    def validate(m: torch.nn.Module, step: int) -> None:
+        with torch.no_grad():
+            rec = tensor_to_frames(m(held_t))
+        psnr = float(np.mean([_psnr(rec[i], held[i]) for i in range(len(held))]))
+        logger.scalars("autoencoder", step, {"psnr": psnr}, kind="held_out")
+        grid = np.concatenate([np.concatenate(list(held[:8]), 1), np.concatenate(list(rec[:8]), 1)], 0)
+        logger.image("autoencoder/real_vs_reconstruction", step, grid)
+
+    ae = _run_stage(stage="autoencoder", module=ae, cfg=cfg, stage_cfg=cfg.autoencoder, d=d, run=run, logger=logger,
+                    loss_fn=loss_fn, validate=validate, progress=progress)
+    # latent normalisation from a fixed sample of training frames (deterministic: the same on every rank)
+    with torch.no_grad():
+        sample = frames_to_tensor(source.batch(np.random.default_rng(777), 512)).to(d.device)
+        ae.calibrate_latents(torch.cat([ae.encode(sample[i : i + 64]) for i in range(0, len(sample), 64)]))
+    return ae
+
+
+def encode_dataset(ae: Autoencoder, ds: Dataset, d: Dist, batch: int = 64) -> LatentEpisodes:
+    lat, act, rew, term = [], [], [], []
+    spec = ds.spec
+    with torch.no_grad():
+        for e in range(ds.num_episodes):
+            data = ds.episode(e).load(("frames", "actions", "rewards", "terminated"))
+            frames = data["frames"]
+            z = [ae.normalize_latents(ae.encode(frames_to_tensor(frames[i : i + batch]).to(d.device))).half().cpu().contiguous()
+                 for i in range(0, len(frames), batch)]
+            lat.append(torch.cat(z))
+            act.append(torch.from_numpy(spec.normalize(data["actions"])))
+            rew.append(torch.from_numpy(data["rewards"].astype(np.float32)))
+            term.append(torch.from_numpy(data["terminated"].astype(np.float32)))
+    return LatentEpisodes(lat, act, rew, term)
+
+
+def _latents_path(run: Path) -> Path:
+    return run / "latents.safetensors"
+
+
+def save_latents(run: Path, lat: LatentEpisodes, ae_sha: str, ids: list[str]) -> None:
+    tensors = {}
+    for i, key in enumerate(ids):
+        tensors[f"{key}.latents"] = lat.latents[i]
+        tensors[f"{key}.actions"] = lat.actions[i]
+        tensors[f"{key}.rewards"] = lat.rewards[i]
+        tensors[f"{key}.terminated"] = lat.terminated[i]
+    save_tensors(_latents_path(run), tensors, {"autoencoder_sha256": ae_sha, "episodes": ids})
+
+
+def load_latents(run: Path, ae_sha: str, ids: list[str]) -> LatentEpisodes | None:
+    path = _latents_path(run)
+    if not path.exists():
+        return None
+    try:
+        tensors, meta = load_tensors(path, what="encoded latents")
+    except StateError:
+        return None  # damaged: encode again
+    if meta.get("autoencoder_sha256") != ae_sha or meta.get("episodes") != ids:
+        return None
+    return LatentEpisodes(*[[tensors[f"{k}.{n}"] for k in ids] for n in ("latents", "actions", "rewards", "terminated")])
+
+
+def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: LatentEpisodes,
+                   split: tuple[list[int], list[int]], d: Dist, run: Path, logger: Logger, progress: bool) -> Dynamics:
+    torch.manual_seed(cfg.seed + 1)
+    _, dyn = build_networks(world)
+    train_eps, held_eps = split
+    T = cfg.clip_frames
+    held = lat.clips(np.random.default_rng(4321), held_eps or train_eps, 8, T)
+
+    def loss_fn(net: torch.nn.Module, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return dynamics_loss(net, lat.clips(rng, train_eps, n, T).to(d.device))
+
+    def validate(m: torch.nn.Module, step: int) -> None:
+        clip = held.to(d.device)
+        with torch.no_grad():
+            torch.manual_seed(99)
+            loss, metrics = dynamics_loss(m, clip)
+            # teacher-forced next frame: clean context, the last frame generated from noise
+            ctx, last_a = clip.latents[:, :-1], clip.actions
+            B = ctx.shape[0]
+
+            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                lat_in = torch.cat([ctx, x[:, None]], 1)
+                levels = torch.cat([torch.zeros(B, T - 1, device=x.device), t[:, None]], 1)
+                return m(lat_in, levels, last_a).velocity[:, -1]
+
+            gen = sample_euler(denoise, torch.randn_like(clip.latents[:, -1]), 8)
+            fake = tensor_to_frames(ae.decode(ae.denormalize_latents(gen)))
+            real = tensor_to_frames(ae.decode(ae.denormalize_latents(clip.latents[:, -1])))
+            prev = tensor_to_frames(ae.decode(ae.denormalize_latents(clip.latents[:, -2])))
+        psnr = float(np.mean([_psnr(fake[i], real[i]) for i in range(B)]))
+        copy_psnr = float(np.mean([_psnr(prev[i], real[i]) for i in range(B)]))
+        logger.scalars("dynamics", step, {"loss": metrics["loss"], "flow": metrics["flow"], "next_frame_psnr": psnr,
+                                          "copy_last_psnr": copy_psnr}, kind="held_out")
+        grid = np.concatenate([np.concatenate(list(real), 1), np.concatenate(list(fake), 1)], 0)
+        logger.image("dynamics/real_vs_generated", step, grid)
+
+    return _run_stage(stage="dynamics", module=dyn, cfg=cfg, stage_cfg=cfg.dynamics, d=d, run=run, logger=logger,
+                      loss_fn=loss_fn, validate=validate, progress=progress)
+
+
+# ---------------------------------------------------------------------------
+# the entry point
+# ---------------------------------------------------------------------------
+def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
+    path = run / "run.json"
+    if not resume:
+        if run.exists() and any(run.iterdir()):
+            raise TrainingError(f"{run} already holds a run: add --resume to continue it, or choose another --out")
+        return
+    if not path.exists():
+        raise TrainingError(f"--resume: {run} holds no run (no run.json)")
+    try:
+        old = read_json(path, "run record")
+    except StateError as e:
+        raise TrainingError(str(e)) from None
+    problems = []
+    if old.get("action_spec") != record["action_spec"]:
+        problems.append("the dataset's ActionSpec differs from the run's")
+    if old.get("resolution") != record["resolution"]:
+        problems.append(f"the dataset's resolution {record['resolution']} differs from the run's {old.get('resolution')}")
+    if old.get("world") != record["world"]:
+        problems.append("the model config differs (another --preset?)")
+    if problems:
+        raise TrainingError(f"cannot resume {run}: " + "; ".join(problems))
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a world on a dataset; returns a summary. The bundle lands in ``out/world``."""
+    run = Path(out)
+    d = setup_distributed(cfg.device)
+    try:
+        ds = Dataset(data)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    if ds.num_episodes == 0:
+        raise TrainingError(f"{data} has no complete episodes to train on")
+    try:
+        world = preset(cfg.preset, spec=ds.spec, resolution=ds.resolution).validate()
+    except ConfigError as e:
+        raise TrainingError(f"preset {cfg.preset!r} does not fit {data}: {e}") from None
+    unknown = set(cfg.stages) - set(STAGES)
+    if unknown or not cfg.stages:
+        raise TrainingError(f"stages must be among {STAGES}, got {list(cfg.stages)}")
+    record = {
+        "data": str(data),
+        "action_spec": ds.spec.to_json_dict(),
+        "resolution": list(ds.resolution),
+        "world": world.to_dict(),
+        "train": cfg.to_dict(),
+        "world_size": d.world_size,
+    }
+    if d.main:
+        _check_run(run, record, resume)
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "run.json").exists():
+            atomic_write_json(run / "run.json", record)
+    d.barrier()
+    split = ds.split(cfg.held_out)
+    logger = Logger(run, d.main)
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"run": str(run), "world_size": d.world_size, "device": str(d.device),
+                               "train_episodes": len(split[0]), "held_out_episodes": len(split[1])}
+    try:
+        ae_ckpt = run / "autoencoder.safetensors"
+        if "autoencoder" in cfg.stages:
+            ae = train_autoencoder(world, cfg, ds, split, d, run, logger, progress)
+        else:
+            if not ae_ckpt.exists():
+                raise TrainingError(f"no trained autoencoder in {run}: train the autoencoder stage first")
+            ae = train_autoencoder(world, dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, steps=0)),
+                                   ds, split, d, run, logger, progress=False)
+        ae.eval()
+        if "dynamics" in cfg.stages:
+            ae_sha = sha256_file(ae_ckpt) if ae_ckpt.exists() else "untrained"
+            lat = load_latents(run, ae_sha, ds.ids)
+            if lat is None:
+                if d.main:
+                    t_enc = time.perf_counter()
+                    lat = encode_dataset(ae, ds, d)
+                    save_latents(run, lat, ae_sha, ds.ids)
+                    summary["encode_seconds"] = round(time.perf_counter() - t_enc, 1)
+                d.barrier()
+                if not d.main:
+                    lat = load_latents(run, ae_sha, ds.ids)
+            assert lat is not None
+            dyn = train_dynamics(world, cfg, ae, lat, split, d, run, logger, progress)
+            if d.main:
+                save_bundle(run / "world", world, ae, dyn, name=run.name,
+                            training={"data": str(data), "preset": cfg.preset, "held_out": cfg.held_out,
+                                      "steps": {s: getattr(cfg, s).steps for s in STAGES}})
+                summary["bundle"] = str(run / "world")
+    finally:
+        logger.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["ranks_identical"] = True if d.world_size > 1 else None
+    if d.main:
+        atomic_write_json(run / "summary.json", summary)
+    return summary

@@ -1,0 +1,195 @@
+"""The training loop run for real: CLI smoke, exact resume after kill -9, NaN stop,
+mismatches, damaged checkpoints and bundles, and torchrun with 2 processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("vizdoom")
+
+from neuralworld.bundle import BundleError, load_bundle  # noqa: E402
+from neuralworld.record.doom import RecordConfig, record  # noqa: E402
+from neuralworld.state_io import load_tensors  # noqa: E402
+from neuralworld.train import TrainingError, train, train_config  # noqa: E402
+
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "neuralworld")
+FAST = ["--autoencoder-batch", "8", "--dynamics-batch", "4", "--clip-frames", "4", "--precision", "fp32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data32(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "d32"
+    record(RecordConfig(env="doom/freedoom_map01", episodes=3, workers=2, resolution=(32, 32), max_steps=40), out, progress=False)
+    return out
+
+
+def cli(*args, check=True, env=None):
+    p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"neuralworld {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def weights(run):
+    tensors, _ = load_tensors(Path(run) / "world" / "model.safetensors")
+    return tensors
+
+
+@pytest.mark.slow
+def test_train_smoke_makes_a_loadable_world(tmp_path, data32):
+    run = tmp_path / "run"
+    p = cli("train", data32, "--out", run, "--autoencoder-steps", 12, "--dynamics-steps", 12, "--validate-every", 6, "--log-every", 3, *FAST)
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["bundle"] == str(run / "world")
+    world = load_bundle(run / "world")
+    assert world.resolution == (32, 32) and world.spec.size == 7
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {(x["stage"], x["kind"]) for x in lines} >= {("autoencoder", "train"), ("autoencoder", "held_out"), ("dynamics", "train"), ("dynamics", "held_out")}
+    assert all(np.isfinite(x["loss"]) for x in lines if "loss" in x)
+    assert any(x.get("samples_per_s", 0) > 0 for x in lines)
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    # a second train into the same folder without --resume is refused, nothing touched
+    before = (run / "world" / "model.safetensors").read_bytes()
+    p = cli("train", data32, "--out", run, *FAST, check=False)
+    assert p.returncode == 2 and "--resume" in p.stderr
+    assert (run / "world" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_exact(tmp_path, data32):
+    args = ["--autoencoder-steps", 4, "--dynamics-steps", 24, "--checkpoint-every", 3, "--validate-every", 100, *FAST]
+    cli("train", data32, "--out", tmp_path / "straight", *args)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([CLI, "train", str(data32), "--out", str(run), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = run / "dynamics.safetensors"
+    t0 = time.time()
+    while not ckpt.exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, meta = load_tensors(ckpt)  # the checkpoint the kill left is whole
+    assert 3 <= meta["step"] < 24
+    cli("train", data32, "--out", run, "--resume", *args)
+
+    a, b = weights(tmp_path / "straight"), weights(run)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, f"resumed run differs from the uninterrupted one by {worst}"
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, data32, monkeypatch):
+    import neuralworld.train as tr
+
+    real = tr.dynamics_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        loss, metrics = real(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 5 else loss), metrics
+
+    monkeypatch.setattr(tr, "dynamics_loss", poisoned)
+    cfg = train_config("tiny", precision="fp32", checkpoint_every=2, validate_every=100, clip_frames=4,
+                       **{"autoencoder.steps": 2, "dynamics.steps": 20, "autoencoder.batch_size": 4, "dynamics.batch_size": 2})
+    with pytest.raises(TrainingError, match=r"NaN/inf at step 5.*last good checkpoint .*intact"):
+        train(data32, tmp_path / "run", cfg, progress=False)
+    _, meta = load_tensors(tmp_path / "run" / "dynamics.safetensors")
+    assert meta["step"] == 4
+    assert not (tmp_path / "run" / "world").exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_data_and_damaged_checkpoint(tmp_path, data32):
+    run = tmp_path / "run"
+    cli("train", data32, "--out", run, "--autoencoder-steps", 2, "--dynamics-steps", 2, *FAST)
+    other = tmp_path / "d64"
+    record(RecordConfig(env="doom/basic", episodes=1, workers=1, resolution=(64, 64), max_steps=12), other, progress=False)
+    p = cli("train", other, "--out", run, "--resume", *FAST, check=False)
+    assert p.returncode == 2 and "resolution [64, 64] differs from the run's [32, 32]" in p.stderr
+
+    ckpt = run / "dynamics.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    p = cli("train", data32, "--out", run, "--resume", "--dynamics-steps", 4, *FAST, check=False)
+    assert p.returncode == 2 and "dynamics.safetensors is truncated" in p.stderr and "Traceback" not in p.stderr
+
+    p = cli("train", tmp_path / "nothing", "--out", tmp_path / "r2", *FAST, check=False)
+    assert p.returncode == 2 and "no such dataset" in p.stderr
+
+
+def test_damaged_bundles_are_refused(tmp_path):
+    from neuralworld.actions import ActionSpec
+    from neuralworld.bundle import build_networks, save_bundle
+    from neuralworld.model.config import preset
+
+    cfg = preset("tiny", spec=ActionSpec(buttons=("forward",), fps=10), resolution=(32, 32))
+    ae, dyn = build_networks(cfg)
+    path = save_bundle(tmp_path / "w", cfg, ae, dyn)
+    assert load_bundle(path).spec.buttons == ("forward",)
+
+    weights_file = path / "model.safetensors"
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(data[:-8] + b"\x01" * 8)
+    with pytest.raises(BundleError, match="SHA-256"):
+        load_bundle(path)
+    weights_file.write_bytes(data[: len(data) // 3])
+    with pytest.raises(BundleError, match="SHA-256|truncated"):
+        load_bundle(path)
+    weights_file.write_bytes(data)
+    meta = json.loads((path / "config.json").read_text())
+    meta["world"]["dynamics"]["d_model"] = 64  # the config no longer fits the weights
+    meta["weights_sha256"] = meta["weights_sha256"]
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="shape"):
+        load_bundle(path)
+    (path / "config.json").write_text("{oops")
+    with pytest.raises(BundleError, match="damaged"):
+        load_bundle(path)
+    (path / "config.json").unlink()
+    with pytest.raises(BundleError, match="not a neuralworld world"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="no such world"):
+        load_bundle(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path, data32):
+    args = ["--autoencoder-steps", 3, "--dynamics-steps", 3, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1,
+            "--autoencoder-batch", 8, "--dynamics-batch", 4, "--clip-frames", 4, "--precision", "fp32", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "neuralworld", "train", str(data32),
+         "--out", str(tmp_path / "ddp"), *map(str, args)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert p.returncode == 0, p.stderr[-4000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    # one process, two accumulation steps: the same global batch, split the same way
+    cli("train", data32, "--out", tmp_path / "one", "--grad-accum", 2, *args, env=env)
+    # the same losses step by step (averaged over processes in the log) ...
+    def losses(run):
+        lines = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        return [(x["stage"], x["step"], x["loss"]) for x in lines if x["kind"] == "train"]
+
+    la, lb = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert [x[:2] for x in la] == [x[:2] for x in lb] and len(la) == 6
+    for (stage, step, x), (_, _, y) in zip(la, lb):
+        assert abs(x - y) <= 1e-4 * abs(y), (stage, step, x, y)
+    # ... and the same weights, to float-summation noise (Adam amplifies it on tiny gradients)
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 2e-3, f"2 processes differ from 1 process on the same global batch by {worst}"
