@@ -207,7 +207,9 @@ def _rng(seed: int, stage: str, step: int) -> np.random.Generator:
 class FrameSource:
     """Random frames of the training episodes, held in memory when they fit."""
 
-    def __init__(self, ds: Dataset, episodes: list[int], memory_limit: int = 6 << 30):
+    def __init__(self, ds: Dataset, episodes: list[int], memory_limit: int | None = None):
+        if memory_limit is None:  # a third of this machine's memory
+            memory_limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 3
         self.ds = ds
         self.episodes = episodes
         self.lengths = np.array([ds.lengths[e] for e in episodes])
@@ -216,20 +218,19 @@ class FrameSource:
         self.in_memory = int(self.cum[-1]) * h * w * 3 <= memory_limit
         self._frames: dict[int, np.ndarray] = {}
 
-    def frames(self, e: int) -> np.ndarray:
+    def frame(self, e: int, t: int) -> np.ndarray:
+        if not self.in_memory:
+            return self.ds.episode(e)["frames"][t]  # one chunk read per frame: slower, bounded memory
         if e not in self._frames:
-            self._frames[e] = ds_frames = self.ds.episode(e)["frames"][:]
-            if not self.in_memory:
-                self._frames = {e: ds_frames}
-        return self._frames[e]
+            self._frames[e] = self.ds.episode(e)["frames"][:]
+        return self._frames[e][t]
 
     def batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
         flat = rng.integers(0, int(self.cum[-1]), size=n)
         out = []
         for i in flat:
             j = int(np.searchsorted(self.cum, i, side="right"))
-            t = int(i - (self.cum[j - 1] if j else 0))
-            out.append(self.frames(self.episodes[j])[t])
+            out.append(self.frame(self.episodes[j], int(i - (self.cum[j - 1] if j else 0))))
         return np.stack(out)  # (n, H, W, 3) uint8
 
 
@@ -679,16 +680,18 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
         ae.eval()
         if "dynamics" in cfg.stages:
             ae_sha = sha256_file(ae_ckpt) if ae_ckpt.exists() else "untrained"
-            lat = load_latents(run, ae_sha, ds.ids)
-            if lat is None:
-                if d.main:
-                    t_enc = time.perf_counter()
-                    lat = encode_dataset(ae, ds, d)
-                    save_latents(run, lat, ae_sha, ds.ids)
-                    summary["encode_seconds"] = round(time.perf_counter() - t_enc, 1)
-                d.barrier()
-                if not d.main:
-                    lat = load_latents(run, ae_sha, ds.ids)
+            # rank 0 encodes (or reuses) the latents; every rank waits at the same barrier, then reads them
+            lat = load_latents(run, ae_sha, ds.ids) if d.main else None
+            if d.main and lat is None:
+                t_enc = time.perf_counter()
+                lat = encode_dataset(ae, ds, d)
+                save_latents(run, lat, ae_sha, ds.ids)
+                summary["encode_seconds"] = round(time.perf_counter() - t_enc, 1)
+            d.barrier()
+            if not d.main:
+                lat = load_latents(run, ae_sha, ds.ids)
+                if lat is None:
+                    raise TrainingError(f"process {d.rank} cannot read the latents process 0 wrote to {run}")
             assert lat is not None
             dyn = train_dynamics(world, cfg, ae, lat, split, d, run, logger, progress)
             if d.main:
