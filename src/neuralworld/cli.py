@@ -160,6 +160,26 @@ def _cmd_import_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from neuralworld.bench import format_table, run_bench
+    from neuralworld.bundle import BundleError
+
+    try:
+        batches = tuple(int(b) for b in args.batch.split(","))
+        paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
+    except ValueError:
+        raise UserError(f"--batch must be whole numbers separated by commas, got {args.batch!r}") from None
+    try:
+        summary = run_bench(args.world, threads=args.threads, batches=batches, frames=args.frames,
+                            warmup=args.warmup, sampler=args.sampler, paths=paths,
+                            log=lambda m: print(m, file=sys.stderr))
+    except (BundleError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(format_table(summary))
+    print(json.dumps(summary))
+    return 0
+
+
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuralworld", description="Worlds that exist only as a neural network.")
@@ -235,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--hfov", type=float, default=90.0, metavar="DEG", help="horizontal field of view of the video, for visual odometry")
     v.add_argument("--out", required=True, help="dataset folder (created, or appended to if it is one)")
     v.set_defaults(func=_cmd_import_video)
+
+    b = sub.add_parser("bench", help="frames/s, action-to-frame latency and FLOPs/frame per execution path (eager, bf16, compiled, onnx)")
+    b.add_argument("world", help="world bundle folder")
+    b.add_argument("--threads", type=_positive_int, default=2, help="torch / ONNX Runtime intra-op threads")
+    b.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
+    b.add_argument("--frames", type=_positive_int, default=50, help="timed steps per path and batch size")
+    b.add_argument("--warmup", type=int, default=10, help="untimed steps first (fills memory, compiles)")
+    b.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset")
+    b.add_argument("--paths", default="eager,bf16,compiled,onnx", help="execution paths, comma-separated")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from neuralworld.actions import ActionError, ActionSpec
+from neuralworld.backends import make_backend
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.dynamics import DynamicsCache
 from neuralworld.model.sampler import SAMPLERS, SamplerPreset
@@ -109,6 +110,9 @@ class WorldSession:
             the world's networks there (they are shared, not copied).
         actions: the actions that led to ``frames`` (T, A) or (B, T, A), in the
             ActionSpec's units; None: no-ops (the usual case for an image).
+        backend: how the networks run (``backends.PATHS``): ``"torch"``/``"eager"``
+            (fp32, the reference), ``"bf16"``, ``"compiled"``, ``"onnx"`` (ONNX
+            Runtime), or a backend object. The rollout is the same for all.
 
     A session made with 5-d frames or ``batch_size > 1`` is *batched*: ``step``
     returns (B, H, W, 3) and takes (A,) (same action for all) or (B, A). Otherwise
@@ -125,6 +129,7 @@ class WorldSession:
         seed: int = 0,
         device: str | torch.device | None = None,
         actions: np.ndarray | None = None,
+        backend: str | Any = "torch",
     ):
         if isinstance(world, (str, os.PathLike)):
             from neuralworld.bundle import load_bundle
@@ -157,9 +162,10 @@ class WorldSession:
         self._latent_shape = (self.batch_size, self.dynamics.latent_channels, h, w)  # (B, C, h, w)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
+        self.backend = make_backend(backend, world, self.batch_size)
         with torch.inference_mode():
             # allocated once; reset only marks it empty
-            self.cache: DynamicsCache = self.dynamics.new_cache(self.batch_size, device=self.device)
+            self.cache: DynamicsCache = self.backend.new_cache(self.batch_size, device=self.device)
         self._frame: np.ndarray  # (B, H, W, 3) uint8
         self._latent: torch.Tensor  # (B, C, h, w), the dynamics' normalised latent of the current frame
         self._reward: np.ndarray  # (B,)
@@ -236,10 +242,10 @@ class WorldSession:
         """
         a = self._action_tensor(action, "step")  # (B, A) normalised
         noise = torch.randn(self._latent_shape, generator=self.generator, device=self.device)  # (B, C, h, w)
-        dynamics, cache = self.dynamics, self.cache
+        backend, cache = self.backend, self.cache
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return dynamics.step(x, t, a, cache).velocity  # (B, C, h, w)
+            return backend.step(x, t, a, cache).velocity  # (B, C, h, w)
 
         latent = self.sampler(denoise, noise)  # (B, C, h, w)
         if remember:
@@ -349,15 +355,14 @@ class WorldSession:
         if level > 0:
             eps = torch.randn(self._latent_shape, generator=self.generator, device=self.device)
             latent = (1.0 - level) * latent + level * eps  # training's context noise, at a known level
-        out = self.dynamics.append(latent, level, action, self.cache)
+        out = self.backend.append(latent, level, action, self.cache)
         self._reward = out.reward.float().cpu().numpy()  # (B,)
         self._termination = torch.sigmoid(out.termination.float()).cpu().numpy()  # (B,)
         self._remembered += 1
 
     def _decode(self, latent: torch.Tensor) -> np.ndarray:
         """Normalised latents (B, C, h, w) -> uint8 frames (B, H, W, 3)."""
-        ae = self.autoencoder
-        return tensor_to_frames(ae.decode(ae.denormalize_latents(latent)))
+        return tensor_to_frames(self.backend.decode(latent))
 
     def __repr__(self) -> str:
         name = getattr(self.world, "name", "") or "world"

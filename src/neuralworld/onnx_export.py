@@ -1,0 +1,243 @@
+"""A world as two ONNX graphs, and the ONNX Runtime backend that plays them.
+
+    OUT/
+      dynamics_step.onnx   Dynamics.step_with_cache_tensors: one frame against explicit cache tensors
+      decoder.onnx         normalised latent (B, C, h, w) -> frame (B, 3, H, W), roughly [-1, 1]
+      onnx.json            {"format": "neuralworld-onnx", "opset", "batch_size", shapes, input/output names}
+
+``dynamics_step.onnx``
+    inputs   latent (B, C, h, w) f32, noise_level (B,) f32, action (B, A) f32 (normalised),
+             full_k, full_v (L, B, H, K-1, N, hd) f32, full_age (K-1,) i64, full_valid (B, K-1) bool,
+             pooled_k, pooled_v (L, B, H, M-1, Np, hd) f32, pooled_age (M-1,) i64, pooled_valid (B, M-1) bool
+    outputs  velocity (B, C, h, w), reward (B,), termination (B,) (a logit),
+             new_full_k, new_full_v (L, B, H, N, hd), new_pooled_k, new_pooled_v (L, B, H, Np, hd):
+             the frame's own keys/values; the host writes them into its rings (``push_to_cache``).
+
+The graphs are exported for one batch size (fixed shapes let ONNX Runtime plan
+every buffer once; a browser plays batch 1). ``OnnxBackend`` runs them with the
+same interface as ``backends.TorchBackend`` so ``WorldSession`` drives either:
+noise, sampler math and the order of calls stay in the session (one rollout
+loop); only the network calls and the ring bookkeeping (numpy) differ.
+Priming from real frames still encodes with the torch encoder: it runs once per
+reset, not per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from neuralworld.model.autoencoder import Autoencoder
+from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput
+
+FORMAT = "neuralworld-onnx"
+OPSET = 17
+STEP_FILE = "dynamics_step.onnx"
+DECODER_FILE = "decoder.onnx"
+META_FILE = "onnx.json"
+
+STEP_INPUTS = (
+    "latent", "noise_level", "action",
+    "full_k", "full_v", "full_age", "full_valid",
+    "pooled_k", "pooled_v", "pooled_age", "pooled_valid",
+)  # fmt: skip
+STEP_OUTPUTS = ("velocity", "reward", "termination", "new_full_k", "new_full_v", "new_pooled_k", "new_pooled_v")
+
+
+class _StepGraph(nn.Module):
+    """Dynamics.step_with_cache_tensors as a module's forward (what the exporter traces)."""
+
+    def __init__(self, dynamics: Dynamics):
+        super().__init__()
+        self.dynamics = dynamics
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.dynamics.step_with_cache_tensors(*inputs)
+
+
+class _DecoderGraph(nn.Module):
+    """Normalised latent (B, C, h, w) -> frame (B, 3, H, W): denormalise, then decode."""
+
+    def __init__(self, autoencoder: Autoencoder):
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        ae = self.autoencoder
+        return ae.decode(ae.denormalize_latents(latent))
+
+
+def example_step_inputs(dynamics: Dynamics, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs of the right shapes and dtypes for ``step_with_cache_tensors`` (random
+    latent and keys/values, a half-full cache): what the export traces with."""
+    g = torch.Generator().manual_seed(seed)
+    c = dynamics.new_cache(batch_size, device="cpu")
+    h, w = dynamics.latent_size
+    latent = torch.randn(batch_size, dynamics.latent_channels, h, w, generator=g)
+    for t in (c.full_k, c.full_v, c.pooled_k, c.pooled_v):
+        t.copy_(torch.randn(t.shape, generator=g))
+    c.full_valid[:, : (c.full_valid.shape[1] + 1) // 2] = True
+    c.pooled_valid[:, : (c.pooled_valid.shape[1] + 1) // 2] = True
+    return (
+        latent, torch.full((batch_size,), 0.5), torch.zeros(batch_size, dynamics.action_size),
+        c.full_k, c.full_v, c.full_age, c.full_valid, c.pooled_k, c.pooled_v, c.pooled_age, c.pooled_valid,
+    )  # fmt: skip
+
+
+def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, opset: int = OPSET) -> Path:
+    """Write ``dynamics_step.onnx``, ``decoder.onnx`` and ``onnx.json`` for ``world``
+    (a loaded ``World``) at ``batch_size``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dynamics, autoencoder = world.dynamics, world.autoencoder
+    device = dynamics.pos_embed.device
+    dynamics.cpu().eval()
+    autoencoder.cpu().eval()
+    step_inputs = example_step_inputs(dynamics, batch_size)
+    latent = step_inputs[0]
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            # dynamo=False: the TorchScript exporter gives a plain, fixed-shape graph in seconds
+            torch.onnx.export(
+                _StepGraph(dynamics), step_inputs, str(out / STEP_FILE), input_names=list(STEP_INPUTS),
+                output_names=list(STEP_OUTPUTS), opset_version=opset, dynamo=False,
+            )  # fmt: skip
+            torch.onnx.export(
+                _DecoderGraph(autoencoder), (latent,), str(out / DECODER_FILE), input_names=["latent"],
+                output_names=["frame"], opset_version=opset, dynamo=False,
+            )  # fmt: skip
+    finally:
+        dynamics.to(device)
+        autoencoder.to(device)
+    cfg = dynamics.config
+    meta = {
+        "format": FORMAT,
+        "opset": opset,
+        "batch_size": batch_size,
+        "resolution": list(world.config.resolution),
+        "latent_shape": [dynamics.latent_channels, *dynamics.latent_size],
+        "action_size": dynamics.action_size,
+        "action_spec": world.config.action_spec,
+        "n_layers": cfg.n_layers,
+        "full_frames": cfg.full_frames,
+        "memory_frames": cfg.memory_frames,
+        "step_inputs": {n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(STEP_INPUTS, step_inputs)},
+        "step_outputs": list(STEP_OUTPUTS),
+        "decoder": {"inputs": ["latent"], "outputs": ["frame"]},
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def push_to_cache(cache: DynamicsCache, k: Any, v: Any, pk: Any, pv: Any, memory_frames: int) -> None:
+    """Write one frame's keys/values into the cache rings, exactly as ``Dynamics.append``
+    does, for numpy rings (and torch rings too: only indexing and in-place arithmetic)."""
+    if cache.full_k.shape[3] > 0:
+        s = cache.full_next
+        cache.full_k[:, :, :, s] = k  # (L, B, H, N, hd)
+        cache.full_v[:, :, :, s] = v
+        cache.full_age += 1
+        cache.full_age[s] = 1
+        cache.full_valid[:, s] = True
+        cache.full_next = (s + 1) % cache.full_k.shape[3]
+    if cache.pooled_k.shape[3] > 0:
+        s = cache.pooled_next
+        cache.pooled_k[:, :, :, s] = pk  # (L, B, H, Np, hd)
+        cache.pooled_v[:, :, :, s] = pv
+        cache.pooled_age += 1
+        cache.pooled_age[s] = 1
+        cache.pooled_valid[:, s] = True
+        cache.pooled_next = (s + 1) % cache.pooled_k.shape[3]
+    # ages stay bounded (as Dynamics.append): a slot's age only matters up to M
+    cache.full_age[cache.full_age > memory_frames] = memory_frames
+    cache.pooled_age[cache.pooled_age > memory_frames] = memory_frames
+    cache.frames_seen += 1
+
+
+class OnnxBackend:
+    """``WorldSession``'s network calls on ONNX Runtime (CPU), one batch size.
+
+    Same interface as ``backends.TorchBackend``: ``new_cache``, ``step``, ``append``
+    (torch tensors in and out, so the session's sampler math is untouched) and
+    ``decode``. The cache is a ``DynamicsCache`` of numpy arrays.
+    """
+
+    name = "onnx"
+
+    def __init__(self, folder: str | os.PathLike, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        self.meta = json.loads((folder / META_FILE).read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{folder / META_FILE} is not a neuralworld ONNX export")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        self.step_session = ort.InferenceSession(str(folder / STEP_FILE), opts, providers=providers)
+        self.decoder_session = ort.InferenceSession(str(folder / DECODER_FILE), opts, providers=providers)
+        self.batch_size = int(self.meta["batch_size"])
+        self.memory_frames = int(self.meta["memory_frames"])
+        self._folder = folder
+
+    @classmethod
+    def from_world(cls, world: Any, batch_size: int, *, threads: int | None = None) -> "OnnxBackend":
+        """Export ``world`` at ``batch_size`` into a temporary folder and open it."""
+        folder = Path(tempfile.mkdtemp(prefix="neuralworld-onnx-"))
+        export_onnx(world, folder, batch_size=batch_size)
+        return cls(folder, threads=threads)
+
+    def new_cache(self, batch_size: int, device: Any = None) -> DynamicsCache:
+        if batch_size != self.batch_size:
+            raise ValueError(f"this ONNX export is for batch {self.batch_size}, not {batch_size}")
+        shapes = {n: tuple(s) for n, (s, _) in self.meta["step_inputs"].items()}
+        zeros = lambda name, dtype: np.zeros(shapes[name], dtype)  # noqa: E731
+        return DynamicsCache(
+            full_k=zeros("full_k", np.float32),
+            full_v=zeros("full_v", np.float32),
+            full_age=np.arange(1, shapes["full_age"][0] + 1, dtype=np.int64),
+            full_valid=zeros("full_valid", np.bool_),
+            pooled_k=zeros("pooled_k", np.float32),
+            pooled_v=zeros("pooled_v", np.float32),
+            pooled_age=np.arange(1, shapes["pooled_age"][0] + 1, dtype=np.int64),
+            pooled_valid=zeros("pooled_valid", np.bool_),
+        )
+
+    def _run(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache, outputs: list[str]):
+        B = latent.shape[0]
+        level = torch.as_tensor(noise_level, dtype=torch.float32).expand(B)
+        feed = {
+            "latent": np.ascontiguousarray(latent.float().cpu().numpy()),
+            "noise_level": np.ascontiguousarray(level.cpu().numpy()),
+            "action": np.ascontiguousarray(action.float().cpu().numpy()),
+            "full_k": cache.full_k, "full_v": cache.full_v, "full_age": cache.full_age, "full_valid": cache.full_valid,
+            "pooled_k": cache.pooled_k, "pooled_v": cache.pooled_v, "pooled_age": cache.pooled_age,
+            "pooled_valid": cache.pooled_valid,
+        }  # fmt: skip
+        return self.step_session.run(outputs, feed)
+
+    def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
+        velocity, reward, term = self._run(latent, noise_level, action, cache, ["velocity", "reward", "termination"])
+        return DynamicsOutput(torch.from_numpy(velocity), torch.from_numpy(reward), torch.from_numpy(term))
+
+    def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
+        velocity, reward, term, k, v, pk, pv = self._run(latent, noise_level, action, cache, list(STEP_OUTPUTS))
+        push_to_cache(cache, k, v, pk, pv, self.memory_frames)
+        return DynamicsOutput(torch.from_numpy(velocity), torch.from_numpy(reward), torch.from_numpy(term))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, h, w) -> frames (B, 3, H, W) float."""
+        (frame,) = self.decoder_session.run(["frame"], {"latent": np.ascontiguousarray(latent.float().cpu().numpy())})
+        return torch.from_numpy(frame)
