@@ -142,6 +142,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_play(args: argparse.Namespace) -> int:
+    from neuralworld.play import PlayConfig, PlayError, serve
+
+    config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players)
+    try:
+        serve(args.world, host=args.host, port=args.port, config=config, open_browser=args.open)
+    except PlayError as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
 def _cmd_import_video(args: argparse.Namespace) -> int:
     from neuralworld.record.video import import_video
 
@@ -243,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     e.set_defaults(func=_cmd_eval)
+
+    pl = sub.add_parser("play", help="play a world in the browser: a page on 127.0.0.1 streams frames over a WebSocket")
+    pl.add_argument("world", nargs="?", default=None, help="world bundle or run folder (from neuralworld train)")
+    pl.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 shares it with the network)")
+    pl.add_argument("--port", type=int, default=8000, help="port to listen on")
+    pl.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset of every session")
+    pl.add_argument("--pace", default="world", choices=["world", "max"], help="a frame per 1/fps of the world, or as fast as it can")
+    pl.add_argument("--max-players", type=_positive_int, default=8, help="WebSocket sessions at once; more are refused")
+    pl.add_argument("--open", action="store_true", help="open the page in a web browser")
+    pl.set_defaults(func=_cmd_play)
 
     v = sub.add_parser("import-video", help="turn videos into a dataset whose actions are the camera's motion")
     v.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, mov, webm, mkv, ...)")

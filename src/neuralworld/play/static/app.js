@@ -1,0 +1,276 @@
+// neuralworld web player: draws streamed frames, sends the player's controls.
+// Protocol: see neuralworld/play/server.py. No build step, nothing from the network.
+"use strict";
+
+const KEY_AXIS_FRACTION = 0.5;   // a held key drives an axis to half its range end
+const MOUSE_FULL_PX = 60;        // mouse pixels per tick that reach an axis's range end
+const STICK_DEADZONE = 0.2;
+
+// default keys by control name, used where the ActionSpec's hints name none
+const BUTTON_KEYS = {
+  forward: ["KeyW", "ArrowUp"], back: ["KeyS", "ArrowDown"], backward: ["KeyS", "ArrowDown"],
+  left: ["KeyA"], right: ["KeyD"], strafe_left: ["KeyA"], strafe_right: ["KeyD"],
+  attack: ["mouse0", "ControlLeft", "ControlRight"], fire: ["mouse0", "ControlLeft"], shoot: ["mouse0", "ControlLeft"],
+  use: ["KeyE", "Space"], interact: ["KeyE"], jump: ["Space"], crouch: ["KeyC"], run: ["ShiftLeft"], sprint: ["ShiftLeft"],
+};
+// axes: [negative key, positive key] and the mouse direction that drives them (sign: +1 or -1)
+const AXIS_DEFAULTS = {
+  turn: { keys: ["ArrowLeft", "ArrowRight"], mouse: "x", sign: 1, stick: "rx" },
+  yaw: { keys: ["ArrowLeft", "ArrowRight"], mouse: "x", sign: 1, stick: "rx" },
+  pitch: { keys: ["PageDown", "PageUp"], mouse: "y", sign: -1, stick: "ry" },  // mouse up looks up
+  move_x: { keys: ["KeyA", "KeyD"], stick: "lx" },
+  move_y: { keys: ["KeyC", "Space"] },
+  move_z: { keys: ["KeyS", "KeyW"], stick: "-ly" },
+  roll: { keys: ["KeyQ", "KeyE"] },
+};
+// gamepad (standard mapping) by button name
+const PAD_BUTTONS = {
+  forward: p => p.ly < -0.5, back: p => p.ly > 0.5, backward: p => p.ly > 0.5,
+  strafe_left: p => p.lx < -0.5, strafe_right: p => p.lx > 0.5, left: p => p.lx < -0.5, right: p => p.lx > 0.5,
+  attack: p => p.b[7] || p.b[5], fire: p => p.b[7], shoot: p => p.b[7],
+  use: p => p.b[0], interact: p => p.b[0], jump: p => p.b[0], crouch: p => p.b[1], run: p => p.b[10],
+};
+
+const $ = id => document.getElementById(id);
+const stage = $("stage"), canvas = $("screen"), ctx = canvas.getContext("2d");
+
+const nw = window.nw = {
+  world: null, ws: null, seq: 0, held: new Set(), mouseDx: 0, mouseDy: 0,
+  stats: { framesShown: 0, fps: 0, latencyMs: null, step: 0, serverFps: null, dropped: 0 },
+  lastHeader: null, lastAction: null, errors: [], messages: [], recordingUrl: null,
+  bindings: null, send: msg => { if (nw.ws && nw.ws.readyState === 1) nw.ws.send(JSON.stringify(msg)); },
+};
+const shownAt = [];
+
+// ---- controls from the ActionSpec -------------------------------------------
+function keyCodes(token) {
+  const t = token.trim().toLowerCase();
+  if (!t) return [];
+  if (t === "mouse button" || t === "mouse left" || t === "left mouse") return ["mouse0"];
+  if (t === "mouse right" || t === "right mouse") return ["mouse2"];
+  if (/^[a-z]$/.test(t)) return ["Key" + t.toUpperCase()];
+  if (/^[0-9]$/.test(t)) return ["Digit" + t];
+  const named = { up: ["ArrowUp"], down: ["ArrowDown"], left: ["ArrowLeft"], right: ["ArrowRight"], space: ["Space"],
+    ctrl: ["ControlLeft", "ControlRight"], control: ["ControlLeft", "ControlRight"], shift: ["ShiftLeft", "ShiftRight"],
+    alt: ["AltLeft", "AltRight"], enter: ["Enter"], tab: ["Tab"], pageup: ["PageUp"], pagedown: ["PageDown"] };
+  return named[t] || [];
+}
+
+function buildBindings(spec, hints) {
+  const buttons = {}, axes = {};
+  for (const name of spec.buttons) {
+    const hint = hints[name] || "";
+    let codes = hint.split(/[\/,]/).flatMap(keyCodes);
+    if (!codes.length) codes = BUTTON_KEYS[name] || [];
+    buttons[name] = codes;
+  }
+  for (const ax of spec.axes) {
+    const d = AXIS_DEFAULTS[ax.name] || {};
+    const b = { low: ax.low, high: ax.high, neg: [], pos: [], mouse: d.mouse || null, sign: d.sign || 1, stick: d.stick || null };
+    for (const part of (hints[ax.name] || "").split("/")) {
+      const p = part.trim().toLowerCase();
+      if (p === "mouse x" || p === "mouse y") { b.mouse = p.slice(-1); continue; }
+      const pair = part.split(",").map(keyCodes);
+      if (pair.length === 2 && pair[0].length && pair[1].length) { b.neg.push(...pair[0]); b.pos.push(...pair[1]); }
+    }
+    if (!b.neg.length && d.keys) { b.neg = [d.keys[0]]; b.pos = [d.keys[1]]; }
+    axes[ax.name] = b;
+  }
+  return { buttons, axes };
+}
+
+function readPad() {
+  const pads = navigator.getGamepads ? navigator.getGamepads() : [];
+  const g = Array.from(pads || []).find(p => p && p.connected);
+  if (!g) return null;
+  const dz = v => (Math.abs(v) < STICK_DEADZONE ? 0 : v);
+  return { lx: dz(g.axes[0] || 0), ly: dz(g.axes[1] || 0), rx: dz(g.axes[2] || 0), ry: dz(g.axes[3] || 0),
+           b: g.buttons.map(x => x.pressed) };
+}
+
+function currentAction() {
+  const { buttons: bb, axes: ab } = nw.bindings;
+  const pad = readPad();
+  const buttons = {}, axes = {};
+  for (const [name, codes] of Object.entries(bb)) {
+    const held = codes.some(c => nw.held.has(c)) || (pad && PAD_BUTTONS[name] ? !!PAD_BUTTONS[name](pad) : false);
+    buttons[name] = held ? 1 : 0;
+  }
+  for (const [name, b] of Object.entries(ab)) {
+    const end = v => (v >= 0 ? v * b.high : -v * b.low);  // -1..1 -> low..high (0 stays 0)
+    let v = 0;
+    if (b.neg.some(c => nw.held.has(c))) v += end(-KEY_AXIS_FRACTION);
+    if (b.pos.some(c => nw.held.has(c))) v += end(KEY_AXIS_FRACTION);
+    if (b.mouse) {
+      const px = (b.mouse === "x" ? nw.mouseDx : nw.mouseDy) * b.sign;
+      v += end(Math.max(-1, Math.min(1, px / MOUSE_FULL_PX)));
+    }
+    if (pad && b.stick) {
+      const s = b.stick.startsWith("-") ? -pad[b.stick.slice(1)] : pad[b.stick];
+      v += end(s);
+    }
+    axes[name] = Math.max(b.low, Math.min(b.high, v));
+  }
+  nw.mouseDx = nw.mouseDy = 0;
+  return { buttons, axes };
+}
+nw.currentAction = currentAction;
+
+function tick() {
+  if (!nw.bindings) return;
+  const a = currentAction();
+  nw.lastAction = a;
+  nw.send({ type: "action", buttons: a.buttons, axes: a.axes, seq: ++nw.seq, t: performance.now() });
+}
+
+// ---- input events --------------------------------------------------------------
+function usesCode(code) {
+  if (!nw.bindings) return false;
+  return Object.values(nw.bindings.buttons).some(c => c.includes(code)) ||
+         Object.values(nw.bindings.axes).some(b => b.neg.includes(code) || b.pos.includes(code));
+}
+document.addEventListener("keydown", e => {
+  if (e.target instanceof HTMLInputElement) return;
+  if (usesCode(e.code)) { nw.held.add(e.code); e.preventDefault(); }
+});
+document.addEventListener("keyup", e => { nw.held.delete(e.code); });
+window.addEventListener("blur", () => nw.held.clear());
+stage.addEventListener("click", () => { stage.focus(); if (stage.requestPointerLock) stage.requestPointerLock(); });
+document.addEventListener("pointerlockchange", () => {
+  const locked = document.pointerLockElement === stage;
+  stage.classList.toggle("locked", locked);
+  if (!locked) { nw.held.delete("mouse0"); nw.held.delete("mouse2"); }
+});
+document.addEventListener("mousemove", e => {
+  if (document.pointerLockElement === stage) { nw.mouseDx += e.movementX; nw.mouseDy += e.movementY; }
+});
+stage.addEventListener("mousedown", e => { if (document.pointerLockElement === stage) nw.held.add("mouse" + e.button); });
+document.addEventListener("mouseup", e => nw.held.delete("mouse" + e.button));
+stage.addEventListener("contextmenu", e => e.preventDefault());
+
+// ---- frames -------------------------------------------------------------------------
+let decoding = false, pending = null;
+function showFrame(buf) {
+  const view = new DataView(buf);
+  const n = view.getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+  pending = { header, jpeg: new Blob([new Uint8Array(buf, 4 + n)], { type: "image/jpeg" }) };
+  if (!decoding) drawPending();  // a frame that arrives while one decodes replaces the waiting one
+}
+async function drawPending() {
+  decoding = true;
+  while (pending) {
+    const { header, jpeg } = pending;
+    pending = null;
+    try {
+      const bmp = await createImageBitmap(jpeg);
+      if (canvas.width !== bmp.width || canvas.height !== bmp.height) { canvas.width = bmp.width; canvas.height = bmp.height; }
+      ctx.drawImage(bmp, 0, 0);
+      bmp.close();
+    } catch (err) { nw.errors.push("frame decode: " + err); continue; }
+    const now = performance.now();
+    shownAt.push(now);
+    const s = nw.stats;
+    s.framesShown++;
+    s.step = header.step;
+    s.serverFps = header.server_fps;
+    s.dropped = header.dropped;
+    if (typeof header.t === "number") {
+      const ms = now - header.t;
+      s.latencyMs = s.latencyMs === null ? ms : 0.8 * s.latencyMs + 0.2 * ms;
+    }
+    nw.lastHeader = header;
+    $("hud-step").textContent = header.step;
+    $("hud-rec").hidden = header.recording === null;
+    if (header.recording !== null) $("hud-rec-frames").textContent = header.recording;
+  }
+  decoding = false;
+}
+function updateHud() {
+  const now = performance.now();
+  while (shownAt.length && shownAt[0] < now - 1000) shownAt.shift();
+  const s = nw.stats;
+  s.fps = shownAt.length >= 2 ? (shownAt.length - 1) / ((shownAt[shownAt.length - 1] - shownAt[0]) / 1000) : 0;
+  $("hud-fps").textContent = s.fps.toFixed(1);
+  $("hud-latency").textContent = s.latencyMs === null ? "–" : s.latencyMs.toFixed(0);
+}
+
+// ---- messages -------------------------------------------------------------------------
+function setStatus(text, isError) { const el = $("status"); el.textContent = text; el.classList.toggle("error", !!isError); }
+function onMessage(msg) {
+  nw.messages.push(msg);
+  if (nw.messages.length > 100) nw.messages.shift();
+  if (msg.type === "error") { nw.errors.push(msg.message); setStatus(msg.message, true); }
+  else if (msg.type === "hello") setStatus(`playing as player ${msg.player}`);
+  else if (msg.type === "reset") setStatus("reset");
+  else if (msg.type === "started") setStatus(`started from a ${msg.image[1]}×${msg.image[0]} image`);
+  else if (msg.type === "recording") {
+    const btn = $("record");
+    btn.classList.toggle("on", msg.on);
+    btn.textContent = msg.on ? "Stop" : "Record";
+    if (!msg.on && msg.url) {
+      nw.recordingUrl = msg.url;
+      const a = $("download");
+      a.href = msg.url; a.hidden = false; a.textContent = `download recording (${msg.frames} frames)`;
+      setStatus(msg.note || "recording ready");
+    } else if (msg.on) setStatus("recording…");
+  }
+}
+
+function connect() {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws.binaryType = "arraybuffer";
+  nw.ws = ws;
+  ws.onmessage = ev => (typeof ev.data === "string" ? onMessage(JSON.parse(ev.data)) : showFrame(ev.data));
+  ws.onclose = ev => {
+    const last = nw.errors[nw.errors.length - 1];
+    setStatus(`disconnected${ev.code === 1013 && last ? ": " + last : ""} — reload to play again`, true);
+  };
+}
+
+// ---- buttons ---------------------------------------------------------------------------
+$("reset").addEventListener("click", () => { nw.send({ type: "reset" }); stage.focus(); });
+$("record").addEventListener("click", () => {
+  nw.send({ type: "record", on: !$("record").classList.contains("on") });
+  stage.focus();
+});
+$("start-image").addEventListener("change", async e => {
+  const file = e.target.files[0];
+  e.target.value = "";
+  if (!file) return;
+  try {
+    // shrink big photos here, so an upload stays far below the server's message limit
+    const bmp = await createImageBitmap(file);
+    const [H, W] = nw.world.resolution;
+    const scale = Math.min(1, Math.max(4 * H, 256) / Math.min(bmp.width, bmp.height));
+    const c = document.createElement("canvas");
+    c.width = Math.max(1, Math.round(bmp.width * scale)); c.height = Math.max(1, Math.round(bmp.height * scale));
+    c.getContext("2d").drawImage(bmp, 0, 0, c.width, c.height);
+    nw.send({ type: "start_image", data: c.toDataURL("image/png") });
+    setStatus("sending image…");
+  } catch (err) { setStatus("that file is not an image this browser can read", true); }
+  stage.focus();
+});
+
+// ---- start -----------------------------------------------------------------------------
+async function main() {
+  const world = nw.world = await (await fetch("/api/world")).json();
+  nw.bindings = buildBindings(world.spec, world.hints || {});
+  const [H, W] = world.resolution;
+  canvas.width = W; canvas.height = H;
+  stage.style.aspectRatio = `${W} / ${H}`;
+  $("hud-world").textContent = world.name;
+  document.title = `${world.name} — neuralworld`;
+  const names = c => c.replace(/^Key|^Digit/, "").replace("mouse0", "mouse button").replace("Arrow", "");
+  const rows = [
+    ...Object.entries(nw.bindings.buttons).map(([n, codes]) => `${n}: ${codes.map(names).join(" / ") || "gamepad"}`),
+    ...Object.entries(nw.bindings.axes).map(([n, b]) =>
+      `${n}: ${[b.mouse && "mouse " + b.mouse, b.neg.length && `${b.neg.map(names).join("/")} − , ${b.pos.map(names).join("/")} +`].filter(Boolean).join(" · ")}`),
+  ];
+  $("keys").replaceChildren(...rows.map(r => Object.assign(document.createElement("li"), { textContent: r })));
+  connect();
+  setInterval(tick, 1000 / world.fps);
+  setInterval(updateHud, 250);
+  stage.focus();
+}
+main().catch(err => { setStatus("could not load the world: " + err, true); nw.errors.push(String(err)); });
