@@ -131,9 +131,11 @@ function usesCode(code) {
 }
 document.addEventListener("keydown", e => {
   if (e.target instanceof HTMLInputElement) return;
-  if (usesCode(e.code)) { nw.held.add(e.code); e.preventDefault(); }
+  if (!usesCode(e.code)) return;
+  e.preventDefault();
+  if (!nw.held.has(e.code)) { nw.held.add(e.code); tick(); }  // a change goes out now, not at the next tick
 });
-document.addEventListener("keyup", e => { nw.held.delete(e.code); });
+document.addEventListener("keyup", e => { if (nw.held.delete(e.code)) tick(); });
 window.addEventListener("blur", () => nw.held.clear());
 stage.addEventListener("click", () => { stage.focus(); if (stage.requestPointerLock) stage.requestPointerLock(); });
 document.addEventListener("pointerlockchange", () => {
