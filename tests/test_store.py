@@ -195,3 +195,30 @@ def test_fsspec_url_store():
     ds = Dataset(url)
     assert ds.num_episodes == 1 and ds.num_frames == 40 and ds.incomplete == ["000001"]
     assert WindowSampler(ds, 4).sample(2).frames.shape == (2, 4, *RES, 3)
+
+
+def test_video_without_pyav_falls_back_to_opencv(tmp_path, monkeypatch):
+    import builtins
+
+    from neuralworld.data.view import write_video
+
+    real_import = builtins.__import__
+
+    def no_av(name, *a, **k):
+        if name == "av":
+            raise ImportError("no PyAV here")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    frames = [np.full((32, 48, 3), i * 20, np.uint8) for i in range(10)]
+    out = write_video(iter(frames), tmp_path / "v.mp4", fps=10)
+    with pytest.raises(DatasetError, match="needs PyAV"):
+        write_video(iter(frames), tmp_path / "v.gif", fps=10)
+    monkeypatch.undo()
+    import cv2
+
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 10 and not list(tmp_path.glob(".*partial*"))

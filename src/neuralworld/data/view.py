@@ -80,8 +80,10 @@ def annotated_frames(ds: Dataset, episode: int, scale: int = 3, max_frames: int 
 
 
 def write_video(frames: Iterator[np.ndarray], out: str | os.PathLike, fps: float) -> Path:
-    """Write RGB frames to .mp4 (H.264) or .gif, atomically (temp file, then rename)."""
-    import av
+    """Write RGB frames to .mp4 (H.264) or .gif, atomically (temp file, then rename).
+
+    Without PyAV (a bare GPU box, say) an mp4 is still written, through OpenCV's
+    MPEG-4 Part 2 encoder: larger files, but every player opens them."""
     from fractions import Fraction
 
     out = Path(out)
@@ -91,6 +93,12 @@ def write_video(frames: Iterator[np.ndarray], out: str | os.PathLike, fps: float
     if not out.parent.exists():
         raise DatasetError(f"folder {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.partial{ext}")
+    try:
+        import av
+    except ImportError:
+        if ext == ".gif":
+            raise DatasetError("writing a .gif needs PyAV (pip install av); write an .mp4 instead") from None
+        return _write_video_opencv(frames, out, tmp, fps)
     rate = Fraction(fps).limit_denominator(1000)
     container = av.open(str(tmp), mode="w")
     try:
@@ -119,6 +127,28 @@ def write_video(frames: Iterator[np.ndarray], out: str | os.PathLike, fps: float
         os.replace(tmp, out)
     except BaseException:
         container.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _write_video_opencv(frames: Iterator[np.ndarray], out: Path, tmp: Path, fps: float) -> Path:
+    writer = None
+    try:
+        for img in frames:
+            if writer is None:
+                h, w = img.shape[:2]
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+                if not writer.isOpened():
+                    raise DatasetError(f"OpenCV cannot write {out}")
+            writer.write(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
+        if writer is None:
+            raise DatasetError("nothing to write: the episode has no frames")
+        writer.release()
+        os.replace(tmp, out)
+    except BaseException:
+        if writer is not None:
+            writer.release()
         tmp.unlink(missing_ok=True)
         raise
     return out
