@@ -133,6 +133,17 @@ def test_bf16_backend_plays_close_to_fp32(world):
         assert diff.mean() < 8.0
 
 
+def test_int8_backend_plays_close_to_fp32(world):
+    """onnx_int8 quantises the step's matmuls: an approximation, close but not equal."""
+    ref = WorldSession(world, sampler="fast", seed=0)
+    q8 = WorldSession(world, sampler="fast", seed=0, backend="onnx_int8")
+    assert q8.backend.name == "onnx_int8"
+    for a in random_actions(3):
+        f_ref, f_q8 = ref.step(a), q8.step(a)
+        assert np.abs(f_ref.astype(int) - f_q8.astype(int)).mean() < 8.0
+        torch.testing.assert_close(q8.latent, ref.latent, atol=0.25, rtol=0)
+
+
 def test_bench_prints_a_table_and_json(world_path, capsys):
     from neuralworld.cli import main
 
@@ -141,13 +152,13 @@ def test_bench_prints_a_table_and_json(world_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert "fps" in out[1] and "p95" in out[1]  # the table's header
-    assert summary["fastest"] in ("eager", "bf16", "onnx")
+    assert summary["fastest"] in ("eager", "bf16", "onnx") and summary["fastest_exact"] in ("eager", "onnx")
     assert set(summary["params"]) == {"dynamics", "decoder", "encoder"} and summary["params"]["dynamics"] > 0
     assert summary["threads"] == 2 and summary["resolution"] == [64, 64]
     rows = {(r["path"], r["batch"]) for r in summary["results"]}
     assert rows == {(p, b) for p in ("eager", "bf16", "onnx") for b in (1, 2)}
     for r in summary["results"]:
-        assert set(r["latency_ms"]) == {"mean", "p50", "p95"}
+        assert set(r["latency_ms"]) == {"mean", "p50", "p95", "min"}
         assert set(r["breakdown_ms_per_step"]) == {"step", "append", "decode", "other"}
         assert r["calls_per_step"] == {"step": 2.0, "append": 1.0, "decode": 1.0}  # fast: 2 Euler calls
         assert r["flops_per_frame"] > 0 and r["fps"] > 0

@@ -12,6 +12,10 @@ Names (``PATHS``, what ``neuralworld bench --paths`` measures):
     bf16      PyTorch under CPU bfloat16 autocast, bfloat16 cache
     compiled  ``torch.compile`` of the pure step (``Dynamics.step_with_cache_tensors``) and decoder
     onnx      ONNX Runtime on the exported graphs (``onnx_export.OnnxBackend``)
+    onnx_int8 the same with the dynamics step's matmuls in int8 (dynamic quantisation; approximate)
+
+``eager``, ``compiled`` and ``onnx`` compute the same float32 function (tested to
+~1e-6); ``bf16`` and ``onnx_int8`` trade exactness for speed.
 
 Noise, the sampler and the order of calls stay in the session, so every backend
 plays the same rollout loop (STYLE habit 3).
@@ -26,7 +30,9 @@ import torch
 
 from neuralworld.model.dynamics import DynamicsCache, DynamicsOutput
 
-PATHS = ("eager", "bf16", "compiled", "onnx")
+PATHS = ("eager", "bf16", "compiled", "onnx", "onnx_int8")
+EXACT_PATHS = ("eager", "compiled", "onnx")
+"""Paths that compute the reference float32 function (to rounding)."""
 
 
 class TorchBackend:
@@ -101,8 +107,8 @@ def make_backend(backend: Any, world: Any, batch_size: int) -> Any:
         return TorchBackend(world, precision="bf16")
     if name == "compiled":
         return TorchBackend(world, compile=True)
-    if name == "onnx":
+    if name in ("onnx", "onnx_int8"):
         from neuralworld.onnx_export import OnnxBackend
 
-        return OnnxBackend.from_world(world, batch_size)
+        return OnnxBackend.from_world(world, batch_size, int8=name == "onnx_int8")
     raise ValueError(f"unknown backend {backend!r}; choose from {PATHS} or pass a backend object")

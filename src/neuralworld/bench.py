@@ -10,7 +10,8 @@ eager step (matmuls, convolutions, attention; the same for every path).
 
 The figures are printed as a table; the last line printed is JSON, with
 ``"fastest"``: the path with the most frames/s at batch 1, which a player can
-hand to ``WorldSession(..., backend=...)``. Nothing here asserts on time (a
+hand to ``WorldSession(..., backend=...)`` (and ``"fastest_exact"``, the fastest
+of those that compute the reference float32 function). Nothing here asserts on time (a
 shared machine's timings vary).
 """
 
@@ -22,10 +23,16 @@ import platform
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
-import torch
+# OpenMP threads that sleep instead of spinning between parallel regions: on a shared
+# 2-core machine spinning threads starve each other and every other process (measured
+# here under load: eager 1.6 -> 8.4 frames/s). Only takes effect if torch is not yet
+# loaded; set OMP_WAIT_POLICY yourself to override. ONNX Runtime's spinning is off too.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from neuralworld.backends import PATHS
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from neuralworld.backends import EXACT_PATHS, PATHS  # noqa: E402
 
 
 class _TimedBackend:
@@ -149,6 +156,7 @@ def bench_path(
             "mean": round(float(lat.mean()), 3),
             "p50": round(float(np.percentile(lat, 50)), 3),
             "p95": round(float(np.percentile(lat, 95)), 3),
+            "min": round(float(lat.min()), 3),  # on a shared machine, the steadiest estimate of the cost
         },
         "breakdown_ms_per_step": breakdown,  # step: all sampler calls of one session.step together
         "ms_per_call": {k: round(per_call(k), 3) for k in timed.totals},
@@ -176,6 +184,7 @@ def run_bench(
     if unknown:
         raise ValueError(f"unknown paths {unknown}; choose from {list(PATHS)}")
     torch.set_num_threads(threads)
+    load_before = round(os.getloadavg()[0], 2)
     world = load_bundle(world_path) if isinstance(world_path, (str, os.PathLike)) else world_path
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -197,6 +206,8 @@ def run_bench(
             results.append(r)
     batch1 = [r for r in results if r["batch"] == min(batches)]
     fastest = max(batch1, key=lambda r: r["fps"])["path"] if batch1 else None
+    exact = [r for r in batch1 if r["path"] in EXACT_PATHS]
+    fastest_exact = max(exact, key=lambda r: r["fps"])["path"] if exact else None
     res = tuple(world.config.resolution)
     summary = {
         "world": getattr(world, "name", ""),
@@ -210,16 +221,22 @@ def run_bench(
         "skipped": skipped,
         "fastest": fastest,
         "fastest_fps_batch1": max((r["fps"] for r in batch1), default=None),
+        # the fastest path that computes the reference float32 function (bf16 and int8 approximate it)
+        "fastest_exact": fastest_exact,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # other work on the machine while it ran (1-minute load average, before and after)
+        "load_average": [load_before, round(os.getloadavg()[0], 2)],
     }
     return summary
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """The results as a fixed-width table a person can read."""
-    head = f"{'path':<9} {'batch':>5} {'fps':>8} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'dyn ms':>8} {'app ms':>8} {'dec ms':>8} {'GFLOP/f':>8}"
+    head = (f"{'path':<9} {'batch':>5} {'fps':>8} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'min ms':>8} "
+            f"{'dyn ms':>8} {'app ms':>8} {'dec ms':>8} {'GFLOP/f':>8}")
     lines = [
         f"world {summary['world']!r} {summary['resolution'][0]}x{summary['resolution'][1]}, sampler {summary['sampler']}, "
         f"{summary['threads']} threads, {summary['frames']} steps timed; params {summary['params']}",
@@ -229,11 +246,13 @@ def format_table(summary: dict[str, Any]) -> str:
     for r in summary["results"]:
         b, lat = r["breakdown_ms_per_step"], r["latency_ms"]
         lines.append(
-            f"{r['path']:<9} {r['batch']:>5} {r['fps']:>8.1f} {lat['mean']:>8.2f} {lat['p50']:>8.2f} {lat['p95']:>8.2f} "
+            f"{r['path']:<9} {r['batch']:>5} {r['fps']:>8.1f} {lat['mean']:>8.2f} {lat['p50']:>8.2f} {lat['p95']:>8.2f} {lat['min']:>8.2f} "
             f"{b['step']:>8.2f} {b['append']:>8.2f} {b['decode']:>8.2f} {r['flops_per_frame'] / 1e9:>8.3f}"
         )
     for path, why in summary["skipped"].items():
         lines.append(f"{path:<9} skipped: {why}")
-    lines.append(f"fastest at batch 1: {summary['fastest']} ({summary['fastest_fps_batch1']} frames/s)")
-    lines.append("(dyn ms: all sampler calls of one step; fps counts every batch element's frame)")
+    lines.append(f"fastest at batch 1: {summary['fastest']} ({summary['fastest_fps_batch1']} frames/s); "
+                 f"fastest float32-exact: {summary['fastest_exact']}")
+    lines.append("(dyn ms: all sampler calls of one step; fps counts every batch element's frame; "
+                 f"load average {summary['load_average']} on {summary['cpu_count']} cores)")
     return "\n".join(lines)

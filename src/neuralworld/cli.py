@@ -277,14 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="dataset folder (created, or appended to if it is one)")
     v.set_defaults(func=_cmd_import_video)
 
-    b = sub.add_parser("bench", help="frames/s, action-to-frame latency and FLOPs/frame per execution path (eager, bf16, compiled, onnx)")
+    b = sub.add_parser("bench", help="frames/s, action-to-frame latency and FLOPs/frame per execution path (eager, bf16, compiled, onnx, onnx_int8)")
     b.add_argument("world", help="world bundle folder")
     b.add_argument("--threads", type=_positive_int, default=2, help="torch / ONNX Runtime intra-op threads")
     b.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
     b.add_argument("--frames", type=_positive_int, default=50, help="timed steps per path and batch size")
     b.add_argument("--warmup", type=int, default=10, help="untimed steps first (fills memory, compiles)")
     b.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset")
-    b.add_argument("--paths", default="eager,bf16,compiled,onnx", help="execution paths, comma-separated")
+    b.add_argument("--paths", default="eager,bf16,compiled,onnx,onnx_int8", help="execution paths, comma-separated (onnx_int8 and bf16 approximate the float32 function)")
     b.set_defaults(func=_cmd_bench)
     return p
 

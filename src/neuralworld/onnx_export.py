@@ -3,6 +3,9 @@
     OUT/
       dynamics_step.onnx   Dynamics.step_with_cache_tensors: one frame against explicit cache tensors
       decoder.onnx         normalised latent (B, C, h, w) -> frame (B, 3, H, W), roughly [-1, 1]
+      dynamics_step.int8.onnx   (``quantize_step``) the step with int8 weights and dynamically
+                           quantised activations in every MatMul/Gemm: ~1.4x faster on a CPU
+                           with VNNI, an approximation (velocity errors ~1e-2)
       onnx.json            {"format": "neuralworld-onnx", "opset", "batch_size", shapes, input/output names}
 
 ``dynamics_step.onnx``
@@ -25,6 +28,7 @@ reset, not per frame.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -41,6 +45,7 @@ from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput
 FORMAT = "neuralworld-onnx"
 OPSET = 17
 STEP_FILE = "dynamics_step.onnx"
+STEP_INT8_FILE = "dynamics_step.int8.onnx"
 DECODER_FILE = "decoder.onnx"
 META_FILE = "onnx.json"
 
@@ -138,6 +143,24 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
     return out
 
 
+def quantize_step(folder: str | os.PathLike) -> Path:
+    """Write ``dynamics_step.int8.onnx`` beside ``dynamics_step.onnx``: int8 weights, activations
+    quantised per call (ONNX Runtime's dynamic quantisation; no calibration data needed).
+    The decoder stays float: ONNX Runtime's integer convolutions are slower than its float ones."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(folder)
+    logger = logging.getLogger()  # the quantizer warns through the root logger about pre-processing
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(folder / STEP_FILE), str(folder / STEP_INT8_FILE), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])  # fmt: skip
+    finally:
+        logger.setLevel(level)
+    return folder / STEP_INT8_FILE
+
+
 def push_to_cache(cache: DynamicsCache, k: Any, v: Any, pk: Any, pv: Any, memory_frames: int) -> None:
     """Write one frame's keys/values into the cache rings, exactly as ``Dynamics.append``
     does, for numpy rings (and torch rings too: only indexing and in-place arithmetic)."""
@@ -171,9 +194,7 @@ class OnnxBackend:
     ``decode``. The cache is a ``DynamicsCache`` of numpy arrays.
     """
 
-    name = "onnx"
-
-    def __init__(self, folder: str | os.PathLike, *, threads: int | None = None):
+    def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, int8: bool = False):
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -184,20 +205,27 @@ class OnnxBackend:
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # no busy-waiting between runs: torch ops run between the calls on the same cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("NEURALWORLD_ORT_SPIN", "0"))
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
-        self.step_session = ort.InferenceSession(str(folder / STEP_FILE), opts, providers=providers)
+        self.name = "onnx_int8" if int8 else "onnx"
+        step_file = folder / (STEP_INT8_FILE if int8 else STEP_FILE)
+        self.step_session = ort.InferenceSession(str(step_file), opts, providers=providers)
         self.decoder_session = ort.InferenceSession(str(folder / DECODER_FILE), opts, providers=providers)
         self.batch_size = int(self.meta["batch_size"])
         self.memory_frames = int(self.meta["memory_frames"])
         self._folder = folder
 
     @classmethod
-    def from_world(cls, world: Any, batch_size: int, *, threads: int | None = None) -> "OnnxBackend":
-        """Export ``world`` at ``batch_size`` into a temporary folder and open it."""
+    def from_world(cls, world: Any, batch_size: int, *, threads: int | None = None, int8: bool = False) -> "OnnxBackend":
+        """Export ``world`` at ``batch_size`` into a temporary folder (and quantise the step
+        when ``int8``) and open it."""
         folder = Path(tempfile.mkdtemp(prefix="neuralworld-onnx-"))
         export_onnx(world, folder, batch_size=batch_size)
-        return cls(folder, threads=threads)
+        if int8:
+            quantize_step(folder)
+        return cls(folder, threads=threads, int8=int8)
 
     def new_cache(self, batch_size: int, device: Any = None) -> DynamicsCache:
         if batch_size != self.batch_size:
