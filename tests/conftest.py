@@ -11,8 +11,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_world_run(tmp_path_factory):
     """(dataset, run) of a tiny 32x32 world recorded and trained for real in seconds
-    (needs ViZDoom). Same recipe and folders as test_session.build_tiny_world, so
-    whichever test file asks first builds it and the others reuse it."""
+    (needs ViZDoom): built once per test session, shared by every test file."""
     pytest.importorskip("vizdoom")
     from neuralworld.record.doom import RecordConfig, record
     from neuralworld.train import train, train_config

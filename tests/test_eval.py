@@ -46,13 +46,10 @@ def test_ssim_closed_forms():
 
 
 # ---------------------------------------------------------------------------
-# on a tiny real world (shared with test_session through the session's temp folder)
+# on a tiny real world (the tiny_world_run fixture in conftest.py)
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    pytest.importorskip("vizdoom")
-    from test_session import build_tiny_world
-
-    return build_tiny_world(tmp_path_factory.getbasetemp())
+def tiny(tiny_world_run):
+    return tiny_world_run
 
 
 @pytest.fixture(scope="module")

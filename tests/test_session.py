@@ -3,7 +3,6 @@ action validation, determinism, rollout == repeated step, and the KV-cached
 session against a full recompute of the clip."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,27 +19,9 @@ from neuralworld.model.sampler import SamplerPreset  # noqa: E402
 from neuralworld.session import GREY, SessionError, WorldSession, fit_frame  # noqa: E402
 
 
-def build_tiny_world(root: Path) -> tuple[Path, Path]:
-    """Record 3 short 32x32 episodes and train a tiny world on them for a few steps;
-    reused from the session's base temp folder, so test files share one."""
-    from neuralworld.record.doom import RecordConfig, record
-    from neuralworld.train import train, train_config
-
-    data, run = root / "tiny_data", root / "tiny_run"
-    if (run / "world" / "config.json").is_file():
-        return data, run
-    record(RecordConfig(env="doom/freedoom_map01", episodes=3, workers=2, resolution=(32, 32), max_steps=40), data, progress=False)
-    cfg = train_config(
-        "tiny", clip_frames=4, precision="fp32", device="cpu", log_every=10,
-        **{"autoencoder.steps": 20, "dynamics.steps": 20, "autoencoder.batch_size": 8, "dynamics.batch_size": 4},
-    )  # fmt: skip
-    train(data, run, cfg, progress=False)
-    return data, run
-
-
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return build_tiny_world(tmp_path_factory.getbasetemp())
+def tiny(tiny_world_run):
+    return tiny_world_run
 
 
 @pytest.fixture(scope="module")
