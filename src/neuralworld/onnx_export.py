@@ -215,17 +215,16 @@ class OnnxBackend:
         self.decoder_session = ort.InferenceSession(str(folder / DECODER_FILE), opts, providers=providers)
         self.batch_size = int(self.meta["batch_size"])
         self.memory_frames = int(self.meta["memory_frames"])
-        self._folder = folder
 
     @classmethod
     def from_world(cls, world: Any, batch_size: int, *, threads: int | None = None, int8: bool = False) -> "OnnxBackend":
         """Export ``world`` at ``batch_size`` into a temporary folder (and quantise the step
-        when ``int8``) and open it."""
-        folder = Path(tempfile.mkdtemp(prefix="neuralworld-onnx-"))
-        export_onnx(world, folder, batch_size=batch_size)
-        if int8:
-            quantize_step(folder)
-        return cls(folder, threads=threads, int8=int8)
+        when ``int8``) and open it; the folder is gone once the graphs are loaded."""
+        with tempfile.TemporaryDirectory(prefix="neuralworld-onnx-") as folder:
+            export_onnx(world, folder, batch_size=batch_size)
+            if int8:
+                quantize_step(folder)
+            return cls(folder, threads=threads, int8=int8)
 
     def new_cache(self, batch_size: int, device: Any = None) -> DynamicsCache:
         if batch_size != self.batch_size:
