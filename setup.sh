@@ -19,5 +19,5 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # Torch first, pinned, so the open range in pyproject.toml is already met and
 # nothing pulls a multi-GB build this machine does not need.
 "${PIP[@]}" install "$TORCH"
-"${PIP[@]}" install -e ".[doom,dev]"
+"${PIP[@]}" install -e ".[doom,dev,onnx]"
 echo "neuralworld is set up: .venv/bin/neuralworld --help"
