@@ -79,7 +79,14 @@ def test_start_from_any_image_or_nothing(world):
     rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
     assert np.array_equal(world.start(rgba, sampler="fast").frame, s.frame)
     assert fit_frame(img, (32, 32)).shape == (32, 32, 3)
-    grey = world.start(None, sampler="fast")
+    # nothing given: the world's start frames (real frames saved in its bundle) ...
+    assert world.start_frames is not None and world.start_frames.shape[1:] == (32, 32, 3)
+    begun = world.start(None, sampler="fast")
+    assert np.array_equal(begun.frame, world.start_frames[-1]) and begun.frames_in_memory == len(world.start_frames)
+    # ... or mid-grey for a world without them
+    bare = copy.copy(world)
+    bare.start_frames = bare.start_actions = None
+    grey = bare.start(None, sampler="fast")
     assert np.all(grey.frame == GREY) and grey.step(world.spec.noop()).shape == (32, 32, 3)
     for bad in (np.zeros((8, 8), np.uint8), np.zeros((4, 32, 32, 3), np.float32), np.zeros((1, 2, 3, 32, 32, 3), np.uint8)):
         with pytest.raises(SessionError, match="frames"):
@@ -131,8 +138,8 @@ def test_same_seed_same_frames_and_reset(world, episode):
     s.rollout(acts)
     s.reset(episode["frames"][:4], seed=3)  # reseeding reproduces the rollout
     assert s.step_index == 0 and np.array_equal(s.rollout(acts), runs[0])
-    s.reset()
-    assert np.all(s.frame == GREY) and s.frames_in_memory == 1
+    s.reset()  # no frames: back to the world's start frames
+    assert np.array_equal(s.frame, w.start_frames[-1]) and s.frames_in_memory == len(w.start_frames)
 
 
 def test_rollout_is_repeated_step(world, episode):

@@ -52,6 +52,13 @@ def test_train_smoke_makes_a_loadable_world(tmp_path, data32):
     assert summary["bundle"] == str(run / "world")
     world = load_bundle(run / "world")
     assert world.resolution == (32, 32) and world.spec.size == 7
+    # the bundle carries where a session starts: the first frames of a training episode
+    from neuralworld.data.store import Dataset
+
+    ds = Dataset(data32)
+    first = [ds.episode(i)["frames"][: len(world.start_frames)] for i in range(ds.num_episodes)]
+    assert any(np.array_equal(world.start_frames, f) for f in first)
+    assert world.start_actions.shape == (len(world.start_frames), 7) and not world.start_actions[0].any()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {(x["stage"], x["kind"]) for x in lines} >= {("autoencoder", "train"), ("autoencoder", "held_out"), ("dynamics", "train"), ("dynamics", "held_out")}
     assert all(np.isfinite(x["loss"]) for x in lines if "loss" in x)
@@ -137,8 +144,12 @@ def test_damaged_bundles_are_refused(tmp_path):
 
     cfg = preset("tiny", spec=ActionSpec(buttons=("forward",), fps=10), resolution=(32, 32))
     ae, dyn = build_networks(cfg)
-    path = save_bundle(tmp_path / "w", cfg, ae, dyn)
-    assert load_bundle(path).spec.buttons == ("forward",)
+    start = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    path = save_bundle(tmp_path / "w", cfg, ae, dyn, start_frames=start, start_actions=np.ones((3, 1)))
+    loaded = load_bundle(path)
+    assert loaded.spec.buttons == ("forward",) and np.array_equal(loaded.start_frames, start)
+    with pytest.raises(BundleError, match="start frames must be uint8"):
+        save_bundle(tmp_path / "w2", cfg, ae, dyn, start_frames=start[:, :16])
 
     weights_file = path / "model.safetensors"
     data = weights_file.read_bytes()

@@ -4,7 +4,9 @@
       config.json          {"format": "neuralworld-bundle", "version", "name",
                             "world": WorldConfig (resolution, ActionSpec, both networks),
                             "weights_sha256", "created", "training": {...}}
-      model.safetensors    autoencoder.* and dynamics.* weights (EMA), latent normalisation
+      model.safetensors    autoencoder.* and dynamics.* weights (EMA), latent normalisation,
+                           start.frames (T, H, W, 3) uint8 + start.actions (T, A): real frames
+                           a session begins from when given none (optional)
 
 No pickle anywhere: the config is JSON, the weights are safetensors, and the
 weights' SHA-256 is checked before they are used, so a truncated or edited file
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from neuralworld.actions import ActionSpec
@@ -48,6 +51,8 @@ class World:
     name: str = ""
     path: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    start_frames: np.ndarray | None = None  # (T, H, W, 3) uint8: where a session begins by default
+    start_actions: np.ndarray | None = None  # (T, A): the actions that led to them (ActionSpec units)
 
     @property
     def spec(self) -> ActionSpec:
@@ -79,14 +84,30 @@ def save_bundle(
     *,
     name: str = "",
     training: Mapping[str, Any] | None = None,
+    start_frames: np.ndarray | None = None,
+    start_actions: np.ndarray | None = None,
 ) -> Path:
-    """Write a bundle; the weights first, then config.json (which names their hash)."""
+    """Write a bundle; the weights first, then config.json (which names their hash).
+
+    ``start_frames`` (T, H, W, 3) uint8 with ``start_actions`` (T, A), the actions
+    that led to them, are where a session begins when it is given no frames: a
+    player opens on a real place instead of a grey screen."""
     path = Path(path)
     config.validate()
-    if config.spec is None:
+    spec = config.spec
+    if spec is None:
         raise BundleError("a bundle needs its ActionSpec: build the config with .for_spec(spec)")
     tensors = {f"autoencoder.{k}": v for k, v in autoencoder.state_dict().items()}
     tensors.update({f"dynamics.{k}": v for k, v in dynamics.state_dict().items()})
+    if start_frames is not None:
+        frames = np.asarray(start_frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (*config.resolution, 3):
+            raise BundleError(f"start frames must be uint8 (T, {config.resolution[0]}, {config.resolution[1]}, 3), got {frames.dtype} {frames.shape}")
+        actions = spec.validate(np.zeros((len(frames), spec.size)) if start_actions is None else start_actions)
+        if actions.shape != (len(frames), spec.size):
+            raise BundleError(f"start actions must have shape ({len(frames)}, {spec.size}), got {actions.shape}")
+        tensors["start.frames"] = torch.from_numpy(np.ascontiguousarray(frames))
+        tensors["start.actions"] = torch.from_numpy(np.ascontiguousarray(actions))
     try:
         sha = save_tensors(path / WEIGHTS_FILE, tensors, {"format": FORMAT})
         atomic_write_json(path / CONFIG_FILE, {
@@ -138,7 +159,11 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
         load_state_strict(module, part, f"{path / WEIGHTS_FILE} ({prefix.rstrip('.')})")
     autoencoder.to(device).eval()
     dynamics.to(device).eval()
-    return World(config, autoencoder, dynamics, name=str(meta.get("name", path.name)), path=str(path), meta=meta)
+    world = World(config, autoencoder, dynamics, name=str(meta.get("name", path.name)), path=str(path), meta=meta)
+    if "start.frames" in tensors:
+        world.start_frames = tensors["start.frames"].numpy()
+        world.start_actions = tensors["start.actions"].numpy() if "start.actions" in tensors else None
+    return world
 
 
 def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:

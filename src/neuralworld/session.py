@@ -205,7 +205,8 @@ class WorldSession:
     def reset(self, frames: np.ndarray | None = None, *, actions: np.ndarray | None = None, seed: int | None = None) -> np.ndarray:
         """Forget everything and start from ``frames``; returns the current frame.
 
-        ``frames``: None (a mid-grey frame), one image (H, W, 3) of any size and
+        ``frames``: None (the world's start frames when its bundle has them, else a
+        mid-grey frame), one image (H, W, 3) of any size and
         aspect (scaled to cover and centre-cropped), a sequence (T, H, W, 3)
         shared by every batch element, or (B, T, H, W, 3). ``actions`` led to them
         (see the module docstring), None for no-ops. ``seed`` reseeds the noise
@@ -216,6 +217,8 @@ class WorldSession:
         self.cache.reset()  # marks every slot empty; the rings are reused
         self._remembered = 0
         self.step_index = 0
+        if frames is None and getattr(self.world, "start_frames", None) is not None:
+            frames, actions = self.world.start_frames, self.world.start_actions
         self._observe(self._as_context(frames), actions)
         return self.frame
 

@@ -609,6 +609,16 @@ def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: L
 # ---------------------------------------------------------------------------
 # the entry point
 # ---------------------------------------------------------------------------
+def _start_context(ds: Dataset, split: tuple[list[int], list[int]], memory: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first frames of a training episode (where the recorded player spawned) with
+    the actions that led to them: what a session shows when it is given nothing."""
+    episode = ds.episode(split[0][0] if split[0] else 0)
+    n = max(1, min(memory - 1, 16, episode.length))
+    data = episode.load(("frames", "actions"), 0, n)
+    led_to = np.concatenate([ds.spec.noop()[None], data["actions"][: n - 1]])  # actions[t] led to frame t+1
+    return data["frames"], led_to
+
+
 def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
     path = run / "run.json"
     if not resume:
@@ -695,7 +705,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
             assert lat is not None
             dyn = train_dynamics(world, cfg, ae, lat, split, d, run, logger, progress)
             if d.main:
+                start_frames, start_actions = _start_context(ds, split, world.dynamics.memory_frames)
                 save_bundle(run / "world", world, ae, dyn, name=run.name,
+                            start_frames=start_frames, start_actions=start_actions,
                             training={"data": str(data), "preset": cfg.preset, "held_out": cfg.held_out,
                                       "steps": {s: getattr(cfg, s).steps for s in STAGES}})
                 summary["bundle"] = str(run / "world")
