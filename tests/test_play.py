@@ -412,3 +412,20 @@ def test_record_downloads_a_playable_mp4(page, server, tmp_path):
     assert frames[0].shape == (256, 256, 3)  # 32x32 scaled by whole pixels to watchable size
     rec = page.evaluate("nw.messages.filter(m => m.type === 'recording').pop()")
     assert rec["frames"] == len(frames)
+
+
+def test_backend_is_chosen_once_and_shared(world):
+    from neuralworld.play.server import Hub, PlayError, resolve_backend
+
+    assert resolve_backend("auto") == "onnx"  # onnxruntime comes with ./setup.sh: the fastest exact path
+    with pytest.raises(PlayError, match="backend must be auto or one of"):
+        resolve_backend("warp-drive")
+    for name in ("eager", "onnx"):
+        hub = Hub(world, PlayConfig(backend=name))
+        try:
+            a = world.start(None, sampler="fast", backend=hub.backend)
+            b = world.start(None, sampler="fast", backend=hub.backend, seed=1)
+            assert a.backend is b.backend is hub.backend  # one export / one set of graphs for every player
+            assert a.step(world.spec.make(forward=1)).shape == (32, 32, 3)
+        finally:
+            hub.close()

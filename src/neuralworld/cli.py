@@ -143,9 +143,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_play(args: argparse.Namespace) -> int:
+    import os
+
+    # idle OpenMP threads sleep instead of spinning: ONNX Runtime and torch share 2 cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from neuralworld.play import PlayConfig, PlayError, serve
 
-    config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players)
+    config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players, backend=args.backend)
     try:
         serve(args.world, host=args.host, port=args.port, config=config, open_browser=args.open)
     except PlayError as e:
@@ -260,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 shares it with the network)")
     pl.add_argument("--port", type=int, default=8000, help="port to listen on")
     pl.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset of every session")
+    pl.add_argument("--backend", default="auto", help="execution path: auto (onnx if installed, else eager), eager, bf16, compiled, onnx, onnx_int8")
     pl.add_argument("--pace", default="world", choices=["world", "max"], help="a frame per 1/fps of the world, or as fast as it can")
     pl.add_argument("--max-players", type=_positive_int, default=8, help="WebSocket sessions at once; more are refused")
     pl.add_argument("--open", action="store_true", help="open the page in a web browser")

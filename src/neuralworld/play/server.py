@@ -59,6 +59,7 @@ import cv2
 import numpy as np
 
 from neuralworld.actions import ActionError, ActionSpec
+from neuralworld.backends import make_backend
 
 log = logging.getLogger("neuralworld.play")
 
@@ -85,6 +86,9 @@ class PlayConfig:
 
     sampler: str = "fast"
     """sampler preset of every session ("fast" or "quality")"""
+    backend: str = "auto"
+    """execution path of every session (backends.PATHS); "auto": ONNX Runtime when it is
+    installed (the fastest exact path measured on a 2-core CPU), else eager PyTorch"""
     pace: str = "world"
     """"world": one frame per 1/fps of the world; "max": as fast as the machine makes them"""
     max_players: int = 8
@@ -111,6 +115,20 @@ class PlayConfig:
 # ---------------------------------------------------------------------------
 # finding the world
 # ---------------------------------------------------------------------------
+def resolve_backend(name: str) -> str:
+    from neuralworld.backends import PATHS
+
+    if name == "auto":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "eager"
+        return "onnx"
+    if name not in PATHS:
+        raise PlayError(f"backend must be auto or one of {list(PATHS)}, got {name!r}")
+    return name
+
+
 def resolve_world(world: str | None) -> Path:
     """A bundle folder, a run folder (RUN/world), or the name of a shipped world -> bundle path."""
     if world is None:
@@ -274,7 +292,7 @@ class Player:
 
     # -- generation (runs in the hub's thread pool) ----------------------------
     def _open(self) -> None:
-        self.session = self.hub.world.start(None, sampler=self.hub.config.sampler, seed=self.id)
+        self.session = self.hub.world.start(None, sampler=self.hub.config.sampler, seed=self.id, backend=self.hub.backend)
 
     def _apply(self, kind: str, payload: Any) -> dict[str, Any]:
         s = self.session
@@ -365,6 +383,9 @@ class Hub:
     def __init__(self, world: Any, config: PlayConfig):
         self.world = world
         self.config = config
+        # built once and shared: a backend holds no per-session state (each session owns its cache)
+        self.backend_name = resolve_backend(config.backend)
+        self.backend = make_backend(self.backend_name, world, 1)
         self.pool = ThreadPoolExecutor(max_workers=config.max_players + 1, thread_name_prefix="neuralworld-play")
         self.players: dict[int, Player] = {}
         self._next_id = 0
@@ -556,7 +577,8 @@ def serve(
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     if announce is not None:
         H, W = loaded.resolution
-        announce(f"neuralworld play: {loaded.name} ({H}x{W} @ {loaded.spec.fps:g} fps, {config.sampler}) at {url}  (Ctrl+C stops)")
+        announce(f"neuralworld play: {loaded.name} ({H}x{W} @ {loaded.spec.fps:g} fps, {config.sampler}, "
+                 f"{resolve_backend(config.backend)}) at {url}  (Ctrl+C stops)")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, (url,)).start()
     server.run(sockets=[sock])
