@@ -100,7 +100,9 @@ class TrainConfig:
 
 # the training half of each preset (the network half is model/config.PRESETS)
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(autoencoder=StageConfig(400, 16, 1e-3, warmup=50), dynamics=StageConfig(600, 8, 5e-4, warmup=50), clip_frames=6),
+    # measured at 64x64 on 2 cores: the autoencoder reaches 23 dB held-out PSNR at 500 steps and 27 dB
+    # at 4000 (the weapon and panels only appear past ~2000); ~20 minutes for both stages here
+    "tiny": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(3000, 8, 5e-4, warmup=50), clip_frames=6),
     "small": dict(autoencoder=StageConfig(20_000, 32, 5e-4, warmup=500), dynamics=StageConfig(60_000, 32, 3e-4, warmup=1000), clip_frames=16),
     "base": dict(autoencoder=StageConfig(50_000, 64, 4e-4, warmup=1000), dynamics=StageConfig(200_000, 64, 2e-4, warmup=2000), clip_frames=32),
 }
