@@ -90,7 +90,7 @@ def test_onnx_step_and_decoder_equal_pytorch_over_ring_wraps(world, tmp_path, ba
             np.testing.assert_allclose(got[i], ref[i].numpy(), atol=ATOL["kv"], rtol=0, err_msg=f"new {name}, step {t}")
         np.testing.assert_allclose(ort_backend.decode(latent).numpy(), frame_ref.numpy(), atol=ATOL["frame"], rtol=0,
                                    err_msg=f"decoded frame, step {t}")  # fmt: skip
-        # each side remembers the frame: torch by Dynamics.append, numpy by push_to_cache
+        # each side remembers the frame: torch by Dynamics.append, numpy by DynamicsCache.push
         with torch.no_grad():
             dyn.append(latent, level, action, torch_cache)
         ort_backend.append(latent, level, action, ort_cache)

@@ -75,10 +75,8 @@ class TorchBackend:
 
     def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
         if self._compiled_step is not None:
-            from neuralworld.onnx_export import push_to_cache
-
             velocity, reward, term, *kv = self._compiled_run(latent, noise_level, action, cache)
-            push_to_cache(cache, *kv, self.dynamics.config.memory_frames)
+            cache.push(*kv, self.dynamics.config.memory_frames)
             return DynamicsOutput(velocity, reward, term)
         with self._autocast():
             out = self.dynamics.append(latent, noise_level, action, cache)

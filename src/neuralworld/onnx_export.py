@@ -14,7 +14,7 @@
              pooled_k, pooled_v (L, B, H, M-1, Np, hd) f32, pooled_age (M-1,) i64, pooled_valid (B, M-1) bool
     outputs  velocity (B, C, h, w), reward (B,), termination (B,) (a logit),
              new_full_k, new_full_v (L, B, H, N, hd), new_pooled_k, new_pooled_v (L, B, H, Np, hd):
-             the frame's own keys/values; the host writes them into its rings (``push_to_cache``).
+             the frame's own keys/values; the host writes them into its rings (``DynamicsCache.push``).
 
 The graphs are exported for one batch size (fixed shapes let ONNX Runtime plan
 every buffer once; a browser plays batch 1). ``OnnxBackend`` runs them with the
@@ -161,31 +161,6 @@ def quantize_step(folder: str | os.PathLike) -> Path:
     return folder / STEP_INT8_FILE
 
 
-def push_to_cache(cache: DynamicsCache, k: Any, v: Any, pk: Any, pv: Any, memory_frames: int) -> None:
-    """Write one frame's keys/values into the cache rings, exactly as ``Dynamics.append``
-    does, for numpy rings (and torch rings too: only indexing and in-place arithmetic)."""
-    if cache.full_k.shape[3] > 0:
-        s = cache.full_next
-        cache.full_k[:, :, :, s] = k  # (L, B, H, N, hd)
-        cache.full_v[:, :, :, s] = v
-        cache.full_age += 1
-        cache.full_age[s] = 1
-        cache.full_valid[:, s] = True
-        cache.full_next = (s + 1) % cache.full_k.shape[3]
-    if cache.pooled_k.shape[3] > 0:
-        s = cache.pooled_next
-        cache.pooled_k[:, :, :, s] = pk  # (L, B, H, Np, hd)
-        cache.pooled_v[:, :, :, s] = pv
-        cache.pooled_age += 1
-        cache.pooled_age[s] = 1
-        cache.pooled_valid[:, s] = True
-        cache.pooled_next = (s + 1) % cache.pooled_k.shape[3]
-    # ages stay bounded (as Dynamics.append): a slot's age only matters up to M
-    cache.full_age[cache.full_age > memory_frames] = memory_frames
-    cache.pooled_age[cache.pooled_age > memory_frames] = memory_frames
-    cache.frames_seen += 1
-
-
 class OnnxBackend:
     """``WorldSession``'s network calls on ONNX Runtime (CPU), one batch size.
 
@@ -261,7 +236,7 @@ class OnnxBackend:
 
     def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
         velocity, reward, term, k, v, pk, pv = self._run(latent, noise_level, action, cache, list(STEP_OUTPUTS))
-        push_to_cache(cache, k, v, pk, pv, self.memory_frames)
+        cache.push(k, v, pk, pv, self.memory_frames)
         return DynamicsOutput(torch.from_numpy(velocity), torch.from_numpy(reward), torch.from_numpy(term))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -194,6 +194,33 @@ class DynamicsCache:
             batch_index = slice(None)  # type: ignore[assignment]
         self.full_valid[batch_index] = False
         self.pooled_valid[batch_index] = False
+
+    def push(self, k: Any, v: Any, pooled_k: Any, pooled_v: Any, memory_frames: int) -> None:
+        """Write one frame's keys/values into both rings (the oldest slot is overwritten).
+
+        k, v (L, B, H, N, hd); pooled_k, pooled_v (L, B, H, Np, hd). Only indexing and
+        in-place arithmetic, so the same code serves torch rings (``Dynamics.append``)
+        and numpy rings (the ONNX Runtime backend)."""
+        if self.full_k.shape[3] > 0:
+            s = self.full_next
+            self.full_k[:, :, :, s] = k  # (L, B, H, N, hd); assignment casts to the ring's dtype
+            self.full_v[:, :, :, s] = v
+            self.full_age += 1
+            self.full_age[s] = 1
+            self.full_valid[:, s] = True
+            self.full_next = (s + 1) % self.full_k.shape[3]
+        if self.pooled_k.shape[3] > 0:
+            s = self.pooled_next
+            self.pooled_k[:, :, :, s] = pooled_k  # (L, B, H, Np, hd)
+            self.pooled_v[:, :, :, s] = pooled_v
+            self.pooled_age += 1
+            self.pooled_age[s] = 1
+            self.pooled_valid[:, s] = True
+            self.pooled_next = (s + 1) % self.pooled_k.shape[3]
+        # ages only grow while a slot waits to be overwritten; keep them bounded for 10^9 frames
+        self.full_age[self.full_age > memory_frames] = memory_frames
+        self.pooled_age[self.pooled_age > memory_frames] = memory_frames
+        self.frames_seen += 1
 
 
 class Dynamics(nn.Module):
@@ -445,24 +472,5 @@ class Dynamics(nn.Module):
         """
         out, (k, v, pk, pv) = self._run_step(latent, noise_level, action, cache)
         with torch.no_grad():
-            if cache.full_k.shape[3] > 0:
-                s = cache.full_next
-                cache.full_k[:, :, :, s] = k.to(cache.full_k.dtype)  # (L, B, H, N, hd)
-                cache.full_v[:, :, :, s] = v.to(cache.full_v.dtype)
-                cache.full_age += 1
-                cache.full_age[s] = 1
-                cache.full_valid[:, s] = True
-                cache.full_next = (s + 1) % cache.full_k.shape[3]
-            if cache.pooled_k.shape[3] > 0:
-                s = cache.pooled_next
-                cache.pooled_k[:, :, :, s] = pk.to(cache.pooled_k.dtype)  # (L, B, H, Np, hd)
-                cache.pooled_v[:, :, :, s] = pv.to(cache.pooled_v.dtype)
-                cache.pooled_age += 1
-                cache.pooled_age[s] = 1
-                cache.pooled_valid[:, s] = True
-                cache.pooled_next = (s + 1) % cache.pooled_k.shape[3]
-            # ages only grow while a slot waits to be overwritten; keep them bounded for 10^9 frames
-            cache.full_age.clamp_(max=self.config.memory_frames)
-            cache.pooled_age.clamp_(max=self.config.memory_frames)
-        cache.frames_seen += 1
+            cache.push(k, v, pk, pv, self.config.memory_frames)
         return out
