@@ -202,3 +202,11 @@ def test_kv_cached_session_equals_full_recompute(world, episode):
     other = w.start(ctx[:, :, ::-1], actions=ctx_led_to[:T], sampler=preset, seed=seed)
     other.step(ctx_led_to[T])
     assert (other.latent - got_latents[0]).abs().max() > 1e-2
+
+
+def test_compiled_backend_matches_eager(world, episode):
+    # the torch.compile path runs the pure step and writes the rings with DynamicsCache.push
+    acts = episode["actions"][4:14]  # 10 steps: the tiny world's rings (K=2, M=8) wrap
+    eager = world.start(episode["frames"][:4], sampler="fast", seed=5).rollout(acts)
+    compiled = world.start(episode["frames"][:4], sampler="fast", seed=5, backend="compiled").rollout(acts)
+    assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
