@@ -20,4 +20,10 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # nothing pulls a multi-GB build this machine does not need.
 "${PIP[@]}" install "$TORCH"
 "${PIP[@]}" install -e ".[doom,dev,onnx]"
+# onnxruntime-web (pinned in package.json / package-lock.json) for `neuralworld export --web`
+if command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  echo "npm not found: skipping onnxruntime-web (only neuralworld export --web needs it; install Node.js, then npm ci)" >&2
+fi
 echo "neuralworld is set up: .venv/bin/neuralworld --help"
