@@ -195,6 +195,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from neuralworld.play.export import ExportError, export_web
+
+    if not args.web:
+        raise UserError("say what to export: --web (a static folder that plays the world in a browser)")
+    try:
+        out = export_web(args.world, args.out, sampler=args.sampler, force=args.force, onnxruntime_web=args.onnxruntime_web)
+    except ExportError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {out}: serve it with any static server, e.g. python -m http.server -d {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuralworld", description="Worlds that exist only as a neural network.")
@@ -291,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset")
     b.add_argument("--paths", default="eager,bf16,compiled,onnx,onnx_int8", help="execution paths, comma-separated (onnx_int8 and bf16 approximate the float32 function)")
     b.set_defaults(func=_cmd_bench)
+
+    x = sub.add_parser("export", help="export a world: --web writes a static folder that plays it in a browser, no server or network")
+    x.add_argument("world", help="world bundle or run folder (from neuralworld train)")
+    x.add_argument("out", help="folder to write (absent, empty, or a previous web export)")
+    x.add_argument("--web", action="store_true", help="the static web player: ONNX graphs + onnxruntime-web + the player page")
+    x.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset the page plays with")
+    x.add_argument("--force", action="store_true", help="replace OUT even when it holds something else")
+    x.add_argument("--onnxruntime-web", default=None, metavar="DIR", help="onnxruntime-web package or its dist/ (default: $NEURALWORLD_ORT_WEB, else node_modules/)")
+    x.set_defaults(func=_cmd_export)
     return p
 
 

@@ -1,5 +1,7 @@
-// neuralworld web player: draws streamed frames, sends the player's controls.
-// Protocol: see neuralworld/play/server.py. No build step, nothing from the network.
+// neuralworld web player: draws the world's frames, sends the player's controls.
+// Two transports speak one protocol (see neuralworld/play/server.py): a WebSocket to
+// `neuralworld play`, or, where the page finds world.json beside it (`neuralworld export
+// --web`), local.js, which runs the world in this browser. No build step, nothing from the network.
 "use strict";
 
 const KEY_AXIS_FRACTION = 0.5;   // a held key drives an axis to half its range end
@@ -38,7 +40,7 @@ const nw = window.nw = {
   world: null, ws: null, seq: 0, held: new Set(), mouseDx: 0, mouseDy: 0,
   stats: { framesShown: 0, fps: 0, latencyMs: null, step: 0, serverFps: null, dropped: 0 },
   lastHeader: null, lastAction: null, errors: [], messages: [], recordingUrl: null,
-  bindings: null, send: msg => { if (nw.ws && nw.ws.readyState === 1) nw.ws.send(JSON.stringify(msg)); },
+  bindings: null, transport: null, send: msg => { if (nw.transport) nw.transport.send(msg); },
 };
 const shownAt = [];
 
@@ -152,23 +154,26 @@ stage.addEventListener("contextmenu", e => e.preventDefault());
 
 // ---- frames -------------------------------------------------------------------------
 let decoding = false, pending = null;
-function showFrame(buf) {
-  const view = new DataView(buf);
-  const n = view.getUint32(0, true);
-  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
-  pending = { header, jpeg: new Blob([new Uint8Array(buf, 4 + n)], { type: "image/jpeg" }) };
+/** A frame from either transport: its header and a JPEG Blob (server) or ImageData (local). */
+function showFrame(header, image) {
+  pending = { header, image };
   if (!decoding) drawPending();  // a frame that arrives while one decodes replaces the waiting one
 }
 async function drawPending() {
   decoding = true;
   while (pending) {
-    const { header, jpeg } = pending;
+    const { header, image } = pending;
     pending = null;
     try {
-      const bmp = await createImageBitmap(jpeg);
-      if (canvas.width !== bmp.width || canvas.height !== bmp.height) { canvas.width = bmp.width; canvas.height = bmp.height; }
-      ctx.drawImage(bmp, 0, 0);
-      bmp.close();
+      if (image instanceof ImageData) {
+        if (canvas.width !== image.width || canvas.height !== image.height) { canvas.width = image.width; canvas.height = image.height; }
+        ctx.putImageData(image, 0, 0);
+      } else {
+        const bmp = await createImageBitmap(image);
+        if (canvas.width !== bmp.width || canvas.height !== bmp.height) { canvas.width = bmp.width; canvas.height = bmp.height; }
+        ctx.drawImage(bmp, 0, 0);
+        bmp.close();
+      }
     } catch (err) { nw.errors.push("frame decode: " + err); continue; }
     const now = performance.now();
     shownAt.push(now);
@@ -203,7 +208,9 @@ function onMessage(msg) {
   nw.messages.push(msg);
   if (nw.messages.length > 100) nw.messages.shift();
   if (msg.type === "error") { nw.errors.push(msg.message); setStatus(msg.message, true); }
-  else if (msg.type === "hello") setStatus(`playing as player ${msg.player}`);
+  else if (msg.type === "hello") setStatus(msg.local
+    ? `playing in this browser (onnxruntime-web, ${msg.threads} thread${msg.threads === 1 ? "" : "s"})`
+    : `playing as player ${msg.player}`);
   else if (msg.type === "reset") setStatus("reset");
   else if (msg.type === "started") setStatus(`started from a ${msg.image[1]}×${msg.image[0]} image`);
   else if (msg.type === "recording") {
@@ -214,20 +221,37 @@ function onMessage(msg) {
       nw.recordingUrl = msg.url;
       const a = $("download");
       a.href = msg.url; a.hidden = false; a.textContent = `download recording (${msg.frames} frames)`;
+      if (msg.filename) a.download = msg.filename;
       setStatus(msg.note || "recording ready");
     } else if (msg.on) setStatus("recording…");
   }
 }
 
+/** The server transport: binary frames are uint32 LE header length, JSON header, JPEG. */
 function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
   nw.ws = ws;
-  ws.onmessage = ev => (typeof ev.data === "string" ? onMessage(JSON.parse(ev.data)) : showFrame(ev.data));
+  ws.onmessage = ev => {
+    if (typeof ev.data === "string") return onMessage(JSON.parse(ev.data));
+    const buf = ev.data, n = new DataView(buf).getUint32(0, true);
+    const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+    showFrame(header, new Blob([new Uint8Array(buf, 4 + n)], { type: "image/jpeg" }));
+  };
   ws.onclose = ev => {
     const last = nw.errors[nw.errors.length - 1];
     setStatus(`disconnected${ev.code === 1013 && last ? ": " + last : ""} — reload to play again`, true);
   };
+  return { send: msg => { if (ws.readyState === 1) ws.send(JSON.stringify(msg)); } };
+}
+
+/** world.json beside the page (a static export), or null under the server. */
+async function localManifest() {
+  try {
+    const r = await fetch("world.json", { cache: "no-cache" });
+    const m = r.ok ? await r.json() : null;
+    return m && m.format === "neuralworld-web" ? m : null;
+  } catch (err) { return null; }
 }
 
 // ---- buttons ---------------------------------------------------------------------------
@@ -255,8 +279,10 @@ $("start-image").addEventListener("change", async e => {
 });
 
 // ---- start -----------------------------------------------------------------------------
+const scriptUrl = document.currentScript.src;
 async function main() {
-  const world = nw.world = await (await fetch("/api/world")).json();
+  const manifest = await localManifest();
+  const world = nw.world = manifest || await (await fetch("/api/world")).json();
   nw.bindings = buildBindings(world.spec, world.hints || {});
   const [H, W] = world.resolution;
   canvas.width = W; canvas.height = H;
@@ -270,7 +296,11 @@ async function main() {
       `${n}: ${[b.mouse && "mouse " + b.mouse, b.neg.length && `${b.neg.map(names).join("/")} − , ${b.pos.map(names).join("/")} +`].filter(Boolean).join(" · ")}`),
   ];
   $("keys").replaceChildren(...rows.map(r => Object.assign(document.createElement("li"), { textContent: r })));
-  connect();
+  if (manifest) {
+    setStatus("loading the world…");
+    const { openLocal } = await import(new URL("local.js", scriptUrl).href);
+    nw.transport = await openLocal(manifest, new URL(".", location.href), { onFrame: showFrame, onMessage });
+  } else nw.transport = connect();
   setInterval(tick, 1000 / world.fps);
   setInterval(updateHud, 250);
   stage.focus();

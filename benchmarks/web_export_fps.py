@@ -1,0 +1,132 @@
+"""Frames/s of ``neuralworld export --web`` pages in headless Chromium (onnxruntime-web, WASM, CPU).
+
+For each world: export it, serve the folder from a thread on 127.0.0.1, open the page
+with every other request refused, then measure
+  * ``rollout_fps``: a fixed rollout of no-op frames run in the page's worker
+    (``nw.transport.rollout``), sampler + append + decode, no drawing: the world's cost;
+  * ``page_fps``: the page's own HUD figure with ``?pace=max`` (frames drawn per second,
+    what a player sees when the world is not paced to its fps).
+
+Worlds: random weights (speed does not depend on training) at the tiny preset's sizes
+and 32x32 (the test world's shape), and the ``small`` preset at 128x128 (the shipped
+world's shape); or bundles given on the command line. Last line: JSON.
+
+    .venv/bin/python benchmarks/web_export_fps.py [--frames 60] [--sampler fast] [BUNDLE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def random_world(root: Path, preset_name: str, resolution: tuple[int, int]) -> Path:
+    """A bundle with random (slightly perturbed, so adaLN does real work) weights."""
+    import torch
+
+    from neuralworld.actions import ActionSpec, Axis
+    from neuralworld.bundle import build_networks, save_bundle
+    from neuralworld.model.config import preset
+
+    spec = ActionSpec(buttons=("forward", "back", "left", "right", "attack", "use"), axes=(Axis("turn", -15, 15, "deg/frame"),), fps=17.5)
+    torch.manual_seed(0)
+    cfg = preset(preset_name, spec=spec, resolution=resolution)
+    ae, dyn = build_networks(cfg)
+    with torch.no_grad():
+        for p in list(dyn.parameters()) + list(ae.parameters()):
+            p.add_(0.02 * torch.randn_like(p))
+    name = f"random-{preset_name}-{resolution[0]}x{resolution[1]}"
+    return save_bundle(root / name, cfg, ae, dyn, name=name)
+
+
+class StaticServer:
+    """``http.server`` on a free port of 127.0.0.1, serving one folder, in a thread."""
+
+    def __init__(self, folder: Path):
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def measure(page_url: str, action_size: int, noop: list[float], frames: int, profile: Path) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            refused = []
+            ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(page_url) else (refused.append(route.request.url), route.abort()))
+            page = ctx.new_page()
+            page.goto(page_url + "?pace=max")
+            page.wait_for_function("window.nw && nw.stats.framesShown >= 3", timeout=120_000)
+            time.sleep(4.0)
+            page_fps = float(page.evaluate("nw.stats.fps"))
+            threads = page.evaluate("nw.messages.find(m => m.type === 'hello').threads")
+            page.evaluate(f"nw.transport.rollout(Array(5).fill({json.dumps(noop)}), 0)")  # warm-up
+            ms = page.evaluate(f"nw.transport.rollout(Array({frames}).fill({json.dumps(noop)}), 0).then(r => r.ms)")
+            assert not refused, refused
+        finally:
+            ctx.close()
+    return {"rollout_fps": round(frames / (ms / 1000.0), 2), "ms_per_frame": round(ms / frames, 2), "page_fps": round(page_fps, 2), "threads": threads}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundles", nargs="*", help="world bundles (default: random tiny 32x32 and small 128x128)")
+    ap.add_argument("--frames", type=int, default=60, help="frames in the timed rollout")
+    ap.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset of the page")
+    args = ap.parse_args(argv)
+
+    from neuralworld.bundle import load_bundle
+    from neuralworld.play.export import export_web
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="nw-web-bench-") as tmp:
+        root = Path(tmp)
+        bundles = [Path(b) for b in args.bundles] or [random_world(root, "tiny", (32, 32)), random_world(root, "small", (128, 128))]
+        for bundle in bundles:
+            world = load_bundle(bundle)
+            out = export_web(bundle, root / f"site-{bundle.name}", sampler=args.sampler)
+            noop = json.loads((out / "world.json").read_text())["action"]["noop"]
+            with StaticServer(out) as server:
+                r = measure(server.url, world.spec.size, noop, args.frames, root / f"profile-{bundle.name}")
+            H, W = world.resolution
+            r.update(resolution=f"{H}x{W}", sampler=args.sampler, onnx_mb=round(sum(f.stat().st_size for f in out.glob("*.onnx")) / 2**20, 2))
+            results[world.name] = r
+            print(f"{world.name:>24}: {r['rollout_fps']:6.1f} frames/s in the worker ({r['ms_per_frame']:.1f} ms/frame), "
+                  f"{r['page_fps']:6.1f} frames/s drawn, {r['threads']} WASM thread(s), {r['onnx_mb']} MB of graphs", file=sys.stderr)
+    summary = {"chromium": CHROMIUM, "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "worlds": results}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
