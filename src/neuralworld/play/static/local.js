@@ -112,7 +112,7 @@ export async function openLocal(manifest, base, handlers) {
       } catch (err) { fail(`${msg.type}: ${err && err.message ? err.message : err}`); }
     },
     /** Pause the live loop, reseed, prime, and make one frame per normalised action:
-     *  {frames: [Uint8ClampedArray RGBA], ms}. For tests and benchmarks. */
+     *  {frames: [Uint8ClampedArray RGBA], latents: [Float32Array], ms}. For tests and benchmarks. */
     rollout(actions, seed = 0) {
       return new Promise(resolve => { waiting.rollout = resolve; worker.postMessage({ type: "rollout", actions, seed }); });
     },

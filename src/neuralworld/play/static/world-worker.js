@@ -14,7 +14,7 @@
 //               reset {seed?}, start_image {pixels (RGBA H*W*4), image: [h, w]},
 //               pause, resume, rollout {actions: [[normalised]...], seed}
 // Messages out: ready {threads}, frame {header, pixels} (pixels transferred), reset/started {step},
-//               rollout {frames: [Uint8ClampedArray], ms}, error {message}
+//               rollout {frames: [Uint8ClampedArray], latents: [Float32Array], ms}, error {message}
 "use strict";
 
 let ort = null;       // the onnxruntime-web module, imported at init from the export's ort/
@@ -184,8 +184,9 @@ async function prime(ctx) {
   for (let t = 0; t < ctx.latents.length; t++) await remember(ctx.latents[t], ctx.actions[t]);
 }
 
+let lastLatent = null;  // the latent of the frame made last (normalised)
 async function frame(act) {
-  const latent = await sample(rng.normal(numel(M.latent_shape)), act);
+  const latent = lastLatent = await sample(rng.normal(numel(M.latent_shape)), act);
   await remember(latent, act);
   step++;
   return decode(latent);
@@ -288,15 +289,15 @@ async function loop() {
 }
 
 /** A fixed rollout for tests and benchmarks: reseed, prime from the start context, one frame
- *  per action (normalised), every frame returned. The live loop stays paused. */
+ *  per action (normalised), every frame and latent returned. The live loop stays paused. */
 async function rollout(actions, seed) {
   paused = true;
   while (looping) await sleep(5);
   rng = makeRng(seed);
   await prime(context);
-  const frames = [], t0 = performance.now();
-  for (const a of actions) frames.push(await frame(Float32Array.from(a)));
-  return { frames, ms: performance.now() - t0 };
+  const frames = [], latents = [], t0 = performance.now();
+  for (const a of actions) { frames.push(await frame(Float32Array.from(a))); latents.push(lastLatent); }
+  return { frames, latents, ms: performance.now() - t0 };
 }
 
 async function init(msg) {
@@ -333,8 +334,8 @@ onmessage = async ev => {
     } else if (msg.type === "pause") paused = true;
     else if (msg.type === "resume") { paused = false; loop(); }
     else if (msg.type === "rollout") {
-      const { frames, ms } = await rollout(msg.actions, msg.seed);
-      postMessage({ type: "rollout", frames, ms }, frames.map(f => f.buffer));
+      const { frames, latents, ms } = await rollout(msg.actions, msg.seed);
+      postMessage({ type: "rollout", frames, latents, ms }, [...frames, ...latents].map(f => f.buffer));
     }
   } catch (err) {
     postMessage({ type: "error", message: String(err && err.message ? err.message : err) });
