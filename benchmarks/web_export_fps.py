@@ -5,7 +5,8 @@ with every other request refused, then measure
   * ``rollout_fps``: a fixed rollout of no-op frames run in the page's worker
     (``nw.transport.rollout``), sampler + append + decode, no drawing: the world's cost;
   * ``page_fps``: the page's own HUD figure with ``?pace=max`` (frames drawn per second,
-    what a player sees when the world is not paced to its fps).
+    what a player sees when the world is not paced to its fps), with the decoder in a second
+    worker (the page's default on >= 2 cores) and, ``page_fps_one_worker``, without.
 
 Worlds: random weights (speed does not depend on training) at the tiny preset's sizes
 and 32x32 (the test world's shape), and the ``small`` preset at 128x128 (the shipped
@@ -84,18 +85,23 @@ def measure(page_url: str, action_size: int, noop: list[float], frames: int, pro
         try:
             refused = []
             ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(page_url) else (refused.append(route.request.url), route.abort()))
-            page = ctx.new_page()
-            page.goto(page_url + "?pace=max")
-            page.wait_for_function("window.nw && nw.stats.framesShown >= 3", timeout=120_000)
-            time.sleep(4.0)
-            page_fps = float(page.evaluate("nw.stats.fps"))
-            threads = page.evaluate("nw.messages.find(m => m.type === 'hello').threads")
+            fps = {}
+            for pipeline in ("0", "1"):
+                page = ctx.new_page()
+                page.goto(page_url + f"?pace=max&pipeline={pipeline}")
+                page.wait_for_function("window.nw && nw.stats.framesShown >= 3", timeout=120_000)
+                time.sleep(5.0)
+                fps[pipeline] = float(page.evaluate("nw.stats.fps"))
+                threads = page.evaluate("nw.messages.find(m => m.type === 'hello').threads")
+                if pipeline == "0":
+                    page.close()
             page.evaluate(f"nw.transport.rollout(Array(5).fill({json.dumps(noop)}), 0)")  # warm-up
             ms = page.evaluate(f"nw.transport.rollout(Array({frames}).fill({json.dumps(noop)}), 0).then(r => r.ms)")
             assert not refused, refused
         finally:
             ctx.close()
-    return {"rollout_fps": round(frames / (ms / 1000.0), 2), "ms_per_frame": round(ms / frames, 2), "page_fps": round(page_fps, 2), "threads": threads}
+    return {"rollout_fps": round(frames / (ms / 1000.0), 2), "ms_per_frame": round(ms / frames, 2), "page_fps": round(fps["1"], 2),
+            "page_fps_one_worker": round(fps["0"], 2), "threads": threads}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             r.update(resolution=f"{H}x{W}", sampler=args.sampler, onnx_mb=round(sum(f.stat().st_size for f in out.glob("*.onnx")) / 2**20, 2))
             results[world.name] = r
             print(f"{world.name:>24}: {r['rollout_fps']:6.1f} frames/s in the worker ({r['ms_per_frame']:.1f} ms/frame), "
-                  f"{r['page_fps']:6.1f} frames/s drawn, {r['threads']} WASM thread(s), {r['onnx_mb']} MB of graphs", file=sys.stderr)
+                  f"{r['page_fps']:6.1f} frames/s drawn ({r['page_fps_one_worker']:.1f} decoding in the same worker), "
+                  f"{r['threads']} WASM thread(s), {r['onnx_mb']} MB of graphs", file=sys.stderr)
     summary = {"chromium": CHROMIUM, "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "worlds": results}
     print(json.dumps(summary))
     return 0

@@ -209,7 +209,7 @@ function onMessage(msg) {
   if (nw.messages.length > 100) nw.messages.shift();
   if (msg.type === "error") { nw.errors.push(msg.message); setStatus(msg.message, true); }
   else if (msg.type === "hello") setStatus(msg.local
-    ? `playing in this browser (onnxruntime-web, ${msg.threads} thread${msg.threads === 1 ? "" : "s"})`
+    ? `playing in this browser (onnxruntime-web, ${msg.threads} thread${msg.threads === 1 ? "" : "s"}${msg.pipelined ? ", decoding beside" : ""})`
     : `playing as player ${msg.player}`);
   else if (msg.type === "reset") setStatus("reset");
   else if (msg.type === "started") setStatus(`started from a ${msg.image[1]}×${msg.image[0]} image`);

@@ -3,7 +3,9 @@
 // reads the controls and shows the HUD the same way whichever transport feeds it.
 //   send({type: "action" | "reset" | "start_image" | "record", ...})   as to the server
 //   handlers.onFrame(header, ImageData), handlers.onMessage({type: "hello" | "reset" | ...})
-// Recording is done here (MediaRecorder on a scaled copy of the frames), since there is no
+// Where the machine has cores to spare, a second worker decodes frame t while the first makes
+// frame t+1; a frame that waits for the decoder when a newer one comes is dropped (counted), as
+// the server drops stale frames. Recording is done here (MediaRecorder on a scaled copy of the frames), since there is no
 // server to write an mp4: the download is WebM (or MP4 where the browser records it).
 
 const RECORD_MIN_SIDE = 256;  // recordings are scaled by whole pixels to at least this (as the server's)
@@ -11,26 +13,54 @@ const RECORD_MIN_SIDE = 256;  // recordings are scaled by whole pixels to at lea
 /** The world described by `manifest` (world.json at `base`), played in a Web Worker. */
 export async function openLocal(manifest, base, handlers) {
   const params = new URLSearchParams(location.search);
-  const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  const worker = new Worker(new URL("world-worker.js", import.meta.url), { type: "module" });
+  // WebAssembly threads need cross-origin isolation (COOP/COEP headers); a plain static server gives 1
+  const workerThreads = self.crossOriginIsolated ? Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) >> 1)) : 1;
+  const url = new URL("world-worker.js", import.meta.url);
+  const worker = new Worker(url, { type: "module" });
+  const pipelined = params.has("pipeline") ? params.get("pipeline") !== "0" : (navigator.hardwareConcurrency || 1) >= 2;
+  const decoder = pipelined ? new Worker(url, { type: "module" }) : null;
   const [H, W] = manifest.resolution;
-  let recorder = null, recording = null, ready = false;
+  let recorder = null, recording = null, ready = false, decoderReady = !decoder, threads = 1;
+  let decoding = false, waitingLatent = null, dropped = 0;
   const waiting = {};  // replies awaited by request type (rollout)
 
   function fail(message) { handlers.onMessage({ type: "error", message }); }
 
+  function show(msg) {
+    const image = new ImageData(msg.pixels, W, H);
+    if (recording) { recording.draw(image); msg.header.recording = recording.frames; }
+    msg.header.dropped = dropped;
+    handlers.onFrame(msg.header, image);
+  }
+  function hello() {
+    if (ready && decoderReady) handlers.onMessage({ type: "hello", player: "local", local: true, threads, pipelined,
+                                                     world: manifest.name, resolution: [H, W], fps: manifest.fps });
+  }
+  function toDecoder(msg) {
+    if (decoding) { if (waitingLatent) dropped++; waitingLatent = msg; return; }  // the newest waits, a stale one goes
+    decoding = true;
+    decoder.postMessage({ type: "decode", header: msg.header, latent: msg.latent }, [msg.latent.buffer]);
+  }
+  if (decoder) {
+    decoder.onerror = ev => fail("the decoder's worker failed: " + (ev.message || "see the console"));
+    decoder.onmessage = ev => {
+      const msg = ev.data;
+      if (msg.type === "frame") {
+        decoding = false;
+        show(msg);
+        if (waitingLatent) { const next = waitingLatent; waitingLatent = null; toDecoder(next); }
+      } else if (msg.type === "ready") { decoderReady = true; hello(); }
+      else handlers.onMessage(msg);
+    };
+  }
+
   worker.onerror = ev => fail("the world's worker failed: " + (ev.message || "see the console"));
   worker.onmessage = ev => {
     const msg = ev.data;
-    if (msg.type === "frame") {
-      const image = new ImageData(msg.pixels, W, H);
-      if (recording) { recording.draw(image); msg.header.recording = recording.frames; }
-      handlers.onFrame(msg.header, image);
-    } else if (msg.type === "ready") {
-      ready = true;
-      handlers.onMessage({ type: "hello", player: "local", local: true, threads: msg.threads,
-                           world: manifest.name, resolution: [H, W], fps: manifest.fps });
-    } else if (waiting[msg.type]) {
+    if (msg.type === "frame") show(msg);
+    else if (msg.type === "latent") toDecoder(msg);
+    else if (msg.type === "ready") { ready = true; threads = msg.threads; hello(); }
+    else if (waiting[msg.type]) {
       waiting[msg.type](msg);
       delete waiting[msg.type];
     } else handlers.onMessage(msg);
@@ -119,9 +149,9 @@ export async function openLocal(manifest, base, handlers) {
     pause() { worker.postMessage({ type: "pause" }); },
     resume() { worker.postMessage({ type: "resume" }); },
   };
-  worker.postMessage({
-    type: "init", manifest, base: String(base), threads,
-    seed: Number(params.get("seed") || 0), pace: params.get("pace") === "max" ? "max" : "world",
-  });
+  const init = { type: "init", manifest, base: String(base), threads: workerThreads };
+  worker.postMessage({ ...init, role: "world", pipelined, seed: Number(params.get("seed") || 0),
+                       pace: params.get("pace") === "max" ? "max" : "world" });
+  if (decoder) decoder.postMessage({ ...init, role: "decoder" });
   return transport;
 }

@@ -10,10 +10,14 @@
 // Noise: a seeded 32-bit generator (mulberry32) + Box-Muller, drawn in session.py's order;
 // tests/test_web_export.py mirrors it in Python to check frames against PyTorch.
 //
-// Messages in:  init {base, manifest, seed, pace, threads}, action {values, seq, t},
-//               reset {seed?}, start_image {pixels (RGBA H*W*4), image: [h, w]},
-//               pause, resume, rollout {actions: [[normalised]...], seed}
-// Messages out: ready {threads}, frame {header, pixels} (pixels transferred), reset/started {step},
+// The same file runs as a second, decoder-only worker (init {role: "decoder"}) where the page
+// has a core to spare: the world makes frame t+1 while the decoder draws frame t.
+//
+// Messages in:  init {role: "world" | "decoder", base, manifest, seed, pace, threads, pipelined},
+//               action {values, seq, t}, reset {seed?}, start_image {pixels (RGBA H*W*4), image: [h, w]},
+//               pause, resume, rollout {actions: [[normalised]...], seed}; decoder: decode {header, latent}
+// Messages out: ready {threads}, frame {header, pixels} (pixels transferred), or, pipelined,
+//               latent {header, latent} for the decoder; reset/started {step},
 //               rollout {frames: [Uint8ClampedArray], latents: [Float32Array], ms}, error {message}
 "use strict";
 
@@ -25,7 +29,7 @@ let rng = null;
 let action = null;    // the latest action, normalised (Float32Array A)
 let actionInfo = { seq: null, t: null, values: {} };
 let requests = [];    // reset / start, applied between frames
-let paused = false, pace = "world", looping = false;
+let paused = false, pace = "world", looping = false, pipelined = false;
 let step = 0, context = null;  // context: {latents: [Float32Array], actions: [Float32Array]} a reset primes from
 const madeAt = [];
 
@@ -92,9 +96,15 @@ class Memory {
     return f;
   }
 
-  /** Forget everything (DynamicsCache.reset): slots invalid, no previous frame. */
+  /** Forget everything (DynamicsCache.reset): slots invalid, no previous frame. The rings also
+   *  start over at slot 0 (DynamicsCache keeps its place): the attention sums then run in the
+   *  same order after every reset, so a seed gives the same frames bit for bit. */
   reset() {
-    for (const ring of Object.values(this.rings)) ring.valid.fill(0);
+    for (const ring of Object.values(this.rings)) {
+      ring.valid.fill(0);
+      ring.next = 0;
+      ring.age.forEach((_, i) => { ring.age[i] = BigInt(i + 1); });
+    }
     if (this.prev) this.prev.fill(0);
   }
 
@@ -184,12 +194,12 @@ async function prime(ctx) {
   for (let t = 0; t < ctx.latents.length; t++) await remember(ctx.latents[t], ctx.actions[t]);
 }
 
-let lastLatent = null;  // the latent of the frame made last (normalised)
-async function frame(act) {
-  const latent = lastLatent = await sample(rng.normal(numel(M.latent_shape)), act);
+/** session.step: the next frame's latent (normalised), remembered. */
+async function makeLatent(act) {
+  const latent = await sample(rng.normal(numel(M.latent_shape)), act);
   await remember(latent, act);
   step++;
-  return decode(latent);
+  return latent;
 }
 
 /** {name: value} in the ActionSpec's units -> normalised vector (ActionSpec.normalize). */
@@ -262,7 +272,8 @@ async function loop() {
       await applyRequests();
       const { seq, t, values } = actionInfo;
       const t0 = performance.now();
-      const pixels = await frame(action);
+      const latent = await makeLatent(action);
+      const pixels = pipelined ? null : await decode(latent);
       const now = performance.now();
       madeAt.push(now);
       while (madeAt.length > 32) madeAt.shift();
@@ -273,7 +284,8 @@ async function loop() {
         server_fps: span > 0 ? +((madeAt.length - 1) / span).toFixed(2) : null, dropped: 0,
         action: values, recording: null, width: W, height: H,
       };
-      postMessage({ type: "frame", header, pixels }, [pixels.buffer]);
+      if (pipelined) postMessage({ type: "latent", header, latent }, [latent.buffer]);
+      else postMessage({ type: "frame", header, pixels }, [pixels.buffer]);
       if (pace === "world") {
         nextAt += 1000 / M.fps;
         const delay = nextAt - performance.now();
@@ -296,13 +308,18 @@ async function rollout(actions, seed) {
   rng = makeRng(seed);
   await prime(context);
   const frames = [], latents = [], t0 = performance.now();
-  for (const a of actions) { frames.push(await frame(Float32Array.from(a))); latents.push(lastLatent); }
+  for (const a of actions) {
+    const z = await makeLatent(Float32Array.from(a));
+    frames.push(await decode(z));
+    latents.push(z);
+  }
   return { frames, latents, ms: performance.now() - t0 };
 }
 
 async function init(msg) {
   M = msg.manifest;
   pace = msg.pace || "world";
+  pipelined = !!msg.pipelined;
   ort = await import(new URL(M.ort.dir + M.ort.module, msg.base).href);
   ort.env.wasm.wasmPaths = new URL(M.ort.dir, msg.base).href;
   ort.env.wasm.numThreads = msg.threads;
@@ -310,6 +327,11 @@ async function init(msg) {
   const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
   const open = async g => ort.InferenceSession.create(
     new Uint8Array(await (await fetch(new URL(M.graphs[g].file, msg.base))).arrayBuffer()), options);
+  if (msg.role === "decoder") {
+    graphs = { decoder: await open("decoder") };
+    postMessage({ type: "ready", threads: ort.env.wasm.numThreads });
+    return;
+  }
   graphs = { step: await open("step"), decoder: await open("decoder"), encoder: await open("encoder") };
   mem = new Memory(M);
   rng = makeRng(msg.seed);
@@ -324,6 +346,10 @@ onmessage = async ev => {
   const msg = ev.data;
   try {
     if (msg.type === "init") await init(msg);
+    else if (msg.type === "decode") {
+      const pixels = await decode(msg.latent);
+      postMessage({ type: "frame", header: msg.header, pixels }, [pixels.buffer]);
+    }
     else if (msg.type === "action") {
       action = normalise(msg.values);
       actionInfo = { seq: msg.seq, t: msg.t, values: msg.values };
