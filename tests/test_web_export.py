@@ -29,7 +29,6 @@ import neuralworld  # noqa: E402
 from neuralworld.actions import ActionSpec  # noqa: E402
 from neuralworld.cli import main as cli_main  # noqa: E402
 from neuralworld.model.autoencoder import frames_to_tensor  # noqa: E402
-from neuralworld.model.sampler import SAMPLERS  # noqa: E402
 from neuralworld.play.export import (  # noqa: E402
     ENCODER_FILE,
     MANIFEST_FILE,
@@ -178,9 +177,13 @@ class OnnxPage:
 
 
 class TorchPage:
-    """The same loop on the world's PyTorch modules: the reference."""
+    """The same loop on the world's PyTorch modules (the network the manifest's sampler
+    drives: the dynamics, or its distilled student): the reference."""
 
-    def __init__(self, world):
+    def __init__(self, world, manifest):
+        network = manifest["sampler"].get("network", "dynamics")
+        if network != "dynamics":
+            world = world.network(network)
         self.dyn, self.ae = world.dynamics, world.autoencoder
         self.cache = self.dyn.new_cache(1)
 
@@ -235,9 +238,10 @@ def test_folder_and_manifest(site, world):
     assert not [n for n in names if "jsep" in n or "webgpu" in n or "webgl" in n], "only the WASM (CPU) build is copied"
     m = json.loads((site / MANIFEST_FILE).read_text())
     assert m["format"] == "neuralworld-web" and m["name"] == world.name and m["resolution"] == [32, 32]
-    fast = SAMPLERS["fast"]
+    fast = world.start(None, sampler="fast").sampler  # what `neuralworld play` plays: the page plays the same
     assert (m["sampler"]["method"], m["sampler"]["steps"], m["sampler"]["shift"]) == (fast.method, fast.steps, fast.shift)
     assert m["sampler"]["context_level"] == fast.context_level > 0
+    assert m["sampler"]["network"] == getattr(fast, "network", "dynamics")
     assert m["memory"]["memory_frames"] == world.dynamics.config.memory_frames
     assert m["memory"]["prev_frame"] == ("prev_latent" in m["graphs"]["step"]["inputs"])
     # the page normalises with scale * value + offset: the same numbers as ActionSpec.normalize
@@ -270,7 +274,7 @@ def test_graphs_driven_as_the_page_drives_them_equal_pytorch(site, world):
     assert np.abs(got - want).max() < 1e-4
 
     actions = turn_actions(page.m, 6, -7.5) + turn_actions(page.m, 6, 10.0)
-    ref = TorchPage(world)
+    ref = TorchPage(world, page.m)
     got_l, got_f = page_rollout(page.step, page.append, page.decode, page.m, page.start, actions, seed=3)
     ref_l, ref_f = page_rollout(ref.step, ref.append, ref.decode, page.m, page.start, actions, seed=3)
     for t, (a, b, fa, fb) in enumerate(zip(got_l, ref_l, got_f, ref_f)):
@@ -440,7 +444,7 @@ def test_page_plays_with_no_server_and_no_network(page, world, site, tmp_path):
     assert np.abs(noop_z - left_z).max() > 0, "a turn changes what the world makes against no-op"
 
     # the browser's latents and frames are PyTorch's (the noise generator is ported exactly)
-    ref = TorchPage(world)
+    ref = TorchPage(world, m)
     latents, frames = page_rollout(ref.step, ref.append, ref.decode, m, OnnxPage(site).start, turn_actions(m, 6, -15.0), seed=7)
     z_diff = np.abs(left_z - np.stack(latents).reshape(left_z.shape)).max()
     diff = np.abs(left[..., :3].astype(int) - np.stack([to_pixels(f) for f in frames]))

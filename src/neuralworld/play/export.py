@@ -171,7 +171,7 @@ def build_manifest(world: Any, onnx_meta: dict[str, Any], sampler: Any, start_sh
         },
         "sampler": {
             "name": sampler.name, "method": sampler.preset.method, "steps": sampler.preset.steps,
-            "shift": sampler.preset.shift, "context_level": sampler.preset.context_level,
+            "shift": sampler.preset.shift, "context_level": sampler.preset.context_level, "network": sampler.network,
             "flow_times": flow_times(sampler.preset.steps, sampler.preset.shift),
         },  # fmt: skip
         "latent_shape": list(latent_shape),
@@ -197,14 +197,25 @@ def build_manifest(world: Any, onnx_meta: dict[str, Any], sampler: Any, start_sh
 
 
 class _Sampler:
-    def __init__(self, name: str):
+    """A preset name as ``WorldSession`` resolves it for ``world``, and the world whose
+    dynamics it drives (the distilled student for a distilled preset): the page plays
+    exactly what ``neuralworld play`` plays."""
+
+    def __init__(self, name: str, world: Any):
+        import inspect
+
         from neuralworld.session import SessionError, resolve_sampler
 
         try:
-            self.preset = resolve_sampler(name)
+            if len(inspect.signature(resolve_sampler).parameters) > 1:
+                self.preset = resolve_sampler(name, world)  # fast -> the student's steps, or euler2
+            else:
+                self.preset = resolve_sampler(name)
         except SessionError as e:
             raise ExportError(str(e)) from None
         self.name = name
+        self.network = getattr(self.preset, "network", "dynamics")
+        self.world = world.network(self.network) if self.network != "dynamics" else world
 
 
 def is_previous_export(path: Path) -> bool:
@@ -233,7 +244,6 @@ def export_web(
     from neuralworld.play.server import PlayError, resolve_world
 
     out = Path(out_dir)
-    preset = _Sampler(sampler)
     ort_dist = find_onnxruntime_web(onnxruntime_web)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder")
@@ -243,6 +253,10 @@ def export_web(
         world = load_bundle(resolve_world(str(world_path)))
     except (BundleError, PlayError) as e:
         raise ExportError(str(e)) from None
+    if getattr(world, "model", "world") != "world":
+        raise ExportError(f"{world_path} is a {world.model} bundle: only transformer worlds export to the web")
+    preset = _Sampler(sampler, world)
+    world = preset.world
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
