@@ -75,11 +75,7 @@ def test_onnx_step_and_decoder_equal_pytorch_over_ring_wraps(world, tmp_path, ba
         latent = torch.randn(batch_size, C, h, w, generator=g)
         level = torch.rand(batch_size, generator=g)
         with torch.no_grad():
-            ref = dyn.step_with_cache_tensors(
-                latent, level, action, torch_cache.full_k, torch_cache.full_v, torch_cache.full_age,
-                torch_cache.full_valid, torch_cache.pooled_k, torch_cache.pooled_v, torch_cache.pooled_age,
-                torch_cache.pooled_valid,
-            )  # fmt: skip
+            ref = dyn.step_with_cache_tensors(latent, level, action, *torch_cache.step_inputs())
             frame_ref = ae.decode(ae.denormalize_latents(latent))
         got = ort_backend._run(latent, level, action, ort_cache, ["velocity", "reward", "termination",
                                                                   "new_full_k", "new_full_v", "new_pooled_k", "new_pooled_v"])
@@ -99,6 +95,23 @@ def test_onnx_step_and_decoder_equal_pytorch_over_ring_wraps(world, tmp_path, ba
         assert (ort_cache.full_next, ort_cache.pooled_next) == (torch_cache.full_next, torch_cache.pooled_next)
         np.testing.assert_allclose(ort_cache.pooled_k, torch_cache.pooled_k.numpy(), atol=ATOL["kv"], rtol=0)
         np.testing.assert_allclose(ort_cache.full_v, torch_cache.full_v.numpy(), atol=ATOL["kv"], rtol=0)
+        np.testing.assert_array_equal(ort_cache.prev, torch_cache.prev.numpy(), err_msg="prev latent")
+
+
+def test_a_world_without_frame_stacking_exports_and_plays_the_same(tmp_path):
+    """Bundles trained before ``prev_frame`` existed: no ``prev_latent`` input in the graph,
+    and ONNX Runtime still plays the frames PyTorch does."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", spec=SPEC, resolution=(64, 64))
+    cfg.dynamics.prev_frame = False
+    ae, dyn = build_networks(cfg)
+    old = load_bundle(save_bundle(tmp_path / "old", cfg, ae, dyn))
+    meta = json.loads((export_onnx(old, tmp_path / "onnx") / META_FILE).read_text())
+    assert "prev_latent" not in meta["step_inputs"] and meta["prev_frame"] is False
+    ref = WorldSession(old, sampler="fast", seed=3, backend="torch")
+    onnx = WorldSession(old, sampler="fast", seed=3, backend="onnx")
+    for a in random_actions(4, seed=5):
+        np.testing.assert_allclose(onnx.step(a).astype(int), ref.step(a).astype(int), atol=1)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

@@ -32,11 +32,13 @@ SPEC = ActionSpec(buttons=("forward", "attack"), axes=(Axis("turn", -10.0, 10.0,
 A = SPEC.size
 
 
-def tiny_dynamics(full_frames: int = 2, memory_frames: int = 6, n_layers: int = 2, latent=(4, 4, 4)) -> Dynamics:
+def tiny_dynamics(
+    full_frames: int = 2, memory_frames: int = 6, n_layers: int = 2, latent=(4, 4, 4), prev_frame: bool = True
+) -> Dynamics:
     """A very small dynamics: 4x4x4 latent, patch 1 -> 16 tokens/frame, 4 pooled."""
     cfg = DynamicsConfig(
         d_model=32, n_layers=n_layers, n_heads=2, mlp_ratio=2.0, cond_dim=16, patch_size=1,
-        full_frames=full_frames, memory_frames=memory_frames, memory_pool=2,
+        full_frames=full_frames, memory_frames=memory_frames, memory_pool=2, prev_frame=prev_frame,
     )  # fmt: skip
     c, h, w = latent
     return Dynamics(cfg, latent_channels=c, latent_size=(h, w), action_size=A)
@@ -210,22 +212,25 @@ def test_frame_causality():
     short = model(x[:, :2], t[:, :2], a[:, :2])
     assert torch.allclose(short.velocity, ref.velocity[:, :2], atol=1e-6)
     # with one layer, memory is exactly M frames: a frame M or more back is never seen
-    # (with L layers information can hop L * (M - 1) frames back, as in sliding-window attention)
-    one_layer = randomize_zero_init(tiny_dynamics(full_frames=2, memory_frames=4, n_layers=1))
-    ref = one_layer(x, t, a)
-    x2 = x.clone()
-    x2[:, 0] += 1.0
-    out = one_layer(x2, t, a)
-    M = one_layer.config.memory_frames
-    assert torch.allclose(out.velocity[:, M:], ref.velocity[:, M:], atol=1e-6)
-    assert not torch.allclose(out.velocity[:, M - 1], ref.velocity[:, M - 1])
+    # (with L layers information can hop L * (M - 1) frames back, as in sliding-window attention);
+    # frame stacking adds one frame: the oldest frame attended to carries its own previous frame
+    for prev_frame in (False, True):
+        one_layer = randomize_zero_init(tiny_dynamics(full_frames=2, memory_frames=4, n_layers=1, prev_frame=prev_frame))
+        ref = one_layer(x, t, a)
+        x2 = x.clone()
+        x2[:, 0] += 1.0
+        out = one_layer(x2, t, a)
+        horizon = one_layer.config.memory_frames + int(prev_frame)
+        assert torch.allclose(out.velocity[:, horizon:], ref.velocity[:, horizon:], atol=1e-6)
+        assert not torch.allclose(out.velocity[:, horizon - 1], ref.velocity[:, horizon - 1])
 
 
-@pytest.mark.parametrize("full_frames,memory_frames", [(2, 6), (1, 5), (3, 3)])
-def test_kv_cached_steps_equal_full_recompute(full_frames, memory_frames):
-    """40 frames, so both rings wrap several times and pooled memory is in use."""
+@pytest.mark.parametrize("full_frames,memory_frames,prev_frame", [(2, 6, True), (1, 5, True), (3, 3, True), (2, 6, False)])
+def test_kv_cached_steps_equal_full_recompute(full_frames, memory_frames, prev_frame):
+    """40 frames, so both rings wrap several times and pooled memory is in use; with and
+    without frame stacking (the cache's ``prev`` must be the clip's previous frame)."""
     torch.manual_seed(0)
-    model = randomize_zero_init(tiny_dynamics(full_frames, memory_frames)).eval()
+    model = randomize_zero_init(tiny_dynamics(full_frames, memory_frames, prev_frame=prev_frame)).eval()
     B, T = 2, 40
     x, t, a = random_clip(B, T, model)
     with torch.no_grad():
@@ -241,6 +246,7 @@ def test_kv_cached_steps_equal_full_recompute(full_frames, memory_frames):
                 assert torch.allclose(out.reward, ref.reward[:, i], atol=1e-5)
                 assert torch.allclose(out.termination, ref.termination[:, i], atol=1e-5)
     assert cache.frames_seen == T
+    torch.testing.assert_close(cache.prev, x[:, -1])
     assert all(int(age.max(initial=0)) <= memory_frames for age in (cache.full_age.numpy(), cache.pooled_age.numpy()))
 
 

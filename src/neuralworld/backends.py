@@ -61,10 +61,7 @@ class TorchBackend:
     def _compiled_run(self, latent, noise_level, action, cache):
         B = latent.shape[0]
         level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(B).contiguous()
-        return self._compiled_step(
-            latent, level, action, cache.full_k, cache.full_v, cache.full_age, cache.full_valid,
-            cache.pooled_k, cache.pooled_v, cache.pooled_age, cache.pooled_valid,
-        )  # fmt: skip
+        return self._compiled_step(latent, level, action, *cache.step_inputs())
 
     def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
         if self._compiled_step is not None:
@@ -76,7 +73,7 @@ class TorchBackend:
     def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
         if self._compiled_step is not None:
             velocity, reward, term, *kv = self._compiled_run(latent, noise_level, action, cache)
-            cache.push(*kv, self.dynamics.config.memory_frames)
+            cache.push(*kv, self.dynamics.config.memory_frames, latent=latent)
             return DynamicsOutput(velocity, reward, term)
         with self._autocast():
             out = self.dynamics.append(latent, noise_level, action, cache)

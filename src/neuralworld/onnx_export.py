@@ -10,11 +10,14 @@
 
 ``dynamics_step.onnx``
     inputs   latent (B, C, h, w) f32, noise_level (B,) f32, action (B, A) f32 (normalised),
+             prev_latent (B, C, h, w) f32 (only when the world has ``prev_frame``: the latent
+             last appended, zeros after a reset),
              full_k, full_v (L, B, H, K-1, N, hd) f32, full_age (K-1,) i64, full_valid (B, K-1) bool,
              pooled_k, pooled_v (L, B, H, M-1, Np, hd) f32, pooled_age (M-1,) i64, pooled_valid (B, M-1) bool
     outputs  velocity (B, C, h, w), reward (B,), termination (B,) (a logit),
              new_full_k, new_full_v (L, B, H, N, hd), new_pooled_k, new_pooled_v (L, B, H, Np, hd):
-             the frame's own keys/values; the host writes them into its rings (``DynamicsCache.push``).
+             the frame's own keys/values; the host writes them into its rings and keeps the
+             appended latent as the next ``prev_latent`` (``DynamicsCache.push``).
 
 The graphs are exported for one batch size (fixed shapes let ONNX Runtime plan
 every buffer once; a browser plays batch 1). ``OnnxBackend`` runs them with the
@@ -50,10 +53,11 @@ DECODER_FILE = "decoder.onnx"
 META_FILE = "onnx.json"
 
 STEP_INPUTS = (
-    "latent", "noise_level", "action",
+    "latent", "noise_level", "action", "prev_latent",
     "full_k", "full_v", "full_age", "full_valid",
     "pooled_k", "pooled_v", "pooled_age", "pooled_valid",
 )  # fmt: skip
+"""Names of ``step_with_cache_tensors``'s arguments: the frame's, then ``DynamicsCache.step_inputs()``."""
 STEP_OUTPUTS = ("velocity", "reward", "termination", "new_full_k", "new_full_v", "new_pooled_k", "new_pooled_v")
 
 
@@ -91,10 +95,9 @@ def example_step_inputs(dynamics: Dynamics, batch_size: int, seed: int = 0) -> t
         t.copy_(torch.randn(t.shape, generator=g))
     c.full_valid[:, : (c.full_valid.shape[1] + 1) // 2] = True
     c.pooled_valid[:, : (c.pooled_valid.shape[1] + 1) // 2] = True
-    return (
-        latent, torch.full((batch_size,), 0.5), torch.zeros(batch_size, dynamics.action_size),
-        c.full_k, c.full_v, c.full_age, c.full_valid, c.pooled_k, c.pooled_v, c.pooled_age, c.pooled_valid,
-    )  # fmt: skip
+    c.prev.copy_(torch.randn(c.prev.shape, generator=g))
+    return (latent, torch.full((batch_size,), 0.5), torch.zeros(batch_size, dynamics.action_size), *c.step_inputs())
+
 
 
 def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, opset: int = OPSET) -> Path:
@@ -123,6 +126,10 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
     finally:
         dynamics.to(device)
         autoencoder.to(device)
+    import onnx
+
+    # the exporter drops inputs nothing reads (``prev_latent`` of a world without frame stacking)
+    in_graph = {i.name for i in onnx.load(str(out / STEP_FILE), load_external_data=False).graph.input}
     cfg = dynamics.config
     meta = {
         "format": FORMAT,
@@ -135,7 +142,10 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
         "n_layers": cfg.n_layers,
         "full_frames": cfg.full_frames,
         "memory_frames": cfg.memory_frames,
-        "step_inputs": {n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(STEP_INPUTS, step_inputs)},
+        "prev_frame": bool(cfg.prev_frame),
+        "step_inputs": {
+            n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(STEP_INPUTS, step_inputs) if n in in_graph
+        },
         "step_outputs": list(STEP_OUTPUTS),
         "decoder": {"inputs": ["latent"], "outputs": ["frame"]},
     }
@@ -206,7 +216,9 @@ class OnnxBackend:
             raise ValueError(f"this ONNX export is for batch {self.batch_size}, not {batch_size}")
         shapes = {n: tuple(s) for n, (s, _) in self.meta["step_inputs"].items()}
         zeros = lambda name, dtype: np.zeros(shapes[name], dtype)  # noqa: E731
+        B, (C, h, w) = self.batch_size, self.meta["latent_shape"]
         return DynamicsCache(
+            prev=np.zeros((B, C, h, w), np.float32),
             full_k=zeros("full_k", np.float32),
             full_v=zeros("full_v", np.float32),
             full_age=np.arange(1, shapes["full_age"][0] + 1, dtype=np.int64),
@@ -220,14 +232,13 @@ class OnnxBackend:
     def _run(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache, outputs: list[str]):
         B = latent.shape[0]
         level = torch.as_tensor(noise_level, dtype=torch.float32).expand(B)
-        feed = {
-            "latent": np.ascontiguousarray(latent.float().cpu().numpy()),
-            "noise_level": np.ascontiguousarray(level.cpu().numpy()),
-            "action": np.ascontiguousarray(action.float().cpu().numpy()),
-            "full_k": cache.full_k, "full_v": cache.full_v, "full_age": cache.full_age, "full_valid": cache.full_valid,
-            "pooled_k": cache.pooled_k, "pooled_v": cache.pooled_v, "pooled_age": cache.pooled_age,
-            "pooled_valid": cache.pooled_valid,
-        }  # fmt: skip
+        inputs = (
+            np.ascontiguousarray(latent.float().cpu().numpy()),
+            np.ascontiguousarray(level.cpu().numpy()),
+            np.ascontiguousarray(action.float().cpu().numpy()),
+            *cache.step_inputs(),
+        )
+        feed = {n: x for n, x in zip(STEP_INPUTS, inputs) if n in self.meta["step_inputs"]}
         return self.step_session.run(outputs, feed)
 
     def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
@@ -236,7 +247,7 @@ class OnnxBackend:
 
     def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
         velocity, reward, term, k, v, pk, pv = self._run(latent, noise_level, action, cache, list(STEP_OUTPUTS))
-        cache.push(k, v, pk, pv, self.memory_frames)
+        cache.push(k, v, pk, pv, self.memory_frames, latent=latent.float().cpu().numpy())
         return DynamicsOutput(torch.from_numpy(velocity), torch.from_numpy(reward), torch.from_numpy(term))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,10 @@ class DynamicsConfig:
     """M: frames seen at all, the current frame included; frames K..M-1 back are pooled."""
     memory_pool: int = 2
     """Older frames' keys/values are average-pooled over memory_pool x memory_pool tokens."""
+    prev_frame: bool = False
+    """Frame stacking: each token also sees the same patch of the previous frame's latent
+    (see model/dynamics.py). Every preset turns it on; False is what bundles written
+    before it existed hold (their config has no such key)."""
     # -- training objective (objective.dynamics_loss reads these) --------------
     noise_schedule: str = "logit_normal"
     """How per-frame noise levels t are drawn: "logit_normal" (SD3) or "uniform"."""
@@ -239,14 +243,15 @@ PRESETS: dict[str, WorldConfig] = {
             decoder_blocks=1,
         ),
         dynamics=DynamicsConfig(
-            d_model=128, n_layers=3, n_heads=4, mlp_ratio=3.0, cond_dim=64, full_frames=2, memory_frames=8
+            d_model=128, n_layers=3, n_heads=4, mlp_ratio=3.0, cond_dim=64, full_frames=2, memory_frames=8,
+            prev_frame=True,
         ),
     ),
     # the shipped world: 128x128, 16x16x12 latents, 64 tokens/frame, ~5M-parameter dynamics
     "small": WorldConfig(
         resolution=(128, 128),
         autoencoder=AutoencoderConfig(),
-        dynamics=DynamicsConfig(),
+        dynamics=DynamicsConfig(prev_frame=True),
     ),
     # a single GPU: wider, deeper, more latent channels, longer full-resolution memory
     "base": WorldConfig(
@@ -259,7 +264,8 @@ PRESETS: dict[str, WorldConfig] = {
             decoder_blocks=2,
         ),
         dynamics=DynamicsConfig(
-            d_model=512, n_layers=12, n_heads=8, mlp_ratio=4.0, cond_dim=256, full_frames=8, memory_frames=32
+            d_model=512, n_layers=12, n_heads=8, mlp_ratio=4.0, cond_dim=256, full_frames=8, memory_frames=32,
+            prev_frame=True,
         ),
     ),
 }

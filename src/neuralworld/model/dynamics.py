@@ -14,6 +14,19 @@ Conditioning
     by adaLN with zero-initialised modulation and a zero-initialised output layer
     (DiT), so an untrained block is the identity and an untrained model predicts 0.
 
+Frame stacking (``prev_frame``)
+    Each token also gets the same patch of the previous frame's latent, embedded
+    by its own linear layer and added to the token (zeros for the first frame of
+    a clip or after a reset). Attention can find the previous frame too, but it
+    must learn where to look; given beside the noisy patch, "the next frame is
+    nearly the last one" is a linear map instead of an attention pattern to discover
+    (DIAMOND's frame stacking). Measured on 64x64 Doom, the same autoencoder, data
+    and 1500 tiny-preset steps: held-out teacher-forced next-frame PSNR 20.3 dB
+    with it, 17.6 dB without (copy-last 23.6 dB). The previous latent is the one
+    the clip holds at that index (noisy at its own level in diffusion-forcing
+    clips, near-clean context in playing clips), and in a rollout the latent last
+    appended to memory: the same input in training and play.
+
 Attention, memory and time
     A token sees every token of its own frame and of past frames, never the
     future (frame-causal). Memory is M frames at bounded cost: the last K frames
@@ -168,10 +181,12 @@ class DynamicsCache:
     pooled_*  the last M-1 frames with pooled tokens (only those K..M-1 back are looked at)
     *_age     frames between a slot and the next frame to generate (1 = the previous frame)
     *_valid   whether a slot holds a frame of this batch element (False after ``reset``)
+    prev      the latent of the last frame appended, as the ``prev_frame`` input (zeros after ``reset``)
 
     Fixed shapes and explicit tensors, so the same layout can be an ONNX graph's inputs.
     """
 
+    prev: torch.Tensor  # (B, C, h, w): the latent last appended (zeros when none), for frame stacking
     full_k: torch.Tensor  # (L, B, H, K-1, N, hd)
     full_v: torch.Tensor  # (L, B, H, K-1, N, hd)
     full_age: torch.Tensor  # (K-1,) int64
@@ -194,13 +209,23 @@ class DynamicsCache:
             batch_index = slice(None)  # type: ignore[assignment]
         self.full_valid[batch_index] = False
         self.pooled_valid[batch_index] = False
+        self.prev[batch_index] = 0
 
-    def push(self, k: Any, v: Any, pooled_k: Any, pooled_v: Any, memory_frames: int) -> None:
-        """Write one frame's keys/values into both rings (the oldest slot is overwritten).
+    def step_inputs(self) -> tuple[Any, ...]:
+        """The cache's part of ``Dynamics.step_with_cache_tensors``'s inputs, in its order."""
+        return (
+            self.prev, self.full_k, self.full_v, self.full_age, self.full_valid,
+            self.pooled_k, self.pooled_v, self.pooled_age, self.pooled_valid,
+        )  # fmt: skip
 
-        k, v (L, B, H, N, hd); pooled_k, pooled_v (L, B, H, Np, hd). Only indexing and
-        in-place arithmetic, so the same code serves torch rings (``Dynamics.append``)
-        and numpy rings (the ONNX Runtime backend)."""
+    def push(self, k: Any, v: Any, pooled_k: Any, pooled_v: Any, memory_frames: int, *, latent: Any) -> None:
+        """Write one frame into memory: its keys/values into both rings (the oldest slot is
+        overwritten) and its latent as the next frame's ``prev``.
+
+        k, v (L, B, H, N, hd); pooled_k, pooled_v (L, B, H, Np, hd); latent (B, C, h, w).
+        Only indexing and in-place arithmetic, so the same code serves torch rings
+        (``Dynamics.append``) and numpy rings (the ONNX Runtime backend)."""
+        self.prev[...] = latent
         if self.full_k.shape[3] > 0:
             s = self.full_next
             self.full_k[:, :, :, s] = k  # (L, B, H, N, hd); assignment casts to the ring's dtype
@@ -241,6 +266,8 @@ class Dynamics(nn.Module):
         self.patch_dim = latent_channels * p * p
 
         self.patch_embed = nn.Linear(self.patch_dim, d)
+        # frame stacking: the previous frame's patch beside each token (None in worlds trained without it)
+        self.prev_embed = nn.Linear(self.patch_dim, d) if config.prev_frame else None
         self.pos_embed = nn.Parameter(torch.zeros(1, 1, self.tokens_per_frame, d))
         self.level_embed = nn.Sequential(nn.Linear(256, config.cond_dim), nn.SiLU(), nn.Linear(config.cond_dim, config.cond_dim))
         self.action_embed = nn.Sequential(
@@ -290,13 +317,22 @@ class Dynamics(nn.Module):
         """(grid, factor) when older frames are pooled; None when K == M (no pooled memory)."""
         return (self.grid, self.config.memory_pool) if self.config.memory_frames > self.config.full_frames else None
 
-    def _embed(self, latents: torch.Tensor, noise_level: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """latents (B, T, C, h, w), noise_level (B, T), actions (B, T, A) -> tokens (B, T, N, D), cond (B, T, cond)."""
+    def _patches(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, h, w) -> (B, T, N, C*p*p) in the weights' dtype (fp32 or bf16)."""
         B, T, C, h, w = latents.shape
-        p, dtype = self.config.patch_size, self.pos_embed.dtype  # inputs follow the weights (fp32 or bf16)
-        x = latents.to(dtype).reshape(B, T, C, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, gh, gw, C, p, p)
-        x = x.reshape(B, T, self.tokens_per_frame, self.patch_dim)  # (B, T, N, C*p*p)
-        x = self.patch_embed(x) + self.pos_embed  # (B, T, N, D)
+        p = self.config.patch_size
+        x = latents.to(self.pos_embed.dtype).reshape(B, T, C, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, gh, gw, C, p, p)
+        return x.reshape(B, T, self.tokens_per_frame, self.patch_dim)  # (B, T, N, C*p*p)
+
+    def _embed(
+        self, latents: torch.Tensor, noise_level: torch.Tensor, actions: torch.Tensor, prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents (B, T, C, h, w), noise_level (B, T), actions (B, T, A), prev (B, T, C, h, w)
+        the latent before each frame -> tokens (B, T, N, D), cond (B, T, cond)."""
+        dtype = self.pos_embed.dtype
+        x = self.patch_embed(self._patches(latents)) + self.pos_embed  # (B, T, N, D)
+        if self.prev_embed is not None:
+            x = x + self.prev_embed(self._patches(prev))  # (B, T, N, D)
         levels = timestep_embedding(noise_level, 256).to(dtype)  # (B, T, 256)
         c = self.level_embed(levels) + self.action_embed(actions.to(dtype))  # (B, T, cond)
         return x, c
@@ -341,7 +377,8 @@ class Dynamics(nn.Module):
         actions (B, T, A): normalised; actions[:, t] is the action that led to frame t.
         """
         T = latents.shape[1]
-        x, c = self._embed(latents, noise_level, actions)  # (B, T, N, D), (B, T, cond)
+        prev = torch.cat([torch.zeros_like(latents[:, :1]), latents[:, :-1]], dim=1)  # (B, T, C, h, w): nothing before frame 0
+        x, c = self._embed(latents, noise_level, actions, prev)  # (B, T, N, D), (B, T, cond)
         for block in self.blocks:
             bias = self._clip_bias(block.frame_bias, T)  # (H, T*N, keys)
             x, _, _ = block(x, c, bias, self._clip_pool(T))  # (B, T, N, D)
@@ -360,6 +397,7 @@ class Dynamics(nn.Module):
         device = device if device is not None else self.pos_embed.device
         zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
         return DynamicsCache(
+            prev=zeros(batch_size, self.latent_channels, *self.latent_size),
             full_k=zeros(L, batch_size, H, sf, N, hd),
             full_v=zeros(L, batch_size, H, sf, N, hd),
             full_age=torch.arange(1, sf + 1, device=device),  # ages of empty slots don't matter
@@ -399,6 +437,7 @@ class Dynamics(nn.Module):
         latent: torch.Tensor,
         noise_level: torch.Tensor,
         action: torch.Tensor,
+        prev_latent: torch.Tensor,
         full_k: torch.Tensor,
         full_v: torch.Tensor,
         full_age: torch.Tensor,
@@ -410,14 +449,15 @@ class Dynamics(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """The pure step: one frame against explicit cache tensors (see ``DynamicsCache``).
 
-        latent (B, C, h, w), noise_level (B,), action (B, A). Returns
+        latent (B, C, h, w), noise_level (B,), action (B, A), prev_latent (B, C, h, w)
+        the latent appended last (``DynamicsCache.prev``; unused without ``prev_frame``). Returns
         (velocity (B, C, h, w), reward (B,), termination (B,),
          new_full_k, new_full_v (L, B, H, N, hd), new_pooled_k, new_pooled_v (L, B, H, Np, hd)):
         the frame's own keys/values, for the caller to write into its rings.
         """
         B = latent.shape[0]
         L, pool = self.config.n_layers, self._pool()
-        x, c = self._embed(latent[:, None], noise_level[:, None], action[:, None])  # (B, 1, N, D), (B, 1, cond)
+        x, c = self._embed(latent[:, None], noise_level[:, None], action[:, None], prev_latent[:, None])  # (B, 1, N, D), (B, 1, cond)
         tables = torch.stack([block.frame_bias for block in self.blocks])  # (L, H, M)
         bias = self._step_bias(tables, full_age, full_valid, pooled_age, pooled_valid)  # (L, B, H, 1, keys)
         new_k, new_v = [], []
@@ -442,11 +482,7 @@ class Dynamics(nn.Module):
         if cache.batch_size != B:
             raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
         noise_level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(B)  # (B,)
-        velocity, reward, term, *kv = self.step_with_cache_tensors(
-            latent, noise_level, action,
-            cache.full_k, cache.full_v, cache.full_age, cache.full_valid,
-            cache.pooled_k, cache.pooled_v, cache.pooled_age, cache.pooled_valid,
-        )  # fmt: skip
+        velocity, reward, term, *kv = self.step_with_cache_tensors(latent, noise_level, action, *cache.step_inputs())
         return DynamicsOutput(velocity, reward, term), tuple(kv)
 
     def step(
@@ -472,5 +508,5 @@ class Dynamics(nn.Module):
         """
         out, (k, v, pk, pv) = self._run_step(latent, noise_level, action, cache)
         with torch.no_grad():
-            cache.push(k, v, pk, pv, self.config.memory_frames)
+            cache.push(k, v, pk, pv, self.config.memory_frames, latent=latent)
         return out
