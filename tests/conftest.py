@@ -22,7 +22,7 @@ def tiny_world_run(tmp_path_factory):
         record(RecordConfig(env="doom/freedoom_map01", episodes=3, workers=2, resolution=(32, 32), max_steps=40), data, progress=False)
         cfg = train_config(
             "tiny", clip_frames=4, precision="fp32", device="cpu", log_every=10,
-            **{"autoencoder.steps": 20, "dynamics.steps": 20, "autoencoder.batch_size": 8, "dynamics.batch_size": 4},
+            **{"autoencoder.steps": 20, "dynamics.steps": 20, "distill.steps": 10, "autoencoder.batch_size": 8, "dynamics.batch_size": 4},
         )  # fmt: skip
         train(data, run, cfg, progress=False)
     return data, run

@@ -22,7 +22,7 @@ from neuralworld.train import TrainingError, train, train_config  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "neuralworld")
-FAST = ["--autoencoder-batch", "8", "--dynamics-batch", "4", "--clip-frames", "4", "--precision", "fp32", "--quiet"]
+FAST = ["--autoencoder-batch", "8", "--dynamics-batch", "4", "--distill-steps", "2", "--clip-frames", "4", "--precision", "fp32", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ Determinism
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -66,14 +67,24 @@ class SessionError(ValueError):
     """Frames or settings a session cannot start from; the message says what fits."""
 
 
-def resolve_sampler(sampler: str | SamplerPreset) -> SamplerPreset:
-    """A preset name from ``SAMPLERS`` or a ``SamplerPreset`` as is."""
+def resolve_sampler(sampler: str | SamplerPreset, world: Any = None) -> SamplerPreset:
+    """A preset name from ``SAMPLERS`` or a ``SamplerPreset`` as is; given the ``world``,
+    what the preset means there: ``fast`` takes the steps its student was distilled for,
+    and becomes ``euler2`` on a world trained without distillation."""
     if isinstance(sampler, SamplerPreset):
-        return sampler
-    try:
-        return SAMPLERS[sampler]
-    except (KeyError, TypeError):
-        raise SessionError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)} or pass a SamplerPreset") from None
+        preset = sampler
+    else:
+        try:
+            preset = SAMPLERS[sampler]
+        except (KeyError, TypeError):
+            raise SessionError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)} or pass a SamplerPreset") from None
+    if world is None or preset.network != "distilled":
+        return preset
+    if getattr(world, "distilled", None) is None:
+        if sampler == "fast":
+            return SAMPLERS["euler2"]
+        raise SessionError(f"sampler {preset} needs a distilled network; {getattr(world, 'name', 'this world')} has none")
+    return dataclasses.replace(preset, steps=world.distilled_steps) if sampler == "fast" else preset
 
 
 def fit_frame(image: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
@@ -101,8 +112,9 @@ class WorldSession:
         frames: where the playthrough starts (see ``reset``): ``None`` for a
             mid-grey frame, one image (H, W, 3) of any size, dataset frames
             (T, H, W, 3), or one context per batch element (B, T, H, W, 3).
-        sampler: ``"quality"``, ``"fast"`` (see ``model.sampler.SAMPLERS``) or a
-            ``SamplerPreset``.
+        sampler: ``"quality"``, ``"fast"``, ``"euler2"`` (see ``model.sampler.SAMPLERS``)
+            or a ``SamplerPreset``. ``fast`` drives the world's distilled network
+            where it has one, and is ``euler2`` where it has none.
         batch_size: parallel playthroughs. None: B of 5-d frames, else 1. Frames
             without a batch axis are shared by every element.
         seed: seeds the session's noise generator; same seed, same frames.
@@ -135,9 +147,10 @@ class WorldSession:
             from neuralworld.bundle import load_bundle
 
             world = load_bundle(world)
+        self.sampler = resolve_sampler(sampler, world)
+        world = world.network(self.sampler.network)  # the student, for a distilled preset
         self.world = world
         self.spec: ActionSpec = world.spec
-        self.sampler = resolve_sampler(sampler)
         self.resolution: tuple[int, int] = tuple(world.config.resolution)  # type: ignore[assignment]
         self.autoencoder = world.autoencoder
         self.dynamics = world.dynamics

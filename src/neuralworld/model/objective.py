@@ -21,16 +21,21 @@ treating the (slightly noisy) frames before it as memory. Two regimes per clip:
   frames' near-clean velocity targets are mostly unpredictable noise).
 
 Loss = flow MSE + reward MSE + termination BCE, weights from ``model.config``.
+
+``distill_loss`` trains the ``fast`` sampler's network: a copy of the trained
+dynamics taught to reach the many-step sampler's frame in 1-2 Euler steps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from neuralworld.model.dynamics import Dynamics
+from neuralworld.model.sampler import sample_euler
 
 T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # flow loss is also reported per bin of t
 
@@ -109,4 +114,75 @@ def dynamics_loss(model: Dynamics, batch: LatentClip) -> tuple[torch.Tensor, dic
             in_bin = target & (t >= lo) & ((t < hi) if hi < 1.0 else (t <= hi))
             if in_bin.any():
                 metrics[f"flow_by_t/{lo:.2f}-{hi:.2f}"] = float(per_frame[in_bin].mean())
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# few-step distillation (the ``fast`` sampler's network)
+# ---------------------------------------------------------------------------
+def distill_loss(
+    student: Dynamics,
+    teacher: Dynamics,
+    batch: LatentClip,
+    *,
+    teacher_sampler: Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
+    student_steps: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Teach ``student`` to land, in ``student_steps`` Euler steps, where the teacher's
+    many-step sampler lands from the same noise and memory (knowledge distillation of
+    the probability-flow ODE: Luhman & Luhman 2021; the regression target is the
+    teacher's deterministic sample, so the student learns one sharp frame per noise
+    instead of the blurry average a 1-step flow model predicts).
+
+    Each clip is played as in a session: frames 0..T-2 are memory at a context
+    noise level in [0, context_noise_max] (told to both networks, as in training),
+    frame T-1 is generated from pure noise under the recorded action. The teacher
+    samples as a session does, against a KV cache of the memory (its many calls
+    then cost one frame each); the student runs its 1-2 calls through the
+    frame-causal ``forward`` (which equals the cached step, tested) so gradients
+    reach its memory's keys and values too. The student's reward/termination heads
+    keep training on the memory frames.
+
+    Returns (loss, metrics): ``distill`` (MSE of the student's frame to the
+    teacher's, latent units), ``teacher_vs_real`` (MSE of the teacher's frame to the
+    recorded one, for scale), reward/termination where the batch has them.
+    """
+    cfg = teacher.config
+    x0 = batch.latents  # (B, T, C, h, w)
+    B, T = x0.shape[:2]
+    levels = cfg.context_noise_max * torch.rand(B, T - 1, device=x0.device)  # (B, T-1): memory's noise levels
+    noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)  # (B, T, C, h, w)
+    lv = levels[:, :, None, None, None].to(x0.dtype)
+    memory = (1 - lv) * x0[:, :-1] + lv * noise[:, :-1]  # (B, T-1, C, h, w)
+    outputs: list[Any] = []
+
+    def velocity_of(net: Dynamics) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x (B, C, h, w), t (B,)
+            out = net(torch.cat([memory, x[:, None]], 1), torch.cat([levels, t[:, None]], 1), batch.actions)
+            outputs.append(out)
+            return out.velocity[:, -1]  # (B, C, h, w)
+
+        return denoise
+
+    with torch.no_grad():
+        cache = teacher.new_cache(B, device=x0.device, dtype=teacher.pos_embed.dtype)
+        for i in range(T - 1):
+            teacher.append(memory[:, i], levels[:, i], batch.actions[:, i], cache)
+        action = batch.actions[:, -1]  # (B, A): the action that leads to the new frame
+        target = teacher_sampler(lambda x, t: teacher.step(x, t, action, cache).velocity, noise[:, -1])  # (B, C, h, w)
+    frame = sample_euler(velocity_of(student), noise[:, -1], student_steps)  # (B, C, h, w)
+    distill = (frame.float() - target.float()).pow(2).mean()
+    loss = distill
+    metrics: dict[str, float] = {"distill": float(distill.detach()),
+                                 "teacher_vs_real": float((target.float() - x0[:, -1].float()).pow(2).mean())}
+    last = outputs[-1]  # the student's final call: heads of the memory frames, seen near clean
+    if batch.rewards is not None:
+        reward = F.mse_loss(last.reward[:, :-1].float(), batch.rewards[:, :-1].float())
+        loss = loss + cfg.reward_weight * reward
+        metrics["reward"] = float(reward.detach())
+    if batch.terminated is not None:
+        termination = F.binary_cross_entropy_with_logits(last.termination[:, :-1].float(), batch.terminated[:, :-1].float())
+        loss = loss + cfg.termination_weight * termination
+        metrics["termination"] = float(termination.detach())
+    metrics["loss"] = float(loss.detach())
     return loss, metrics

@@ -10,10 +10,17 @@
 * ``steps``: integration steps; ``shift`` spends them nearer t = 1 (SD3's
   time shift) where few-step sampling loses most.
 
-Presets (``SAMPLERS``) are config: the method, steps and shift, and the noise
-level at which a session appends finished frames to memory (``context_level``,
-inside the training range [0, context_noise_max]). ``fast`` will move to a
-distilled one-call sampler (consistency / shortcut / DMD) once one exists.
+Presets (``SAMPLERS``) are config: the method, steps and shift, the network
+they drive, and the noise level at which a session appends finished frames to
+memory (``context_level``, inside the training range [0, context_noise_max]).
+
+* ``quality``: Heun, 8 steps (15 calls) on the world's dynamics: the reference.
+* ``fast``: Euler on the world's *distilled* dynamics (``network="distilled"``,
+  trained by ``objective.distill_loss`` to land, in 1 or 2 Euler steps, where the
+  ``quality`` sampler lands from the same noise). A world trained without
+  distillation plays ``fast`` as ``euler2`` (``WorldSession`` says so).
+* ``euler2``: plain Euler, 2 steps on the world's dynamics: fast, but a
+  flow model's 1-2 step samples are blurry averages of the possible frames.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ def sample_heun(denoise_fn: DenoiseFn, x_noise: torch.Tensor, steps: int, *, shi
 
 
 METHODS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "heun": sample_heun}
+NETWORKS = ("dynamics", "distilled")
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,15 @@ class SamplerPreset:
     shift: float = 1.0
     context_level: float = 0.02
     """Noise level a session gives frames it appends to memory (training saw [0, context_noise_max])."""
+    network: str = "dynamics"
+    """Which network the sampler drives: the world's ``dynamics``, or its ``distilled`` student."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown sampler method {self.method!r}; choose from {sorted(METHODS)}")
         flow_times(self.steps, self.shift)
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown sampler network {self.network!r}; choose from {NETWORKS}")
 
     @property
     def calls(self) -> int:
@@ -98,5 +110,8 @@ class SamplerPreset:
 
 SAMPLERS: dict[str, SamplerPreset] = {
     "quality": SamplerPreset("heun", steps=8, shift=1.0),
-    "fast": SamplerPreset("euler", steps=2, shift=1.0),
+    "fast": SamplerPreset("euler", steps=1, shift=1.0, network="distilled"),
+    "euler2": SamplerPreset("euler", steps=2, shift=1.0),
 }
+"""``fast``'s steps are those the world's student was distilled for (``World.distilled_steps``);
+``WorldSession`` reads them from the bundle."""

@@ -384,8 +384,11 @@ class Hub:
         self.world = world
         self.config = config
         # built once and shared: a backend holds no per-session state (each session owns its cache)
+        from neuralworld.session import resolve_sampler
+
         self.backend_name = resolve_backend(config.backend)
-        self.backend = make_backend(self.backend_name, world, 1)
+        network = resolve_sampler(config.sampler, world).network  # the distilled student for "fast"
+        self.backend = make_backend(self.backend_name, world.network(network), 1)
         self.pool = ThreadPoolExecutor(max_workers=config.max_players + 1, thread_name_prefix="neuralworld-play")
         self.players: dict[int, Player] = {}
         self._next_id = 0
