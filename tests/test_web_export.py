@@ -284,6 +284,22 @@ def test_graphs_driven_as_the_page_drives_them_equal_pytorch(site, world):
     assert np.abs(got_f[0] - got_f[-1]).mean() > 1e-4
 
 
+@needs_ort_web
+def test_int8_export_ships_one_smaller_step_graph_near_the_float_one(site, world_path, world, tmp_path):
+    out = export_web(world_path, tmp_path / "int8", int8=True)
+    m = json.loads((out / MANIFEST_FILE).read_text())
+    assert m["graphs"]["step"]["int8"] and m["graphs"]["step"]["file"] == "dynamics_step.int8.onnx"
+    assert not (out / "dynamics_step.onnx").exists(), "only the graph the page loads is shipped"
+    assert (out / m["graphs"]["step"]["file"]).stat().st_size < 0.5 * (site / "dynamics_step.onnx").stat().st_size
+    fp32, int8 = OnnxPage(site), OnnxPage(out)
+    actions = turn_actions(m, 4, 5.0)
+    _, want = page_rollout(fp32.step, fp32.append, fp32.decode, fp32.m, fp32.start, actions, seed=1)
+    _, got = page_rollout(int8.step, int8.append, int8.decode, int8.m, int8.start, actions, seed=1)
+    err = max(float(np.abs(a - b).mean()) for a, b in zip(got, want))
+    print(f"\nint8 step graph: frames differ from float32 by {err:.4f} on average (of a [-1, 1] range)")
+    assert err < 0.05, "an approximation, not another world"
+
+
 # ---------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------

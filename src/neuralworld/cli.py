@@ -201,7 +201,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.web:
         raise UserError("say what to export: --web (a static folder that plays the world in a browser)")
     try:
-        out = export_web(args.world, args.out, sampler=args.sampler, force=args.force, onnxruntime_web=args.onnxruntime_web)
+        out = export_web(args.world, args.out, sampler=args.sampler, force=args.force, onnxruntime_web=args.onnxruntime_web,
+                         int8=args.int8)
     except ExportError as e:
         raise UserError(str(e)) from None
     print(f"wrote {out}: serve it with any static server, e.g. python -m http.server -d {out}")
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--web", action="store_true", help="the static web player: ONNX graphs + onnxruntime-web + the player page")
     x.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset the page plays with")
     x.add_argument("--force", action="store_true", help="replace OUT even when it holds something else")
+    x.add_argument("--int8", action="store_true", help="int8 matmuls in the step graph: 4x smaller, ~1.5x faster in WASM, approximate")
     x.add_argument("--onnxruntime-web", default=None, metavar="DIR", help="onnxruntime-web package or its dist/ (default: $NEURALWORLD_ORT_WEB, else node_modules/)")
     x.set_defaults(func=_cmd_export)
     return p
