@@ -2,7 +2,10 @@
 
     WORLD/
       config.json          {"format": "neuralworld-bundle", "version", "name",
-                            "world": WorldConfig (resolution, ActionSpec, both networks),
+                            "model": the network kind (absent: "world", our transformer world;
+                                     "unet-baseline": the frame-stacking U-Net, model/unet.py),
+                            "world": WorldConfig (resolution, ActionSpec, both networks)
+                                     or, for the baseline, BaselineConfig,
                             "weights_sha256", "created", "training": {...}}
       model.safetensors    autoencoder.* and dynamics.* weights (EMA), latent normalisation,
                            start.frames (T, H, W, 3) uint8 + start.actions (T, A): real frames
@@ -29,10 +32,13 @@ from neuralworld.actions import ActionSpec
 from neuralworld.model.autoencoder import Autoencoder
 from neuralworld.model.config import ConfigError, WorldConfig
 from neuralworld.model.dynamics import Dynamics
+from neuralworld.model.unet import MODEL_KIND as BASELINE_KIND, BaselineConfig, FrameStackUNet, PixelCodec
 from neuralworld.state_io import StateError, atomic_write_json, load_tensors, read_json, save_tensors
 
 FORMAT = "neuralworld-bundle"
 VERSION = 1
+MODEL_KINDS = ("world", BASELINE_KIND)
+"""Values of config.json's "model": which networks a bundle holds."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -45,9 +51,9 @@ class BundleError(Exception):
 class World:
     """A loaded world: its config, controls and networks (in eval mode)."""
 
-    config: WorldConfig
-    autoencoder: Autoencoder
-    dynamics: Dynamics
+    config: WorldConfig | BaselineConfig
+    autoencoder: Autoencoder | PixelCodec  # PixelCodec: the baseline's frames are its latents
+    dynamics: Dynamics | FrameStackUNet
     name: str = ""
     path: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +70,11 @@ class World:
     def resolution(self) -> tuple[int, int]:
         return self.config.resolution
 
+    @property
+    def model(self) -> str:
+        """The network kind (``MODEL_KINDS``): "world" or "unet-baseline"."""
+        return BASELINE_KIND if isinstance(self.config, BaselineConfig) else "world"
+
     def start(self, frames: Any = None, **kw: Any) -> Any:
         """A new ``WorldSession`` from dataset frames or one image (see session.py)."""
         from neuralworld.session import WorldSession
@@ -71,16 +82,20 @@ class World:
         return WorldSession(self, frames, **kw)
 
 
-def build_networks(config: WorldConfig) -> tuple[Autoencoder, Dynamics]:
+def build_networks(config: WorldConfig | BaselineConfig) -> tuple[Any, Any]:
+    """(autoencoder, dynamics) for a config: ``Autoencoder`` + ``Dynamics`` for a world,
+    ``PixelCodec`` + ``FrameStackUNet`` for the baseline."""
     config.validate()
+    if isinstance(config, BaselineConfig):
+        return PixelCodec(), FrameStackUNet.from_world(config)
     return Autoencoder(config.autoencoder), Dynamics.from_world(config)
 
 
 def save_bundle(
     path: str | os.PathLike,
-    config: WorldConfig,
-    autoencoder: Autoencoder,
-    dynamics: Dynamics,
+    config: WorldConfig | BaselineConfig,
+    autoencoder: Autoencoder | PixelCodec,
+    dynamics: Dynamics | FrameStackUNet,
     *,
     name: str = "",
     training: Mapping[str, Any] | None = None,
@@ -97,7 +112,7 @@ def save_bundle(
     spec = config.spec
     if spec is None:
         raise BundleError("a bundle needs its ActionSpec: build the config with .for_spec(spec)")
-    tensors = {f"autoencoder.{k}": v for k, v in autoencoder.state_dict().items()}
+    tensors = {f"autoencoder.{k}": v for k, v in autoencoder.state_dict().items() if v.numel()}  # PixelCodec: none
     tensors.update({f"dynamics.{k}": v for k, v in dynamics.state_dict().items()})
     if start_frames is not None:
         frames = np.asarray(start_frames)
@@ -110,10 +125,12 @@ def save_bundle(
         tensors["start.actions"] = torch.from_numpy(np.ascontiguousarray(actions))
     try:
         sha = save_tensors(path / WEIGHTS_FILE, tensors, {"format": FORMAT})
+        kind = {"model": BASELINE_KIND} if isinstance(config, BaselineConfig) else {}  # a world's config stays as it was
         atomic_write_json(path / CONFIG_FILE, {
             "format": FORMAT,
             "version": VERSION,
             "name": name or path.name,
+            **kind,
             "world": config.to_dict(),
             "weights_sha256": sha,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -145,8 +162,12 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     """Open a world from its folder: config.json + model.safetensors, nothing else."""
     path = Path(path)
     meta = read_bundle_config(path)
+    kind = meta.get("model", "world")
+    if kind not in MODEL_KINDS:
+        raise BundleError(f"{path / CONFIG_FILE}: unknown model {kind!r}; this neuralworld plays {list(MODEL_KINDS)}")
     try:
-        config = WorldConfig.from_dict(meta["world"]).validate()
+        config_cls = BaselineConfig if kind == BASELINE_KIND else WorldConfig
+        config = config_cls.from_dict(meta["world"]).validate()
     except (KeyError, ConfigError, ValueError, TypeError) as e:
         raise BundleError(f"{path / CONFIG_FILE}: bad world config ({e})") from None
     try:
@@ -155,6 +176,8 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
         raise BundleError(str(e)) from None
     autoencoder, dynamics = build_networks(config)
     for prefix, module in (("autoencoder.", autoencoder), ("dynamics.", dynamics)):
+        if isinstance(module, PixelCodec):
+            continue  # no weights: frames are its latents
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         load_state_strict(module, part, f"{path / WEIGHTS_FILE} ({prefix.rstrip('.')})")
     autoencoder.to(device).eval()

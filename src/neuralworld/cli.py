@@ -74,6 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         precision=args.precision,
         device=args.device,
+        model=args.model,
         **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps,
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch},
     )
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="dataset folder or URL (from neuralworld record / import-video)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs, and the world bundle in OUT/world")
     t.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="model and training sizes")
+    t.add_argument("--model", default="world", choices=["world", "unet-baseline"],
+                   help="our world, or the DIAMOND-style frame-stacking U-Net baseline (trained with the dynamics' steps and batch)")
     t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics"], help="train both, or one")
     t.add_argument("--autoencoder-steps", type=int, default=None, help="override the preset's autoencoder steps")
     t.add_argument("--dynamics-steps", type=int, default=None, help="override the preset's dynamics steps")

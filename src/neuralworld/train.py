@@ -13,6 +13,8 @@ A run folder::
       metrics.jsonl               one JSON line per logged step and per validation
       tb/                         TensorBoard scalars and sample grids (real | generated)
       world/                      the inference bundle (config.json + model.safetensors), EMA weights
+      baseline.safetensors        with --model unet-baseline: the U-Net's training state (no autoencoder,
+                                  no latents: it trains on pixel windows; see train_baseline)
 
 Exact resume without saving a data loader: the global batch of step s is drawn
 from an RNG seeded by (seed, stage, s), split into ``world_size * grad_accum``
@@ -50,6 +52,8 @@ from neuralworld.state_io import (
 )
 
 STAGES = ("autoencoder", "dynamics")
+MODELS = ("world", "unet-baseline")
+"""What ``neuralworld train --model`` trains: our world, or the DIAMOND-style baseline (model/unet.py)."""
 
 
 class TrainingError(Exception):
@@ -91,6 +95,9 @@ class TrainConfig:
     precision: str = "auto"
     """auto (bf16 where the hardware has it), fp32 or bf16."""
     device: str = "auto"
+    model: str = "world"
+    """``MODELS``: "unet-baseline" trains the frame-stacking U-Net with the dynamics stage's
+    steps, batch and learning rate (the same budget) instead of autoencoder + dynamics."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -202,8 +209,13 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------
 # data: deterministic by step
 # ---------------------------------------------------------------------------
+def _stage_index(stage: str) -> int:
+    """A stage's number in the RNG seeds (the baseline's comes after ``STAGES``)."""
+    return (*STAGES, "baseline").index(stage)
+
+
 def _rng(seed: int, stage: str, step: int) -> np.random.Generator:
-    return np.random.default_rng([seed, STAGES.index(stage) + 1, step])
+    return np.random.default_rng([seed, _stage_index(stage) + 1, step])
 
 
 class FrameSource:
@@ -405,7 +417,7 @@ def _run_stage(
         finite = True
         for k in range(cfg.grad_accum):
             j = d.rank * cfg.grad_accum + k  # global micro-batch index: the data slice and its noise
-            torch.manual_seed(int(np.random.default_rng([cfg.seed, STAGES.index(stage), step, j]).integers(2**62)))
+            torch.manual_seed(int(np.random.default_rng([cfg.seed, _stage_index(stage), step, j]).integers(2**62)))
             sync = k == cfg.grad_accum - 1 or d.world_size == 1
             ctx = model.no_sync() if (d.world_size > 1 and not sync) else nullcontext()
             with ctx:
@@ -646,6 +658,10 @@ def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
 
 def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a world on a dataset; returns a summary. The bundle lands in ``out/world``."""
+    if cfg.model != "world":
+        if cfg.model not in MODELS:
+            raise TrainingError(f"unknown model {cfg.model!r}; choose from {list(MODELS)}")
+        return train_baseline(data, out, cfg, resume=resume, progress=progress)
     run = Path(out)
     d = setup_distributed(cfg.device)
     try:
@@ -713,6 +729,121 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
                             training={"data": str(data), "preset": cfg.preset, "held_out": cfg.held_out,
                                       "steps": {s: getattr(cfg, s).steps for s in STAGES}})
                 summary["bundle"] = str(run / "world")
+    finally:
+        logger.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["ranks_identical"] = True if d.world_size > 1 else None
+    if d.main:
+        atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# the baseline: a DIAMOND-style frame-stacking U-Net on pixel windows
+# ---------------------------------------------------------------------------
+class PixelWindows:
+    """Windows of k consecutive frames of some episodes with the actions that led to them:
+    frames[s : s+k] with actions[s-1 : s+k-1] (a dataset's ``actions[t]`` follows
+    ``frames[t]``), so ``actions[:, i]`` led to ``frames[:, i]``. Frames come through
+    ``FrameSource`` (in memory when they fit); actions are small and always loaded."""
+
+    def __init__(self, ds: Dataset, episodes: list[int], frames: int):
+        self.k = frames
+        self.episodes = [e for e in episodes if ds.lengths[e] >= frames + 1]
+        if not self.episodes:
+            raise TrainingError(f"no episode has the {frames + 1} frames a baseline window needs: record longer episodes")
+        self.source = FrameSource(ds, self.episodes)
+        self.actions = {e: torch.from_numpy(ds.spec.normalize(ds.episode(e)["actions"][:])) for e in self.episodes}  # (T, A)
+        self.cum = np.cumsum([ds.lengths[e] - frames for e in self.episodes])  # starts s = 1 .. T-k per episode
+
+    def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames (n, k, 3, H, W) in [-1, 1], actions (n, k, A) normalised)."""
+        frames, actions = [], []
+        for i in rng.integers(0, int(self.cum[-1]), size=n):
+            j = int(np.searchsorted(self.cum, i, side="right"))
+            e = self.episodes[j]
+            s = 1 + int(i - (self.cum[j - 1] if j else 0))
+            frames.append(np.stack([self.source.frame(e, t) for t in range(s, s + self.k)]))
+            actions.append(self.actions[e][s - 1 : s - 1 + self.k])
+        return frames_to_tensor(np.stack(frames)), torch.stack(actions)
+
+
+def train_baseline(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train the frame-stacking U-Net (model/unet.py) on the dataset; its bundle lands in
+    ``out/world`` and plays through ``WorldSession`` as a world does.
+
+    Same budget as our world's dynamics: the preset's dynamics steps, global batch and
+    learning-rate schedule (``--dynamics-steps`` / ``--dynamics-batch`` set both). A
+    dynamics sample is a clip of ``clip_frames`` latents; a baseline sample is one window
+    of n + 1 frames in pixels (one target). The same loop (``_run_stage``): resume, EMA,
+    checkpoints, metrics, torchrun. Our world also spent its autoencoder stage; the
+    baseline needs none."""
+    from neuralworld.model.unet import MODEL_KIND, PixelCodec, baseline_loss, baseline_preset, count_parameters
+
+    run = Path(out)
+    d = setup_distributed(cfg.device)
+    try:
+        ds = Dataset(data)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    if ds.num_episodes == 0:
+        raise TrainingError(f"{data} has no complete episodes to train on")
+    try:
+        world = baseline_preset(cfg.preset, spec=ds.spec, resolution=ds.resolution).validate()
+    except ConfigError as e:
+        raise TrainingError(f"baseline preset {cfg.preset!r} does not fit {data}: {e}") from None
+    record = {"data": str(data), "model": MODEL_KIND, "action_spec": ds.spec.to_json_dict(),
+              "resolution": list(ds.resolution), "world": world.to_dict(), "train": cfg.to_dict(), "world_size": d.world_size}
+    if d.main:
+        _check_run(run, record, resume)
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "run.json").exists():
+            atomic_write_json(run / "run.json", record)
+    d.barrier()
+    split = ds.split(cfg.held_out)
+    logger = Logger(run, d.main)
+    t0 = time.perf_counter()
+    n = world.dynamics.context_frames
+    torch.manual_seed(cfg.seed + 1)
+    _, unet = build_networks(world)
+    summary: dict[str, Any] = {"run": str(run), "model": MODEL_KIND, "world_size": d.world_size, "device": str(d.device),
+                               "train_episodes": len(split[0]), "held_out_episodes": len(split[1]),
+                               "parameters": count_parameters(unet)}
+    try:
+        windows = PixelWindows(ds, split[0], n + 1)
+        held_frames, held_actions = PixelWindows(ds, split[1] or split[0], n + 1).batch(np.random.default_rng(4321), 16)
+
+        def loss_fn(net: torch.nn.Module, rng: np.random.Generator, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+            frames, actions = windows.batch(rng, micro)  # (micro, n+1, 3, H, W), (micro, n+1, A)
+            return baseline_loss(net, frames.to(d.device), actions.to(d.device))
+
+        def validate(m: torch.nn.Module, step: int) -> None:
+            frames, actions = held_frames.to(d.device), held_actions.to(d.device)
+            with torch.no_grad():
+                torch.manual_seed(99)
+                _, metrics = baseline_loss(m, frames, actions)
+                # teacher-forced next frame: n clean real frames, the last generated from noise
+                past = frames[:, :-1]
+                gen = sample_euler(lambda x, t: m(x, t, past, actions), torch.randn_like(frames[:, -1]), 8)
+            fake, real, prev = (tensor_to_frames(x.clamp(-1, 1)) for x in (gen, frames[:, -1], frames[:, -2]))
+            B = len(real)
+            logger.scalars("baseline", step, {
+                "loss": metrics["loss"], "next_frame_psnr": float(np.mean([_psnr(fake[i], real[i]) for i in range(B)])),
+                "copy_last_psnr": float(np.mean([_psnr(prev[i], real[i]) for i in range(B)])),
+            }, kind="held_out")
+            grid = np.concatenate([np.concatenate(list(real[:8]), 1), np.concatenate(list(fake[:8]), 1)], 0)
+            logger.image("baseline/real_vs_generated", step, grid)
+
+        unet = _run_stage(stage="baseline", module=unet, cfg=cfg, stage_cfg=cfg.dynamics, d=d, run=run, logger=logger,
+                          loss_fn=loss_fn, validate=validate, progress=progress)
+        if d.main:
+            start_frames, start_actions = _start_context(ds, split, world.dynamics.memory_frames)
+            save_bundle(run / "world", world, PixelCodec(), unet, name=run.name, start_frames=start_frames,
+                        start_actions=start_actions,
+                        training={"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
+                                  "steps": {"baseline": cfg.dynamics.steps}, "batch_size": cfg.dynamics.batch_size})
+            summary["bundle"] = str(run / "world")
     finally:
         logger.close()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
