@@ -74,7 +74,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         precision=args.precision,
         device=args.device,
-        model=args.model,
         **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps,
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch},
     )
@@ -134,6 +133,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         horizons = tuple(int(h) for h in args.horizons.split(","))
     except ValueError:
         raise UserError(f"--horizons must be whole numbers separated by commas, got {args.horizons!r}") from None
+    if args.report is not None:
+        from neuralworld.eval.report import run_report
+
+        skip = [s for s in (args.skip or "").split(",") if s]
+        try:
+            m = run_report(args.world, args.data, report_dir=args.report, baselines=args.baseline or (), skip=skip,
+                           sampler=args.sampler, seed=args.seed, context=args.context, horizons=horizons,
+                           episodes=args.episodes, stability_frames=args.stability_frames, bench_json=args.bench_json,
+                           idm_steps=args.idm_steps, idm_seconds=args.idm_seconds, log=lambda s: print(s, file=sys.stderr))
+        except (EvalError, BundleError) as e:
+            raise UserError(str(e)) from None
+        print(json.dumps({"report": str(Path(args.report) / "report.md"), "metrics": str(Path(args.report) / "metrics.json"),
+                          "seconds": m["seconds"]}))
+        return 0
     try:
         result = evaluate(args.world, args.data, out=args.out, horizons=horizons, episodes=args.episodes,
                           context=args.context, sampler=args.sampler, seed=args.seed)
@@ -232,8 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="dataset folder or URL (from neuralworld record / import-video)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs, and the world bundle in OUT/world")
     t.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="model and training sizes")
-    t.add_argument("--model", default="world", choices=["world", "unet-baseline"],
-                   help="our world, or the DIAMOND-style frame-stacking U-Net baseline (trained with the dynamics' steps and batch)")
     t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics"], help="train both, or one")
     t.add_argument("--autoencoder-steps", type=int, default=None, help="override the preset's autoencoder steps")
     t.add_argument("--dynamics-steps", type=int, default=None, help="override the preset's dynamics steps")
@@ -265,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--max-frames", type=_positive_int, default=None, help="stop after this many frames")
     ds.set_defaults(func=_cmd_data_show)
 
-    e = sub.add_parser("eval", help="fidelity on held-out episodes: teacher-forced and open-loop PSNR/SSIM beside copy-last-frame")
+    e = sub.add_parser("eval", help="fidelity on held-out episodes (PSNR/SSIM beside copy-last-frame); --report: the full suite with plots")
     e.add_argument("world", help="run folder (from neuralworld train) or world bundle")
     e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run was trained on)")
     e.add_argument("--out", default=None, help="folder for metrics.json and rollout.mp4 (default: RUN/eval)")
@@ -274,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--horizons", default="1,8,32,128", help="open-loop steps to report, comma-separated")
     e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    e.add_argument("--report", default=None, help="write the full suite (fidelity, control, stability, memory, speed) as DIR/report.md + plots + metrics.json")
+    e.add_argument("--baseline", action="append", default=None, help="another world (run folder or bundle) measured beside it; repeat for more (with --report)")
+    e.add_argument("--stability-frames", type=_positive_int, default=10_000, help="length of the stability rollouts (with --report)")
+    e.add_argument("--skip", default="", help="parts to leave out of the report, comma-separated: fidelity,control,stability,memory,speed")
+    e.add_argument("--bench-json", default=None, help="a file whose last JSON line is neuralworld bench's output: used instead of a short bench run")
+    e.add_argument("--idm-steps", type=_positive_int, default=1500, help="training steps of the inverse-dynamics model (with --report)")
+    e.add_argument("--idm-seconds", type=float, default=180.0, help="time budget of the inverse-dynamics model's training (with --report)")
     e.set_defaults(func=_cmd_eval)
 
     pl = sub.add_parser("play", help="play a world in the browser: a page on 127.0.0.1 streams frames over a WebSocket")

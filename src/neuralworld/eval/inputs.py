@@ -1,0 +1,172 @@
+"""What every evaluation part starts from: a world, its dataset, the run's split,
+and open-loop rollouts from real context driven by the recorded actions.
+
+The parts of the suite (``idm``, ``control``, ``stability``, ``memory``) each need
+the same things: the world loaded once, the dataset it was trained on, the
+*same* train / held-out split the run used (so nothing is judged on frames the
+world was trained on), and often generated frames from real starting points.
+Rollouts go through ``WorldSession.rollout`` (the one rollout loop); this module
+only cuts windows and hands them to a session.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from neuralworld.bundle import World, load_bundle
+from neuralworld.data.store import Dataset, DatasetError
+from neuralworld.eval.fidelity import DEFAULT_HELD_OUT, EvalError, Windows, WorldLocation, _check_fits, cut_windows, locate_world
+from neuralworld.session import WorldSession, resolve_sampler
+
+
+@dataclass
+class EvalInputs:
+    """A world beside the dataset it is judged on, with the run's split."""
+
+    location: WorldLocation
+    world: World
+    data: Dataset
+    data_path: str
+    train_episodes: list[int]
+    held_episodes: list[int]
+    held_out_fraction: float
+    held_out_source: str
+
+    @property
+    def name(self) -> str:
+        return self.world.name or self.location.bundle.name
+
+
+def open_inputs(
+    world_path: str | os.PathLike,
+    data_path: str | os.PathLike | None = None,
+    *,
+    held_out: float | None = None,
+    device: str = "cpu",
+) -> EvalInputs:
+    """Load a world (run folder or bundle) and its dataset, and split the episodes
+    exactly as training did (fraction from run.json, the bundle, or the default)."""
+    loc = locate_world(world_path)
+    if data_path is None:
+        if not loc.run_record or "data" not in loc.run_record:
+            raise EvalError("no --data given and no run.json to say which dataset trained this world")
+        data_path = loc.run_record["data"]
+    try:
+        ds = Dataset(data_path)
+    except DatasetError as e:
+        raise EvalError(str(e)) from None
+    world = load_bundle(loc.bundle, device=device)
+    _check_fits(world, ds)
+    if held_out is not None:
+        fraction, source = float(held_out), "argument"
+    elif loc.run_record is not None:
+        fraction, source = float(loc.run_record.get("train", {}).get("held_out", DEFAULT_HELD_OUT)), "run.json"
+    elif "held_out" in world.meta.get("training", {}):
+        fraction, source = float(world.meta["training"]["held_out"]), "bundle config.json"
+    else:
+        fraction, source = DEFAULT_HELD_OUT, "default (no run.json found beside the bundle)"
+    train, held = ds.split(fraction)
+    if not held or not train:
+        raise EvalError(f"{data_path} needs both training and held-out episodes at held_out={fraction} ({ds.num_episodes} episodes): record more")
+    return EvalInputs(loc, world, ds, str(data_path), train, held, fraction, source)
+
+
+def as_world(world: World | str | os.PathLike, device: str = "cpu") -> World:
+    """A loaded world, or a run folder / bundle path loaded (baselines come as paths)."""
+    if isinstance(world, (str, os.PathLike)):
+        return load_bundle(locate_world(world).bundle, device=device)
+    return world
+
+
+def real_windows(inputs: EvalInputs, context: int, horizon: int, per_episode: int, max_windows: int | None = None) -> Windows:
+    """Windows of ``context + horizon`` real frames from the held-out episodes."""
+    win = cut_windows(inputs.data, inputs.held_episodes, context, horizon, per_episode)
+    if len(win.frames) == 0:
+        longest = max(inputs.data.lengths[e] for e in inputs.held_episodes)
+        raise EvalError(f"held-out episodes are too short: the longest has {longest} frames, {context + horizon} needed")
+    if max_windows is not None and len(win.frames) > max_windows:
+        keep = slice(0, max_windows)
+        win = Windows(win.frames[keep], win.led_to[keep], win.episode_ids[keep], win.starts[keep])
+    return win
+
+
+def open_loop(
+    world: World,
+    win: Windows,
+    context: int,
+    *,
+    actions: np.ndarray | None = None,
+    sampler: Any = "fast",
+    seed: int = 0,
+) -> np.ndarray:
+    """Generated frames (B, T, H, W, 3): each window's first ``context`` real frames,
+    then ``actions`` (B, T, A) — by default the recorded ones, ``win.led_to[:, context:]``."""
+    if actions is None:
+        actions = win.led_to[:, context:]
+    session = WorldSession(world, win.frames[:, :context], actions=win.led_to[:, :context],
+                           sampler=resolve_sampler(sampler), seed=seed)  # fmt: skip
+    return session.rollout(actions)
+
+
+def default_context(world: World, wanted: int | None = None) -> int:
+    """Real frames a rollout starts from: the dynamics' memory less the frame being made."""
+    ctx = wanted if wanted is not None else world.config.dynamics.memory_frames - 1
+    if ctx < 1:
+        raise EvalError(f"context must be >= 1 real frame, got {ctx}")
+    return int(ctx)
+
+
+def controls_moving(spec: Any, actions: np.ndarray) -> np.ndarray:
+    """(..., A) -> (...,) bool: the action moves the view (a movement button held or a
+    turning axis off zero). A frozen picture is only a failure while this is true."""
+    move = [i for i, b in enumerate(spec.buttons) if b in ("forward", "back", "strafe_left", "strafe_right")]
+    nb = len(spec.buttons)
+    axes = [nb + i for i, ax in enumerate(spec.axes)]
+    out = np.zeros(actions.shape[:-1], bool)
+    if move:
+        out |= actions[..., move].max(-1) > 0.5
+    for j in axes:
+        out |= np.abs(actions[..., j]) > 1e-3
+    return out
+
+
+@dataclass(frozen=True)
+class TurnAxis:
+    """The axis that turns the view: ``turn`` (ViZDoom: positive = right) or ``yaw``
+    (camera-motion worlds, record/motion.py: positive = left)."""
+
+    index: int  # position in the action vector
+    name: str
+    low: float
+    high: float
+    right: float  # +1 when a positive value turns right, -1 when it turns left
+
+    @property
+    def rate(self) -> float:
+        """The largest rate that turns either way (deg/frame)."""
+        return float(min(abs(self.low), abs(self.high)))
+
+
+def turn_axis(spec: Any) -> TurnAxis | None:
+    """The world's turning axis, or None when it has neither ``turn`` nor ``yaw``."""
+    nb = len(spec.buttons)
+    for name, right in (("turn", 1.0), ("yaw", -1.0)):
+        for i, ax in enumerate(spec.axes):
+            if ax.name == name:
+                return TurnAxis(nb + i, name, ax.low, ax.high, right)
+    return None
+
+
+def sample_real_frames(ds: Dataset, episodes: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` real frames (N, H, W, 3), spread evenly over the given episodes."""
+    per = max(1, count // max(1, len(episodes)))
+    out = []
+    for e in episodes:
+        n = ds.lengths[e]
+        idx = np.unique(np.linspace(0, n - 1, min(per, n)).astype(int))
+        out.append(ds.episode(e)["frames"][idx[0] : idx[-1] + 1][idx - idx[0]])
+    return np.concatenate(out)[:count]
