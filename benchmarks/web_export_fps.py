@@ -10,9 +10,11 @@ with every other request refused, then measure
 
 Worlds: random weights (speed does not depend on training) at the tiny preset's sizes
 and 32x32 (the test world's shape), and the ``small`` preset at 128x128 (the shipped
-world's shape); or bundles given on the command line. Last line: JSON.
+world's shape), each with a random distilled student where bundles can hold one (so
+``fast`` is the shipped world's 1-step sampler); or bundles given on the command line.
+Each is exported with the float step graph and with ``--int8``. Last line: JSON.
 
-    .venv/bin/python benchmarks/web_export_fps.py [--frames 60] [--sampler fast] [BUNDLE ...]
+    .venv/bin/python benchmarks/web_export_fps.py [--frames 30] [--sampler fast] [BUNDLE ...]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import inspect
 import json
 import os
 import sys
@@ -47,11 +50,13 @@ def random_world(root: Path, preset_name: str, resolution: tuple[int, int]) -> P
     torch.manual_seed(0)
     cfg = preset(preset_name, spec=spec, resolution=resolution)
     ae, dyn = build_networks(cfg)
+    student = build_networks(cfg)[1]
     with torch.no_grad():
-        for p in list(dyn.parameters()) + list(ae.parameters()):
+        for p in list(dyn.parameters()) + list(ae.parameters()) + list(student.parameters()):
             p.add_(0.02 * torch.randn_like(p))
     name = f"random-{preset_name}-{resolution[0]}x{resolution[1]}"
-    return save_bundle(root / name, cfg, ae, dyn, name=name)
+    extra = {"distilled": student, "distilled_steps": 1} if "distilled" in inspect.signature(save_bundle).parameters else {}
+    return save_bundle(root / name, cfg, ae, dyn, name=name, **extra)
 
 
 class StaticServer:
@@ -107,8 +112,8 @@ def measure(page_url: str, action_size: int, noop: list[float], frames: int, pro
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundles", nargs="*", help="world bundles (default: random tiny 32x32 and small 128x128)")
-    ap.add_argument("--frames", type=int, default=60, help="frames in the timed rollout")
-    ap.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset of the page")
+    ap.add_argument("--frames", type=int, default=30, help="frames in the timed rollout")
+    ap.add_argument("--sampler", default="fast", help="sampler preset of the page (fast, euler2, quality)")
     args = ap.parse_args(argv)
 
     from neuralworld.bundle import load_bundle
@@ -118,16 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nw-web-bench-") as tmp:
         root = Path(tmp)
         bundles = [Path(b) for b in args.bundles] or [random_world(root, "tiny", (32, 32)), random_world(root, "small", (128, 128))]
-        for bundle in bundles:
+        for bundle, int8 in [(b, q) for b in bundles for q in (False, True)]:
             world = load_bundle(bundle)
-            out = export_web(bundle, root / f"site-{bundle.name}", sampler=args.sampler)
-            noop = json.loads((out / "world.json").read_text())["action"]["noop"]
+            key = world.name + (" int8" if int8 else "")
+            out = export_web(bundle, root / f"site-{bundle.name}-{int8}", sampler=args.sampler, int8=int8)
+            manifest = json.loads((out / "world.json").read_text())
             with StaticServer(out) as server:
-                r = measure(server.url, world.spec.size, noop, args.frames, root / f"profile-{bundle.name}")
+                r = measure(server.url, world.spec.size, manifest["action"]["noop"], args.frames, root / f"profile-{bundle.name}-{int8}")
             H, W = world.resolution
-            r.update(resolution=f"{H}x{W}", sampler=args.sampler, onnx_mb=round(sum(f.stat().st_size for f in out.glob("*.onnx")) / 2**20, 2))
-            results[world.name] = r
-            print(f"{world.name:>24}: {r['rollout_fps']:6.1f} frames/s in the worker ({r['ms_per_frame']:.1f} ms/frame), "
+            smp = manifest["sampler"]
+            r.update(resolution=f"{H}x{W}", sampler=f"{args.sampler} ({smp['method']} x{smp['steps']} on {smp.get('network', 'dynamics')})",
+                     step_graph="int8" if int8 else "float32", onnx_mb=round(sum(f.stat().st_size for f in out.glob("*.onnx")) / 2**20, 2))
+            results[key] = r
+            print(f"{key:>29}: {r['rollout_fps']:6.1f} frames/s in the worker ({r['ms_per_frame']:.1f} ms/frame), "
                   f"{r['page_fps']:6.1f} frames/s drawn ({r['page_fps_one_worker']:.1f} decoding in the same worker), "
                   f"{r['threads']} WASM thread(s), {r['onnx_mb']} MB of graphs", file=sys.stderr)
     summary = {"chromium": CHROMIUM, "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "worlds": results}
