@@ -458,11 +458,19 @@ class FrameStackUNet(nn.Module):
         return self._run_step(latent, noise_level, action, cache)[0]
 
     def append(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: FrameStackCache) -> DynamicsOutput:
-        """``step``, then the frame (at its noise level, led to by ``action``) joins the stack."""
-        out, (a, level) = self._run_step(latent, noise_level, action, cache)
+        """The frame (B, 3, H, W) at its noise level, led to by ``action`` (B, A), joins the stack.
+
+        No network call: a frame stack has no keys/values to compute and the U-Net no heads,
+        so where the transformer's append costs a step this costs a copy (the session reads
+        only reward and termination from it: zeros, and a zero velocity)."""
+        B = latent.shape[0]
+        if cache.batch_size != B:
+            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
+        level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(B)  # (B,)
         with torch.no_grad():
-            cache.push(a, level, latent=latent)
-        return out
+            cache.push(action, level, latent=latent)
+        zeros = torch.zeros(B, device=latent.device)
+        return DynamicsOutput(torch.zeros_like(latent), zeros, zeros)
 
 
 # ---------------------------------------------------------------------------
