@@ -8,8 +8,8 @@ with every other request refused, then measure
     what a player sees when the world is not paced to its fps), with the decoder in a second
     worker (the page's default on >= 2 cores) and, ``page_fps_one_worker``, without.
 
-Worlds: random weights (speed does not depend on training) at the tiny preset's sizes
-and 32x32 (the test world's shape), and the ``small`` preset at 128x128 (the shipped
+Worlds: random weights (speed does not depend on training) of the tiny preset at 32x32
+(the test world's shape) and 64x64 (a first world), and the ``small`` preset at 128x128 (the shipped
 world's shape), each with a random distilled student where bundles can hold one (so
 ``fast`` is the shipped world's 1-step sampler); or bundles given on the command line.
 Each is exported with the float step graph and with ``--int8``. Last line: JSON.
@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="nw-web-bench-") as tmp:
         root = Path(tmp)
-        bundles = [Path(b) for b in args.bundles] or [random_world(root, "tiny", (32, 32)), random_world(root, "small", (128, 128))]
+        bundles = [Path(b) for b in args.bundles] or [
+            random_world(root, "tiny", (32, 32)), random_world(root, "tiny", (64, 64)), random_world(root, "small", (128, 128))
+        ]
         for bundle, int8 in [(b, q) for b in bundles for q in (False, True)]:
             world = load_bundle(bundle)
             key = world.name + (" int8" if int8 else "")

@@ -247,6 +247,7 @@ function connect() {
 
 /** world.json beside the page (a static export), or null under the server. */
 async function localManifest() {
+  if (location.protocol === "file:") throw new Error("open this folder through a web server, e.g. python -m http.server -d FOLDER");
   try {
     const r = await fetch("world.json", { cache: "no-cache" });
     const m = r.ok ? await r.json() : null;
