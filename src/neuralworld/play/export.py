@@ -211,8 +211,10 @@ class _Sampler:
         from neuralworld.session import SessionError, resolve_sampler
 
         try:
+            # resolve_sampler takes the world since distillation (fast -> the student's steps, or
+            # euler2); the name alone before it
             if len(inspect.signature(resolve_sampler).parameters) > 1:
-                self.preset = resolve_sampler(name, world)  # fast -> the student's steps, or euler2
+                self.preset = resolve_sampler(name, world)
             else:
                 self.preset = resolve_sampler(name)
         except SessionError as e:
