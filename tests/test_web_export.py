@@ -388,9 +388,11 @@ def page(served, tmp_path):
             viewport={"width": 900, "height": 760}, accept_downloads=True,
         )  # fmt: skip
         refused: list[str] = []
+        allowed: list[str] = []
 
         def gate(route):  # the network is cut: only the static server answers
             if route.request.url.startswith(served.url):
+                allowed.append(route.request.url)
                 route.continue_()
             else:
                 refused.append(route.request.url)
@@ -408,6 +410,8 @@ def page(served, tmp_path):
             assert not errors, errors
             assert page.evaluate("nw.errors") == []
             assert not refused, f"the page tried to reach beyond its server: {refused}"
+            # the gate saw the workers' requests too (graphs, WebAssembly), so it gated everything
+            assert any(u.endswith(".onnx") for u in allowed) and any(u.endswith(".wasm") for u in allowed), allowed
         finally:
             ctx.close()
 
