@@ -178,7 +178,7 @@ def test_damaged_bundles_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path, data32):
-    args = ["--autoencoder-steps", 3, "--dynamics-steps", 3, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1,
+    args = ["--autoencoder-steps", 3, "--dynamics-steps", 3, "--distill-steps", 3, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1,
             "--autoencoder-batch", 8, "--dynamics-batch", 4, "--clip-frames", 4, "--precision", "fp32", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
@@ -197,7 +197,7 @@ def test_torchrun_two_processes_match_one(tmp_path, data32):
         return [(x["stage"], x["step"], x["loss"]) for x in lines if x["kind"] == "train"]
 
     la, lb = losses(tmp_path / "ddp"), losses(tmp_path / "one")
-    assert [x[:2] for x in la] == [x[:2] for x in lb] and len(la) == 6
+    assert [x[:2] for x in la] == [x[:2] for x in lb] and len(la) == 9  # 3 steps of each stage
     for (stage, step, x), (_, _, y) in zip(la, lb):
         assert abs(x - y) <= 1e-4 * abs(y), (stage, step, x, y)
     # ... and the same weights, to float-summation noise (Adam amplifies it on tiny gradients)

@@ -9,7 +9,9 @@
                             "weights_sha256", "created", "training": {...}}
       model.safetensors    autoencoder.* and dynamics.* weights (EMA), latent normalisation,
                            start.frames (T, H, W, 3) uint8 + start.actions (T, A): real frames
-                           a session begins from when given none (optional)
+                           a session begins from when given none (optional),
+                           distilled.*: the few-step student of the dynamics (optional; same
+                           architecture; config.json "distilled": {"sampler_steps": n})
 
 No pickle anywhere: the config is JSON, the weights are safetensors, and the
 weights' SHA-256 is checked before they are used, so a truncated or edited file
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -59,6 +62,19 @@ class World:
     meta: dict[str, Any] = field(default_factory=dict)
     start_frames: np.ndarray | None = None  # (T, H, W, 3) uint8: where a session begins by default
     start_actions: np.ndarray | None = None  # (T, A): the actions that led to them (ActionSpec units)
+    distilled: Dynamics | None = None  # the few-step student (the ``fast`` sampler's network), if trained
+    distilled_steps: int = 0  # Euler steps the student was distilled for
+
+    def network(self, which: str) -> "World":
+        """This world with ``which`` ("dynamics" or "distilled") as its dynamics: a view that
+        shares every module, so sessions, backends and exports drive the student unchanged."""
+        if which == "dynamics":
+            return self
+        if which != "distilled":
+            raise ValueError(f"unknown network {which!r}: 'dynamics' or 'distilled'")
+        if self.distilled is None:
+            raise BundleError(f"{self.name or 'this world'} has no distilled network (train the distill stage)")
+        return dataclasses.replace(self, dynamics=self.distilled)
 
     @property
     def spec(self) -> ActionSpec:
@@ -101,12 +117,15 @@ def save_bundle(
     training: Mapping[str, Any] | None = None,
     start_frames: np.ndarray | None = None,
     start_actions: np.ndarray | None = None,
+    distilled: Dynamics | None = None,
+    distilled_steps: int = 0,
 ) -> Path:
     """Write a bundle; the weights first, then config.json (which names their hash).
 
     ``start_frames`` (T, H, W, 3) uint8 with ``start_actions`` (T, A), the actions
     that led to them, are where a session begins when it is given no frames: a
-    player opens on a real place instead of a grey screen."""
+    player opens on a real place instead of a grey screen. ``distilled`` is the
+    dynamics' few-step student, sampled with ``distilled_steps`` Euler steps."""
     path = Path(path)
     config.validate()
     spec = config.spec
@@ -114,6 +133,10 @@ def save_bundle(
         raise BundleError("a bundle needs its ActionSpec: build the config with .for_spec(spec)")
     tensors = {f"autoencoder.{k}": v for k, v in autoencoder.state_dict().items() if v.numel()}  # PixelCodec: none
     tensors.update({f"dynamics.{k}": v for k, v in dynamics.state_dict().items()})
+    if distilled is not None:
+        if distilled_steps < 1:
+            raise BundleError("a distilled network needs the Euler steps it was distilled for (distilled_steps >= 1)")
+        tensors.update({f"distilled.{k}": v for k, v in distilled.state_dict().items()})
     if start_frames is not None:
         frames = np.asarray(start_frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (*config.resolution, 3):
@@ -135,6 +158,7 @@ def save_bundle(
             "weights_sha256": sha,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "training": dict(training or {}),
+            **({"distilled": {"sampler_steps": int(distilled_steps)}} if distilled is not None else {}),
         })
     except StateError as e:
         raise BundleError(str(e)) from None
@@ -175,14 +199,21 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     except StateError as e:
         raise BundleError(str(e)) from None
     autoencoder, dynamics = build_networks(config)
-    for prefix, module in (("autoencoder.", autoencoder), ("dynamics.", dynamics)):
+    networks: list[tuple[str, torch.nn.Module]] = [("autoencoder.", autoencoder), ("dynamics.", dynamics)]
+    distilled = None
+    if "distilled" in meta:
+        distilled = Dynamics.from_world(config)
+        networks.append(("distilled.", distilled))
+    for prefix, module in networks:
         if isinstance(module, PixelCodec):
             continue  # no weights: frames are its latents
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         load_state_strict(module, part, f"{path / WEIGHTS_FILE} ({prefix.rstrip('.')})")
-    autoencoder.to(device).eval()
-    dynamics.to(device).eval()
+    for _, module in networks:
+        module.to(device).eval()
     world = World(config, autoencoder, dynamics, name=str(meta.get("name", path.name)), path=str(path), meta=meta)
+    if distilled is not None:
+        world.distilled, world.distilled_steps = distilled, int(meta["distilled"].get("sampler_steps", 1))
     if "start.frames" in tensors:
         world.start_frames = tensors["start.frames"].numpy()
         world.start_actions = tensors["start.actions"].numpy() if "start.actions" in tensors else None

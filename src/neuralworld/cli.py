@@ -62,7 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from neuralworld.train import train, train_config
 
-    stages = {"all": ("autoencoder", "dynamics"), "autoencoder": ("autoencoder",), "dynamics": ("dynamics",)}[args.stage]
+    stages = ("autoencoder", "dynamics", "distill") if args.stage == "all" else (args.stage,)
     cfg = train_config(
         args.preset,
         stages=stages,
@@ -74,7 +74,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         precision=args.precision,
         device=args.device,
-        **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps,
+        model=args.model,
+        distill_student_steps=args.distill_calls,
+        init_autoencoder=args.init_autoencoder,
+        **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps, "distill.steps": args.distill_steps,
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch},
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
@@ -245,9 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="dataset folder or URL (from neuralworld record / import-video)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs, and the world bundle in OUT/world")
     t.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="model and training sizes")
-    t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics"], help="train both, or one")
+    t.add_argument("--model", default="world", choices=["world", "unet-baseline"],
+                   help="our world, or the DIAMOND-style frame-stacking U-Net baseline (trained with the dynamics' steps and batch)")
+    t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics", "distill"],
+                   help="train every stage in turn (autoencoder, dynamics, the fast sampler's distilled student), or one")
     t.add_argument("--autoencoder-steps", type=int, default=None, help="override the preset's autoencoder steps")
     t.add_argument("--dynamics-steps", type=int, default=None, help="override the preset's dynamics steps")
+    t.add_argument("--distill-steps", type=int, default=None, help="override the preset's distillation steps (0: no fast student)")
+    t.add_argument("--init-autoencoder", default=None, metavar="WORLD",
+                   help="start from this trained world's autoencoder (bundle or run folder; same preset): "
+                        "--autoencoder-steps then fine-tunes it (0: as it is)")
+    t.add_argument("--distill-calls", type=int, default=None, choices=[1, 2], help="network calls per frame the student is distilled for (default 1)")
     t.add_argument("--autoencoder-batch", type=_positive_int, default=None, help="global autoencoder batch (frames)")
     t.add_argument("--dynamics-batch", type=_positive_int, default=None, help="global dynamics batch (clips)")
     t.add_argument("--clip-frames", type=_positive_int, default=None, help="frames per dynamics training clip")
@@ -281,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run was trained on)")
     e.add_argument("--out", default=None, help="folder for metrics.json and rollout.mp4 (default: RUN/eval)")
     e.add_argument("--episodes", type=_positive_int, default=None, help="use at most this many held-out episodes")
-    e.add_argument("--sampler", default="quality", choices=["quality", "fast"], help="sampler preset")
+    e.add_argument("--sampler", default="quality", choices=["quality", "fast", "euler2"], help="sampler preset")
     e.add_argument("--horizons", default="1,8,32,128", help="open-loop steps to report, comma-separated")
     e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
@@ -298,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("world", nargs="?", default=None, help="world bundle or run folder (from neuralworld train)")
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 shares it with the network)")
     pl.add_argument("--port", type=int, default=8000, help="port to listen on")
-    pl.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset of every session")
+    pl.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset of every session")
     pl.add_argument("--backend", default="auto", help="execution path: auto (onnx if installed, else eager), eager, bf16, compiled, onnx, onnx_int8")
     pl.add_argument("--pace", default="world", choices=["world", "max"], help="a frame per 1/fps of the world, or as fast as it can")
     pl.add_argument("--max-players", type=_positive_int, default=8, help="WebSocket sessions at once; more are refused")
@@ -323,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
     b.add_argument("--frames", type=_positive_int, default=50, help="timed steps per path and batch size")
     b.add_argument("--warmup", type=int, default=10, help="untimed steps first (fills memory, compiles)")
-    b.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset")
+    b.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset")
     b.add_argument("--paths", default="eager,bf16,compiled,onnx,onnx_int8", help="execution paths, comma-separated (onnx_int8 and bf16 approximate the float32 function)")
     b.set_defaults(func=_cmd_bench)
 
@@ -331,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("world", help="world bundle or run folder (from neuralworld train)")
     x.add_argument("out", help="folder to write (absent, empty, or a previous web export)")
     x.add_argument("--web", action="store_true", help="the static web player: ONNX graphs + onnxruntime-web + the player page")
-    x.add_argument("--sampler", default="fast", choices=["fast", "quality"], help="sampler preset the page plays with")
+    x.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset the page plays with")
     x.add_argument("--force", action="store_true", help="replace OUT even when it holds something else")
     x.add_argument("--int8", action="store_true", help="int8 matmuls in the step graph: 4x smaller, ~1.5x faster in WASM, approximate")
     x.add_argument("--onnxruntime-web", default=None, metavar="DIR", help="onnxruntime-web package or its dist/ (default: $NEURALWORLD_ORT_WEB, else node_modules/)")

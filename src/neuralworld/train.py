@@ -40,18 +40,18 @@ import torch
 import torch.distributed as dist
 
 from neuralworld.actions import ActionSpec
-from neuralworld.bundle import World, build_networks, load_state_strict, save_bundle, BundleError
+from neuralworld.bundle import World, build_networks, load_bundle, load_state_strict, save_bundle, BundleError
 from neuralworld.data.store import Dataset, DatasetError
 from neuralworld.model.autoencoder import Autoencoder, autoencoder_loss, frames_to_tensor, tensor_to_frames
 from neuralworld.model.config import ConfigError, WorldConfig, preset
 from neuralworld.model.dynamics import Dynamics
-from neuralworld.model.objective import LatentClip, dynamics_loss
+from neuralworld.model.objective import LatentClip, distill_loss, dynamics_loss
 from neuralworld.model.sampler import sample_euler
 from neuralworld.state_io import (
     StateError, atomic_write_json, flatten_state, load_tensors, read_json, save_tensors, sha256_file, unflatten_state,
 )
 
-STAGES = ("autoencoder", "dynamics")
+STAGES = ("autoencoder", "dynamics", "distill")
 MODELS = ("world", "unet-baseline")
 """What ``neuralworld train --model`` trains: our world, or the DIAMOND-style baseline (model/unet.py)."""
 
@@ -82,6 +82,17 @@ class TrainConfig:
     stages: tuple[str, ...] = STAGES
     autoencoder: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 16, 1e-3))
     dynamics: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 8, 5e-4))
+    distill: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(0, 8, 1e-4))
+    """The ``fast`` sampler's student (0 steps: no student; ``fast`` then plays as ``euler2``)."""
+    distill_student_steps: int = 1
+    """Euler steps (network calls) per frame the student is distilled for: 1 or 2."""
+    distill_teacher: str = "quality"
+    """The teacher's sampler preset (``model.sampler.SAMPLERS``): what the student imitates."""
+    init_autoencoder: str | None = None
+    """A trained world (bundle or run folder) whose autoencoder this run starts from: the
+    autoencoder stage fine-tunes it for its steps (0: use it as it is). The autoencoder
+    only knows how frames look, not the controls, so a world of the same look (another
+    map, footage of the same game) skips the slowest stage on a CPU."""
     clip_frames: int = 6
     """Frames per dynamics training clip (the window read is one step longer)."""
     grad_accum: int = 1
@@ -109,9 +120,12 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # measured at 64x64 on 2 cores: the autoencoder reaches 23 dB held-out PSNR at 500 steps and 27 dB
     # at 4000 (the weapon and panels only appear past ~2000); ~20 minutes for both stages here
-    "tiny": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(3000, 8, 5e-4, warmup=50), clip_frames=6),
-    "small": dict(autoencoder=StageConfig(20_000, 32, 5e-4, warmup=500), dynamics=StageConfig(60_000, 32, 3e-4, warmup=1000), clip_frames=16),
-    "base": dict(autoencoder=StageConfig(50_000, 64, 4e-4, warmup=1000), dynamics=StageConfig(200_000, 64, 2e-4, warmup=2000), clip_frames=32),
+    "tiny": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(3000, 8, 5e-4, warmup=50),
+                 distill=StageConfig(600, 8, 1e-4, warmup=20), clip_frames=6),
+    "small": dict(autoencoder=StageConfig(20_000, 32, 5e-4, warmup=500), dynamics=StageConfig(60_000, 32, 3e-4, warmup=1000),
+                  distill=StageConfig(4000, 32, 5e-5, warmup=100), clip_frames=16),
+    "base": dict(autoencoder=StageConfig(50_000, 64, 4e-4, warmup=1000), dynamics=StageConfig(200_000, 64, 2e-4, warmup=2000),
+                 distill=StageConfig(10_000, 64, 5e-5, warmup=200), clip_frames=32),
 }
 
 
@@ -512,6 +526,8 @@ def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: 
                       run: Path, logger: Logger, progress: bool) -> Autoencoder:
     torch.manual_seed(cfg.seed)
     ae, _ = build_networks(world)
+    if cfg.init_autoencoder and not (run / "autoencoder.safetensors").exists():
+        _init_autoencoder(ae, cfg.init_autoencoder)
     train_eps, held_eps = split
     source = FrameSource(ds, train_eps)
     held = FrameSource(ds, held_eps or train_eps).batch(np.random.default_rng(12345), 64)
@@ -535,6 +551,19 @@ def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: 
         sample = frames_to_tensor(source.batch(np.random.default_rng(777), 512)).to(d.device)
         ae.calibrate_latents(torch.cat([ae.encode(sample[i : i + 64]) for i in range(0, len(sample), 64)]))
     return ae
+
+
+def _init_autoencoder(ae: Autoencoder, source: str) -> None:
+    """Copy the autoencoder weights of a trained world (bundle, or run folder holding world/)."""
+    path = Path(source)
+    bundle = path / "world" if (path / "world" / "config.json").exists() else path
+    try:
+        other = load_bundle(bundle)
+    except BundleError as e:
+        raise TrainingError(f"--init-autoencoder: {e}") from None
+    if not isinstance(other.autoencoder, Autoencoder) or other.config.autoencoder != ae.config:
+        raise TrainingError(f"--init-autoencoder: {bundle}'s autoencoder is not this preset's (another --preset?)")
+    ae.load_state_dict(other.autoencoder.state_dict())
 
 
 def encode_dataset(ae: Autoencoder, ds: Dataset, d: Dist, batch: int = 64) -> LatentEpisodes:
@@ -617,6 +646,67 @@ def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: L
         logger.image("dynamics/real_vs_generated", step, grid)
 
     return _run_stage(stage="dynamics", module=dyn, cfg=cfg, stage_cfg=cfg.dynamics, d=d, run=run, logger=logger,
+                      loss_fn=loss_fn, validate=validate, progress=progress)
+
+
+def train_distill(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher: Dynamics, lat: LatentEpisodes,
+                  split: tuple[list[int], list[int]], d: Dist, run: Path, logger: Logger, progress: bool) -> Dynamics:
+    """The ``fast`` sampler's network: a copy of the trained dynamics (EMA weights) taught by
+    ``objective.distill_loss`` to reach the teacher preset's frame in ``distill_student_steps``
+    Euler steps. Validation: on held-out clips, the student's frame vs the teacher's (PSNR of
+    decoded frames) and both vs the real frame, beside the undistilled network at the same steps."""
+    from neuralworld.model.sampler import SAMPLERS
+
+    teacher_sampler = SAMPLERS[cfg.distill_teacher]
+    if teacher_sampler.network != "dynamics":
+        raise TrainingError(f"the distillation teacher must sample the dynamics itself, not {cfg.distill_teacher!r}")
+    if cfg.distill_student_steps < 1:
+        raise TrainingError(f"distill_student_steps must be >= 1, got {cfg.distill_student_steps}")
+    teacher = teacher.to(d.device).eval().requires_grad_(False)
+    student = Dynamics.from_world(world)
+    student.load_state_dict(teacher.state_dict())
+    student.requires_grad_(True)
+    train_eps, held_eps = split
+    T = cfg.clip_frames
+    held = lat.clips(np.random.default_rng(4321), held_eps or train_eps, 8, T)
+    steps = cfg.distill_student_steps
+
+    def loss_fn(net: torch.nn.Module, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return distill_loss(net, teacher, lat.clips(rng, train_eps, n, T).to(d.device),
+                            teacher_sampler=teacher_sampler, student_steps=steps)
+
+    def frames(latents: torch.Tensor) -> np.ndarray:
+        return tensor_to_frames(ae.decode(ae.denormalize_latents(latents)))
+
+    def validate(m: torch.nn.Module, step: int) -> None:
+        clip = held.to(d.device)
+        ctx, actions = clip.latents[:, :-1], clip.actions
+        B = ctx.shape[0]
+        with torch.no_grad():
+            torch.manual_seed(99)
+            x1 = torch.randn_like(clip.latents[:, -1])
+
+            def denoise_with(net: Dynamics):
+                def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    levels = torch.cat([torch.zeros(B, T - 1, device=x.device), t[:, None]], 1)
+                    return net(torch.cat([ctx, x[:, None]], 1), levels, actions).velocity[:, -1]
+                return denoise
+
+            real = frames(clip.latents[:, -1])
+            by_teacher = frames(teacher_sampler(denoise_with(teacher), x1))
+            by_student = frames(sample_euler(denoise_with(m), x1, steps))
+            undistilled = frames(sample_euler(denoise_with(teacher), x1, steps))
+        mean_psnr = lambda a, b: float(np.mean([_psnr(a[i], b[i]) for i in range(B)]))  # noqa: E731
+        logger.scalars("distill", step, {
+            "student_vs_teacher_psnr": mean_psnr(by_student, by_teacher),
+            "undistilled_vs_teacher_psnr": mean_psnr(undistilled, by_teacher),
+            "student_psnr": mean_psnr(by_student, real), "teacher_psnr": mean_psnr(by_teacher, real),
+            "undistilled_psnr": mean_psnr(undistilled, real),
+        }, kind="held_out")
+        grid = np.concatenate([np.concatenate(list(x), 1) for x in (real, by_teacher, by_student, undistilled)], 0)
+        logger.image("distill/real_teacher_student_undistilled", step, grid)
+
+    return _run_stage(stage="distill", module=student, cfg=cfg, stage_cfg=cfg.distill, d=d, run=run, logger=logger,
                       loss_fn=loss_fn, validate=validate, progress=progress)
 
 
@@ -706,7 +796,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
             ae = train_autoencoder(world, dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, steps=0)),
                                    ds, split, d, run, logger, progress=False)
         ae.eval()
-        if "dynamics" in cfg.stages:
+        distill = "distill" in cfg.stages and cfg.distill.steps > 0
+        if "dynamics" in cfg.stages or distill:
             ae_sha = sha256_file(ae_ckpt) if ae_ckpt.exists() else "untrained"
             # rank 0 encodes (or reuses) the latents; every rank waits at the same barrier, then reads them
             lat = load_latents(run, ae_sha, ds.ids) if d.main else None
@@ -721,11 +812,19 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
                 if lat is None:
                     raise TrainingError(f"process {d.rank} cannot read the latents process 0 wrote to {run}")
             assert lat is not None
-            dyn = train_dynamics(world, cfg, ae, lat, split, d, run, logger, progress)
+            if "dynamics" in cfg.stages:
+                dyn = train_dynamics(world, cfg, ae, lat, split, d, run, logger, progress)
+            else:  # distillation alone: the trained dynamics from its checkpoint
+                if not (run / "dynamics.safetensors").exists():
+                    raise TrainingError(f"no trained dynamics in {run}: train the dynamics stage before distilling it")
+                dyn = train_dynamics(world, dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, steps=0)),
+                                     ae, lat, split, d, run, logger, progress=False)
+            student = train_distill(world, cfg, ae, dyn, lat, split, d, run, logger, progress) if distill else None
             if d.main:
                 start_frames, start_actions = _start_context(ds, split, world.dynamics.memory_frames)
                 save_bundle(run / "world", world, ae, dyn, name=run.name,
                             start_frames=start_frames, start_actions=start_actions,
+                            distilled=student, distilled_steps=cfg.distill_student_steps if student is not None else 0,
                             training={"data": str(data), "preset": cfg.preset, "held_out": cfg.held_out,
                                       "steps": {s: getattr(cfg, s).steps for s in STAGES}})
                 summary["bundle"] = str(run / "world")
