@@ -204,3 +204,18 @@ def test_torchrun_two_processes_match_one(tmp_path, data32):
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 2e-3, f"2 processes differ from 1 process on the same global batch by {worst}"
+
+
+def test_init_autoencoder_starts_from_another_worlds_autoencoder(tmp_path, tiny_world_run):
+    """--init-autoencoder with 0 autoencoder steps: the new world decodes with the given
+    world's autoencoder (weights equal; the latent normalisation is measured again on this
+    run's data); a world of another preset is refused."""
+    data, source = tiny_world_run
+    run = tmp_path / "run"
+    cli("train", data, "--out", run, "--init-autoencoder", source, "--autoencoder-steps", 0, "--dynamics-steps", 2, *FAST)
+    a, b = load_bundle(source / "world").autoencoder.state_dict(), load_bundle(run / "world").autoencoder.state_dict()
+    for k, v in a.items():
+        if "latent" not in k:  # calibration buffers are this run's own
+            torch.testing.assert_close(b[k], v, msg=k)
+    p = cli("train", data, "--out", tmp_path / "other", "--preset", "small", "--init-autoencoder", source, *FAST, check=False)
+    assert p.returncode == 2 and "--init-autoencoder" in p.stderr, p.stderr
