@@ -10,8 +10,8 @@ with every other request refused, then measure
 
 Worlds: random weights (speed does not depend on training) of the tiny preset at 32x32
 (the test world's shape) and 64x64 (a first world), and the ``small`` preset at 128x128 (the shipped
-world's shape), each with a random distilled student where bundles can hold one (so
-``fast`` is the shipped world's 1-step sampler); or bundles given on the command line.
+world's shape), each with a random distilled student (so ``fast`` is the shipped
+world's 1-step sampler); or bundles given on the command line.
 Each is exported with the float step graph and with ``--int8``. Last line: JSON.
 
     .venv/bin/python benchmarks/web_export_fps.py [--frames 30] [--sampler fast] [BUNDLE ...]
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
-import inspect
 import json
 import os
 import sys
@@ -55,8 +54,7 @@ def random_world(root: Path, preset_name: str, resolution: tuple[int, int]) -> P
         for p in list(dyn.parameters()) + list(ae.parameters()) + list(student.parameters()):
             p.add_(0.02 * torch.randn_like(p))
     name = f"random-{preset_name}-{resolution[0]}x{resolution[1]}"
-    extra = {"distilled": student, "distilled_steps": 1} if "distilled" in inspect.signature(save_bundle).parameters else {}
-    return save_bundle(root / name, cfg, ae, dyn, name=name, **extra)
+    return save_bundle(root / name, cfg, ae, dyn, name=name, distilled=student, distilled_steps=1)
 
 
 class StaticServer:

@@ -181,9 +181,7 @@ class TorchPage:
     drives: the dynamics, or its distilled student): the reference."""
 
     def __init__(self, world, manifest):
-        network = manifest["sampler"].get("network", "dynamics")
-        if network != "dynamics":
-            world = world.network(network)
+        world = world.network(manifest["sampler"]["network"])
         self.dyn, self.ae = world.dynamics, world.autoencoder
         self.cache = self.dyn.new_cache(1)
 
@@ -241,7 +239,7 @@ def test_folder_and_manifest(site, world):
     fast = world.start(None, sampler="fast").sampler  # what `neuralworld play` plays: the page plays the same
     assert (m["sampler"]["method"], m["sampler"]["steps"], m["sampler"]["shift"]) == (fast.method, fast.steps, fast.shift)
     assert m["sampler"]["context_level"] == fast.context_level > 0
-    assert m["sampler"]["network"] == getattr(fast, "network", "dynamics")
+    assert m["sampler"]["network"] == fast.network
     assert m["memory"]["memory_frames"] == world.dynamics.config.memory_frames
     assert m["memory"]["prev_frame"] == ("prev_latent" in m["graphs"]["step"]["inputs"])
     # the page normalises with scale * value + offset: the same numbers as ActionSpec.normalize

@@ -206,22 +206,16 @@ class _Sampler:
     exactly what ``neuralworld play`` plays."""
 
     def __init__(self, name: str, world: Any):
-        import inspect
-
+        from neuralworld.bundle import BundleError
         from neuralworld.session import SessionError, resolve_sampler
 
         try:
-            # resolve_sampler takes the world since distillation (fast -> the student's steps, or
-            # euler2); the name alone before it
-            if len(inspect.signature(resolve_sampler).parameters) > 1:
-                self.preset = resolve_sampler(name, world)
-            else:
-                self.preset = resolve_sampler(name)
-        except SessionError as e:
+            self.preset = resolve_sampler(name, world)  # fast: the student's steps, or euler2 without one
+            self.world = world.network(self.preset.network)
+        except (SessionError, BundleError) as e:
             raise ExportError(str(e)) from None
         self.name = name
-        self.network = getattr(self.preset, "network", "dynamics")
-        self.world = world.network(self.network) if self.network != "dynamics" else world
+        self.network = self.preset.network
 
 
 def is_previous_export(path: Path) -> bool:
