@@ -172,7 +172,7 @@ def evaluate(
         raise EvalError(str(e)) from None
     world = load_bundle(loc.bundle, device=device or "cpu")
     _check_fits(world, ds)
-    preset = resolve_sampler(sampler)
+    preset = resolve_sampler(sampler, world)  # what the preset means for this world (fast: distilled or euler2)
 
     # the held-out episodes: the same hash split the run used
     if held_out is not None:

@@ -108,7 +108,7 @@ def open_loop(
     if actions is None:
         actions = win.led_to[:, context:]
     session = WorldSession(world, win.frames[:, :context], actions=win.led_to[:, :context],
-                           sampler=resolve_sampler(sampler), seed=seed)  # fmt: skip
+                           sampler=resolve_sampler(sampler, world), seed=seed)  # fmt: skip
     return session.rollout(actions)
 
 

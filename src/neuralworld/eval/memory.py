@@ -112,7 +112,7 @@ def run_memory(
     ctx, ctx_actions = win.frames[:, :context], win.led_to[:, :context]
     left = ctx[:, -1]  # (B, H, W, 3): the view left behind
     result: dict[str, Any] = {"starts": int(len(ctx)), "memory_frames": int(world.config.dynamics.memory_frames)}
-    session = WorldSession(world, ctx, actions=ctx_actions, sampler=resolve_sampler(sampler), seed=seed)
+    session = WorldSession(world, ctx, actions=ctx_actions, sampler=resolve_sampler(sampler, world), seed=seed)
     axis = turn_axis(spec)
     if axis is None:
         result["turn"] = {"skipped": "the world has no turn or yaw axis"}

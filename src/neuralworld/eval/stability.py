@@ -285,7 +285,7 @@ def run_stability(
     idx = [i % len(win.frames) for i in range(B)]
     ctx, ctx_actions = win.frames[idx, :context], win.led_to[idx, :context]
     actions = np.stack([scripted_actions(spec, frames)] + [random_actions(spec, frames, seed + 1 + k) for k in range(random_rollouts)])
-    session = WorldSession(world, ctx, actions=ctx_actions, sampler=resolve_sampler(sampler), seed=seed)
+    session = WorldSession(world, ctx, actions=ctx_actions, sampler=resolve_sampler(sampler, world), seed=seed)
     project = FeatureProjection()
     traces = {k: np.zeros((B, frames), np.float32) for k in (*STATS, "luma", "change")}
     feats = np.zeros((B, frames, FEATURE_DIM), np.float32)
