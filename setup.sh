@@ -22,7 +22,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -e ".[doom,dev,onnx]"
 # onnxruntime-web (pinned in package.json / package-lock.json) for `neuralworld export --web`
 if command -v npm >/dev/null 2>&1; then
-  npm ci --no-audit --no-fund --loglevel=error
+  npm ci --no-audit --no-fund --loglevel=error \
+    || echo "npm ci failed: neuralworld export --web will say how to install onnxruntime-web; the rest works" >&2
 else
   echo "npm not found: skipping onnxruntime-web (only neuralworld export --web needs it; install Node.js, then npm ci)" >&2
 fi
