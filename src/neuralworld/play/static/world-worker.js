@@ -36,7 +36,7 @@ const madeAt = [];
 // ---- noise -------------------------------------------------------------------------
 /** mulberry32: a 32-bit state, one uniform in [0, 1) per call. */
 function makeRng(seed) {
-  let s = seed >>> 0, spare = null;
+  let s = seed >>> 0;
   const uniform = () => {
     s = (s + 0x6D2B79F5) >>> 0;
     let z = s;
