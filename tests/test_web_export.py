@@ -34,6 +34,7 @@ from neuralworld.play.export import (  # noqa: E402
     MANIFEST_FILE,
     ORT_ENV,
     ORT_FILES,
+    ORT_WEB_VERSION,
     START_FILE,
     ExportError,
     export_web,
@@ -304,8 +305,10 @@ def test_int8_export_ships_one_smaller_step_graph_near_the_float_one(site, world
 def test_errors_say_what_to_do(world_path, tmp_path, monkeypatch, capsys):
     empty = tmp_path / "no-ort"
     empty.mkdir()
-    with pytest.raises(ExportError, match="onnxruntime-web is not installed .*npm ci"):
+    with pytest.raises(ExportError, match="onnxruntime-web is not installed .*npm ci.*npm install onnxruntime-web@1.30.0"):
         export_web(world_path, tmp_path / "a", onnxruntime_web=empty)
+    package = json.loads((Path(__file__).parents[1] / "package.json").read_text())
+    assert package["dependencies"]["onnxruntime-web"] == ORT_WEB_VERSION, "the message names the pinned version"
     monkeypatch.setenv(ORT_ENV, str(empty))
     with pytest.raises(ExportError, match=ORT_ENV):
         export_web(world_path, tmp_path / "a")

@@ -63,6 +63,8 @@ ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-th
 """onnxruntime-web's CPU (WebAssembly) build: the API module and the WASM with its loader.
 The WebGPU/JSEP/WebGL bundles are left out (~100 MB the page never loads)."""
 ORT_ENV = "NEURALWORLD_ORT_WEB"
+ORT_WEB_VERSION = "1.30.0"
+"""The onnxruntime-web the page is tested with (package.json pins the same)."""
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -113,7 +115,8 @@ def find_onnxruntime_web(path: str | os.PathLike | None = None) -> Path:
     where = f"{root} (from {'--onnxruntime-web' if path is not None else ORT_ENV})" if given is not None else str(root)
     raise ExportError(
         f"onnxruntime-web is not installed at {where}: run `npm ci` in {REPO_ROOT} (./setup.sh does), "
-        f"or pass --onnxruntime-web DIR / set {ORT_ENV} to a folder holding {', '.join(ORT_FILES)}"
+        f"or `npm install onnxruntime-web@{ORT_WEB_VERSION}` in any folder and pass --onnxruntime-web "
+        f"FOLDER/node_modules/onnxruntime-web (or set {ORT_ENV})"
     )
 
 
