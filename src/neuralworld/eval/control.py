@@ -14,7 +14,8 @@ engine's true heading, benchmarks/vo_vizdoom.py) and set beside the commanded tu
 Figures per set: correlation of measured and commanded turn per frame, sign
 agreement where the command turns more than ``sign_threshold`` deg/frame, and
 the slope measured / commanded (least squares through 0: 1 = right size, 0 =
-the view doesn't turn). Everything is "degrees to the right per frame";
+the view doesn't turn; ``median_ratio`` is the outlier-proof version: odometry on
+blurry generated frames sometimes jumps by tens of degrees). Everything is "degrees to the right per frame";
 ViZDoom's ``turn`` is positive right, a camera world's ``yaw`` positive left
 (record/motion.py), which ``TurnAxis.right`` accounts for.
 
@@ -80,6 +81,8 @@ def agreement(commanded: np.ndarray, measured: np.ndarray, *, sign_threshold: fl
         "corr": None if corr is None else round(corr, 4),
         "sign_agreement": round(float((np.sign(m[turning]) == np.sign(c[turning])).mean()), 4) if turning.any() else None,
         "slope": round(float((c * m).sum() / denom), 4) if denom > 0 else None,
+        # robust to odometry's outliers on blurry frames: the median of measured / commanded where turning
+        "median_ratio": round(float(np.median(m[turning] / c[turning])), 4) if turning.any() else None,
         "turning_pairs": int(turning.sum()),
         "mean_abs_measured": round(float(np.abs(m).mean()), 3) if len(m) else None,
     }

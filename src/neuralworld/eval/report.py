@@ -175,9 +175,9 @@ def run_report(
                 c, m, _ = ctl.measure_sequences(starts[:, ctx - 1], scripted, right, hfov)
                 entry["turn_scripted"] = {**ctl.agreement(c, m), "rates": rates}
                 per_rate = m.reshape(len(rates), -1)
-                entry["turn_scripted"]["mean_measured_per_rate"] = {
-                    str(rt): {"right": round(float(per_rate[k][right[k] > 0].mean()), 3),
-                              "left": round(float(per_rate[k][right[k] < 0].mean()), 3)} for k, rt in enumerate(rates)
+                entry["turn_scripted"]["median_measured_per_rate"] = {
+                    str(rt): {"right": round(float(np.median(per_rate[k][right[k] > 0])), 3),
+                              "left": round(float(np.median(per_rate[k][right[k] < 0])), 3)} for k, rt in enumerate(rates)
                 }  # fmt: skip
                 plots[f"control_turn_{name}"] = _plot_turn(right, per_rate, rates, out / f"control_turn_{name}.png", name)
             metrics["control"]["worlds"][name] = entry
@@ -321,6 +321,8 @@ def _plot_stability(traces: dict[str, np.ndarray], names: list[str], band: stab.
             if smooth > 1:
                 y = np.convolve(y, np.ones(smooth) / smooth, mode="same")
             ax.plot(x, y, lw=0.8, label=n)
+        if key == "sharpness":
+            ax.set_yscale("log")  # blur sits orders of magnitude below real frames
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right")
@@ -348,6 +350,8 @@ def _plot_turn(right: np.ndarray, measured: np.ndarray, rates: list[float], path
     for k, rt in enumerate(rates):
         line = ax.plot(right[k], "--", lw=1)[0]
         ax.plot(measured[k], color=line.get_color(), lw=1.2, label=f"rate {rt:g}: measured")
+    lim = 2.5 * max(rates)
+    ax.set_ylim(-lim, lim)  # odometry's rare wild jumps would hide the rest
     ax.set_xlabel("step (still, then right, then left)")
     ax.set_ylabel("deg/frame to the right")
     ax.set_title(f"{title}: commanded (dashed) vs measured by visual odometry")
@@ -509,16 +513,16 @@ def render_markdown(m: dict[str, Any]) -> str:
         if any("turn_scripted" in c["worlds"][n] for n in names):
             L += [f"Turning measured by visual odometry (record/motion.py, horizontal FOV {c['hfov_deg']}°), degrees to the right per frame. "
                   "Slope = measured / commanded (1 = right size, 0 = the view does not turn).", ""]
-            head = ["", "corr", "sign agreement", "slope", "pairs"]
+            head = ["", "corr", "sign agreement", "slope", "median ratio", "pairs"]
             rows = []
             if "odometry_on_real_recorded" in c:
                 a = c["odometry_on_real_recorded"]
-                rows.append(["real frames, recorded actions (odometry's own ceiling)", a["corr"], a["sign_agreement"], a["slope"], a["pairs"]])
+                rows.append(["real frames, recorded actions (odometry's own ceiling)", a["corr"], a["sign_agreement"], a["slope"], a.get("median_ratio"), a["pairs"]])
             for n in names:
                 for key, label in (("turn_recorded", "recorded actions"), ("turn_scripted", "scripted turns")):
                     a = c["worlds"][n].get(key)
                     if a:
-                        rows.append([f"{n}: {label}", a["corr"], a["sign_agreement"], a["slope"], a["pairs"]])
+                        rows.append([f"{n}: {label}", a["corr"], a["sign_agreement"], a["slope"], a.get("median_ratio"), a["pairs"]])
             L += [_table(head, rows), ""]
             for n in names:
                 if f"control_turn_{n}" in plots:
@@ -613,7 +617,8 @@ def _verdicts(m: dict[str, Any]) -> list[str]:
                    f"→ ratio {_f(ratio)} ({'meets' if c['meets_bar'] else 'misses'} the ≥ {IDM_BAR} bar).")
         ts = m["control"]["worlds"][main].get("turn_scripted")
         if ts:
-            out.append(f"- Turning: scripted turns measured with slope {_f(ts['slope'])} and sign agreement {_f(ts['sign_agreement'])}.")
+            out.append(f"- Turning: scripted turns measured with slope {_f(ts['slope'])}, median ratio {_f(ts.get('median_ratio'))} "
+                       f"and sign agreement {_f(ts['sign_agreement'])} (1, 1, 1 = turns as told).")
     if "stability" in m:
         s = m["stability"]["worlds"][main]
         n = m["stability"]["worlds"][main]["frames"]
