@@ -158,6 +158,7 @@ def run_report(
             g, r = cmp["generated"]["overall"], cmp["real_same_windows"]["overall"]
             cmp["ratio_generated_to_real"] = round(g / r, 4) if g is not None and r else None
             cmp["meets_bar"] = None if cmp["ratio_generated_to_real"] is None else cmp["ratio_generated_to_real"] >= IDM_BAR
+            cmp["ratio_above_chance"] = _above_chance(g, r)
             entry: dict[str, Any] = {"idm": cmp}
             if axis is None:
                 entry["turn"] = {"skipped": "the world has no turn or yaw axis"}
@@ -509,6 +510,8 @@ def render_markdown(m: dict[str, Any]) -> str:
         rows.append(["**overall**", first["held_out_real"]["overall"], first["real_same_windows"]["overall"],
                      *[c["worlds"][n]["idm"]["generated"]["overall"] for n in names]])
         rows.append(["**generated / real**", "", "", *[c["worlds"][n]["idm"]["ratio_generated_to_real"] for n in names]])
+        rows.append(["**above chance: (generated − 0.5) / (real − 0.5)**", "", "",
+                     *[_above_chance(c["worlds"][n]["idm"]["generated"]["overall"], first["real_same_windows"]["overall"]) for n in names]])
         L += [_table(head, rows), ""]
         if any("turn_scripted" in c["worlds"][n] for n in names):
             L += [f"Turning measured by visual odometry (record/motion.py, horizontal FOV {c['hfov_deg']}°), degrees to the right per frame. "
@@ -591,6 +594,15 @@ def render_markdown(m: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+def _above_chance(generated: float | None, real: float | None) -> float | None:
+    """(generated - 0.5) / (real - 0.5): every score here is 0.5 at chance, so with a weak IDM
+    (real 0.65) a world that ignores its controls (0.53) still scores a plain ratio of 0.8;
+    this ratio says how much of the IDM's reading above chance survives (0.2 there)."""
+    if generated is None or real is None or real <= 0.5:
+        return None
+    return round((generated - 0.5) / (real - 0.5), 4)
+
+
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:4]) or "—"
 
@@ -614,7 +626,11 @@ def _verdicts(m: dict[str, Any]) -> list[str]:
         c = m["control"]["worlds"][main]["idm"]
         ratio = c["ratio_generated_to_real"]
         out.append(f"- Control: IDM overall {_f(c['generated']['overall'])} on generated vs {_f(c['real_same_windows']['overall'])} on real "
-                   f"→ ratio {_f(ratio)} ({'meets' if c['meets_bar'] else 'misses'} the ≥ {IDM_BAR} bar).")
+                   f"→ ratio {_f(ratio)} ({'meets' if c['meets_bar'] else 'misses'} the ≥ {IDM_BAR} bar); of the IDM's reading above "
+                   f"chance, {_f(_above_chance(c['generated']['overall'], c['real_same_windows']['overall']))} survives on generated frames.")
+        if c["real_same_windows"]["overall"] is not None and c["real_same_windows"]["overall"] < 0.75:
+            out.append(f"- The IDM itself reads real frames weakly (overall {_f(c['real_same_windows']['overall'])}): train it longer "
+                       "(--idm-seconds) before trusting the ratio.")
         ts = m["control"]["worlds"][main].get("turn_scripted")
         if ts:
             out.append(f"- Turning: scripted turns measured with slope {_f(ts['slope'])}, median ratio {_f(ts.get('median_ratio'))} "
