@@ -20,7 +20,9 @@ RES="${RES:-128x128}"
 PRESET="${PRESET:-small}"
 WORK="${WORK:-/tmp/neuralworld-job}"
 OUT="${OUT:?set OUT to the folder that receives the world and its report}"
-TRAIN_ARGS="${TRAIN_ARGS:-}"          # e.g. "--autoencoder-steps 6000 --dynamics-steps 20000"
+TRAIN_ARGS="${TRAIN_ARGS:-}"          # e.g. "--autoencoder-steps 6000 --dynamics-steps 20000 --distill-steps 1500"
+BASELINE="${BASELINE:-1}"             # 1: also train the U-Net baseline with the dynamics' budget, for the report
+BASELINE_ARGS="${BASELINE_ARGS:-}"    # e.g. "--dynamics-steps 20000" (the same steps as the world's dynamics)
 EVAL_ARGS="${EVAL_ARGS:---episodes 8}"
 
 mkdir -p "$WORK" "$OUT"
@@ -40,15 +42,28 @@ log "training ($PRESET) $resume"
 # shellcheck disable=SC2086
 $PY -m neuralworld train "$WORK/data" --preset "$PRESET" --out "$WORK/run" $resume $TRAIN_ARGS --quiet
 
-log "evaluating"
+baseline=()
+if [ "$BASELINE" = 1 ]; then
+  resume_b=""
+  [ -f "$WORK/baseline/run.json" ] && resume_b="--resume"
+  log "training the U-Net baseline ($PRESET) $resume_b"
+  # shellcheck disable=SC2086
+  $PY -m neuralworld train "$WORK/data" --model unet-baseline --preset "$PRESET" --out "$WORK/baseline" $resume_b $BASELINE_ARGS --quiet
+  baseline=(--baseline "$WORK/baseline")
+fi
+
+log "evaluating: fidelity (metrics.json, rollout.mp4), then the whole suite (report/)"
 # shellcheck disable=SC2086
 $PY -m neuralworld eval "$WORK/run" --data "$WORK/data" --out "$WORK/eval" $EVAL_ARGS
+# shellcheck disable=SC2086
+$PY -m neuralworld eval "$WORK/run" --data "$WORK/data" --report "$WORK/report" "${baseline[@]}" $EVAL_ARGS
 
 log "collecting into $OUT"
 # the world travels as a tar in parts under 16 MiB (rejoin: cat world.tar.part* | tar x)
 tar -C "$WORK/run" -cf "$WORK/world.tar" world
 split -b 15M -d "$WORK/world.tar" "$OUT/world.tar.part"
 cp "$WORK/eval/metrics.json" "$OUT/metrics.json"
+tar -C "$WORK" -cf "$OUT/report.tar" report
 cp "$WORK/run/metrics.jsonl" "$OUT/train_metrics.jsonl"
 [ -f "$WORK/eval/rollout.mp4" ] && cp "$WORK/eval/rollout.mp4" "$OUT/rollout.mp4"
 $PY -m neuralworld data info "$WORK/data" --json > "$OUT/data_info.json"
