@@ -130,7 +130,7 @@ def test_resume_refuses_other_data_and_damaged_checkpoint(tmp_path, data32):
 
     ckpt = run / "dynamics.safetensors"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    p = cli("train", data32, "--out", run, "--resume", "--dynamics-steps", 4, *FAST, check=False)
+    p = cli("train", data32, "--out", run, "--resume", "--autoencoder-steps", 2, "--dynamics-steps", 4, *FAST, check=False)
     assert p.returncode == 2 and "dynamics.safetensors is truncated" in p.stderr and "Traceback" not in p.stderr
 
     p = cli("train", tmp_path / "nothing", "--out", tmp_path / "r2", *FAST, check=False)
