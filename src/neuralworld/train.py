@@ -33,14 +33,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from neuralworld.actions import ActionSpec
-from neuralworld.bundle import World, build_networks, load_bundle, load_state_strict, save_bundle, BundleError
+from neuralworld.bundle import BundleError, build_networks, load_bundle, load_state_strict, save_bundle
 from neuralworld.data.store import Dataset, DatasetError
 from neuralworld.model.autoencoder import Autoencoder, autoencoder_loss, frames_to_tensor, tensor_to_frames
 from neuralworld.model.config import ConfigError, WorldConfig, preset
@@ -746,6 +745,17 @@ def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
         raise TrainingError(f"cannot resume {run}: " + "; ".join(problems))
 
 
+def open_training_data(data: str | os.PathLike) -> Dataset:
+    """The dataset a run trains on, or a TrainingError that says why it can't."""
+    try:
+        ds = Dataset(data)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    if ds.num_episodes == 0:
+        raise TrainingError(f"{data} has no complete episodes to train on")
+    return ds
+
+
 def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a world on a dataset; returns a summary. The bundle lands in ``out/world``."""
     if cfg.model != "world":
@@ -754,12 +764,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
         return train_baseline(data, out, cfg, resume=resume, progress=progress)
     run = Path(out)
     d = setup_distributed(cfg.device)
-    try:
-        ds = Dataset(data)
-    except DatasetError as e:
-        raise TrainingError(str(e)) from None
-    if ds.num_episodes == 0:
-        raise TrainingError(f"{data} has no complete episodes to train on")
+    ds = open_training_data(data)
     try:
         world = preset(cfg.preset, spec=ds.spec, resolution=ds.resolution).validate()
     except ConfigError as e:
@@ -882,12 +887,7 @@ def train_baseline(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainCo
 
     run = Path(out)
     d = setup_distributed(cfg.device)
-    try:
-        ds = Dataset(data)
-    except DatasetError as e:
-        raise TrainingError(str(e)) from None
-    if ds.num_episodes == 0:
-        raise TrainingError(f"{data} has no complete episodes to train on")
+    ds = open_training_data(data)
     try:
         world = baseline_preset(cfg.preset, spec=ds.spec, resolution=ds.resolution).validate()
     except ConfigError as e:

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 import torch
 
-from neuralworld.bundle import World, load_bundle
-from neuralworld.data.store import Dataset, DatasetError
+from neuralworld.bundle import World
+from neuralworld.data.store import Dataset
 from neuralworld.data.view import write_video
 from neuralworld.eval.metrics import psnr, ssim
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
@@ -161,31 +161,12 @@ def evaluate(
          "seconds", "generated_frames_per_second", "video"}
     """
     t0 = time.perf_counter()
-    loc = locate_world(world_path)
-    if data_path is None:
-        if not loc.run_record or "data" not in loc.run_record:
-            raise EvalError("no --data given and no run.json to say which dataset trained this world")
-        data_path = loc.run_record["data"]
-    try:
-        ds = Dataset(data_path)
-    except DatasetError as e:
-        raise EvalError(str(e)) from None
-    world = load_bundle(loc.bundle, device=device or "cpu")
-    _check_fits(world, ds)
-    preset = resolve_sampler(sampler, world)  # what the preset means for this world (fast: distilled or euler2)
+    from neuralworld.eval.inputs import open_inputs  # the suite's loader (it builds on this module)
 
-    # the held-out episodes: the same hash split the run used
-    if held_out is not None:
-        fraction, source = float(held_out), "argument"
-    elif loc.run_record is not None:
-        fraction, source = float(loc.run_record.get("train", {}).get("held_out", DEFAULT_HELD_OUT)), "run.json"
-    elif "held_out" in world.meta.get("training", {}):  # a bundle that carries its split
-        fraction, source = float(world.meta["training"]["held_out"]), "bundle config.json"
-    else:
-        fraction, source = DEFAULT_HELD_OUT, "default (no run.json found beside the bundle)"
-    _, held = ds.split(fraction)
-    if not held:
-        raise EvalError(f"{data_path} has no held-out episodes at held_out={fraction} ({ds.num_episodes} episodes): record more")
+    inp = open_inputs(world_path, data_path, held_out=held_out, device=device or "cpu", need_train=False)
+    loc, world, ds, data_path = inp.location, inp.world, inp.data, inp.data_path
+    fraction, source, held = inp.held_out_fraction, inp.held_out_source, inp.held_episodes
+    preset = resolve_sampler(sampler, world)  # what the preset means for this world (fast: distilled or euler2)
     if episodes is not None:
         held = held[: max(1, int(episodes))]
 

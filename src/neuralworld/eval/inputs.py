@@ -47,9 +47,11 @@ def open_inputs(
     *,
     held_out: float | None = None,
     device: str = "cpu",
+    need_train: bool = True,
 ) -> EvalInputs:
     """Load a world (run folder or bundle) and its dataset, and split the episodes
-    exactly as training did (fraction from run.json, the bundle, or the default)."""
+    exactly as training did (fraction from run.json, the bundle, or the default).
+    ``need_train=False``: only held-out episodes are needed (fidelity)."""
     loc = locate_world(world_path)
     if data_path is None:
         if not loc.run_record or "data" not in loc.run_record:
@@ -70,7 +72,9 @@ def open_inputs(
     else:
         fraction, source = DEFAULT_HELD_OUT, "default (no run.json found beside the bundle)"
     train, held = ds.split(fraction)
-    if not held or not train:
+    if not held:
+        raise EvalError(f"{data_path} has no held-out episodes at held_out={fraction} ({ds.num_episodes} episodes): record more")
+    if need_train and not train:
         raise EvalError(f"{data_path} needs both training and held-out episodes at held_out={fraction} ({ds.num_episodes} episodes): record more")
     return EvalInputs(loc, world, ds, str(data_path), train, held, fraction, source)
 
