@@ -179,5 +179,5 @@ def test_bad_inputs_are_refused_clearly(baseline_run, tiny_world_run, tmp_path):
         train(data, run, train_config("tiny", precision="fp32", device="cpu"), resume=True, progress=False)
     # no ONNX path for the baseline, and the error says so
     world = load_bundle(run / "world")
-    with pytest.raises(AttributeError, match="transformer worlds only"):
+    with pytest.raises(ValueError, match="transformer worlds only"):
         world.start(backend="onnx")

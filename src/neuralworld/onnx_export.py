@@ -103,6 +103,11 @@ def example_step_inputs(dynamics: Dynamics, batch_size: int, seed: int = 0) -> t
 def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, opset: int = OPSET) -> Path:
     """Write ``dynamics_step.onnx``, ``decoder.onnx`` and ``onnx.json`` for ``world``
     (a loaded ``World``) at ``batch_size``; returns the folder."""
+    if not isinstance(world.dynamics, Dynamics):
+        raise ValueError(
+            f"{getattr(world, 'name', '') or 'this world'} is a {getattr(world, 'model', type(world.dynamics).__name__)}: "
+            "the ONNX export and the onnx backends play transformer worlds only; use the eager, bf16 or compiled backend"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dynamics, autoencoder = world.dynamics, world.autoencoder

@@ -237,15 +237,6 @@ class FrameStackCache:
         self.actions[batch_index] = 0
         self.levels[batch_index] = 0
 
-    def __getattr__(self, name: str) -> Any:
-        # only reached for names a frame stack lacks: the ONNX export asks for a KV cache's rings
-        if name.startswith(("full_", "pooled_")) or name == "prev":
-            raise AttributeError(
-                f"the {MODEL_KIND} keeps frames, not keys/values (asked for {name!r}): ONNX export and the "
-                "onnx backends play transformer worlds only; use the eager, bf16 or compiled backend"
-            )
-        raise AttributeError(name)
-
     def step_inputs(self) -> tuple[torch.Tensor, ...]:
         """The cache's part of ``FrameStackUNet.step_with_cache_tensors``'s inputs."""
         return (self.frames, self.actions, self.levels)
