@@ -745,6 +745,16 @@ def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
         raise TrainingError(f"cannot resume {run}: " + "; ".join(problems))
 
 
+def _start_run(run: Path, record: dict[str, Any], resume: bool, d: Dist) -> None:
+    """Rank 0 checks the run folder against ``record`` and writes run.json once; all ranks wait."""
+    if d.main:
+        _check_run(run, record, resume)
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "run.json").exists():
+            atomic_write_json(run / "run.json", record)
+    d.barrier()
+
+
 def open_training_data(data: str | os.PathLike) -> Dataset:
     """The dataset a run trains on, or a TrainingError that says why it can't."""
     try:
@@ -780,12 +790,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
         "train": cfg.to_dict(),
         "world_size": d.world_size,
     }
-    if d.main:
-        _check_run(run, record, resume)
-        run.mkdir(parents=True, exist_ok=True)
-        if not (run / "run.json").exists():
-            atomic_write_json(run / "run.json", record)
-    d.barrier()
+    _start_run(run, record, resume, d)
     split = ds.split(cfg.held_out)
     logger = Logger(run, d.main)
     t0 = time.perf_counter()
@@ -894,12 +899,7 @@ def train_baseline(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainCo
         raise TrainingError(f"baseline preset {cfg.preset!r} does not fit {data}: {e}") from None
     record = {"data": str(data), "model": MODEL_KIND, "action_spec": ds.spec.to_json_dict(),
               "resolution": list(ds.resolution), "world": world.to_dict(), "train": cfg.to_dict(), "world_size": d.world_size}
-    if d.main:
-        _check_run(run, record, resume)
-        run.mkdir(parents=True, exist_ok=True)
-        if not (run / "run.json").exists():
-            atomic_write_json(run / "run.json", record)
-    d.barrier()
+    _start_run(run, record, resume, d)
     split = ds.split(cfg.held_out)
     logger = Logger(run, d.main)
     t0 = time.perf_counter()
