@@ -62,6 +62,9 @@ def test_train_smoke_makes_a_loadable_world(tmp_path, data32):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {(x["stage"], x["kind"]) for x in lines} >= {("autoencoder", "train"), ("autoencoder", "held_out"), ("dynamics", "train"), ("dynamics", "held_out")}
     assert all(np.isfinite(x["loss"]) for x in lines if "loss" in x)
+    # held-out: the generated next frame beside copy-last, and what the right actions gain over another clip's
+    held = [x for x in lines if (x["stage"], x["kind"]) == ("dynamics", "held_out")]
+    assert all(np.isfinite([x["next_frame_psnr"], x["copy_last_psnr"], x["action_gain_db"]]).all() for x in held)
     assert any(x.get("samples_per_s", 0) > 0 for x in lines)
     assert list((run / "tb").glob("events.out.tfevents.*"))
     # a second train into the same folder without --resume is refused, nothing touched

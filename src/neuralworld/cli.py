@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from neuralworld.model.config import PRESETS
+
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a world (autoencoder, then dynamics) on a dataset; torchrun for many processes")
     t.add_argument("data", help="dataset folder or URL (from neuralworld record / import-video)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs, and the world bundle in OUT/world")
-    t.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="model and training sizes")
+    t.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model and training sizes")
     t.add_argument("--model", default="world", choices=["world", "unet-baseline"],
                    help="our world, or the DIAMOND-style frame-stacking U-Net baseline (trained with the dynamics' steps and batch)")
     t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics", "distill"],

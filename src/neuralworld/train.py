@@ -121,6 +121,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # at 4000 (the weapon and panels only appear past ~2000); ~20 minutes for both stages here
     "tiny": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(3000, 8, 5e-4, warmup=50),
                  distill=StageConfig(600, 8, 1e-4, warmup=20), clip_frames=6),
+    "mini": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(20_000, 16, 4e-4, warmup=200),
+                 distill=StageConfig(1500, 16, 1e-4, warmup=50), clip_frames=8),
     "small": dict(autoencoder=StageConfig(20_000, 32, 5e-4, warmup=500), dynamics=StageConfig(60_000, 32, 3e-4, warmup=1000),
                   distill=StageConfig(4000, 32, 5e-5, warmup=100), clip_frames=16),
     "base": dict(autoencoder=StageConfig(50_000, 64, 4e-4, warmup=1000), dynamics=StageConfig(200_000, 64, 2e-4, warmup=2000),
@@ -625,22 +627,28 @@ def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: L
             torch.manual_seed(99)
             loss, metrics = dynamics_loss(m, clip)
             # teacher-forced next frame: clean context, the last frame generated from noise
-            ctx, last_a = clip.latents[:, :-1], clip.actions
+            ctx = clip.latents[:, :-1]
             B = ctx.shape[0]
 
-            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                lat_in = torch.cat([ctx, x[:, None]], 1)
-                levels = torch.cat([torch.zeros(B, T - 1, device=x.device), t[:, None]], 1)
-                return m(lat_in, levels, last_a).velocity[:, -1]
+            def generate(actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    lat_in = torch.cat([ctx, x[:, None]], 1)
+                    levels = torch.cat([torch.zeros(B, T - 1, device=x.device), t[:, None]], 1)
+                    return m(lat_in, levels, actions).velocity[:, -1]
+                return sample_euler(denoise, noise, 8)
 
-            gen = sample_euler(denoise, torch.randn_like(clip.latents[:, -1]), 8)
-            fake = tensor_to_frames(ae.decode(ae.denormalize_latents(gen)))
-            real = tensor_to_frames(ae.decode(ae.denormalize_latents(clip.latents[:, -1])))
-            prev = tensor_to_frames(ae.decode(ae.denormalize_latents(clip.latents[:, -2])))
+            noise = torch.randn_like(clip.latents[:, -1])
+            gen = generate(clip.actions, noise)
+            # the same noise and memory under another clip's actions: does the model read its controls?
+            gen_wrong = generate(clip.actions.roll(1, dims=0), noise)
+            fake, wrong, real, prev = (tensor_to_frames(ae.decode(ae.denormalize_latents(z))) for z in
+                                       (gen, gen_wrong, clip.latents[:, -1], clip.latents[:, -2]))
         psnr = float(np.mean([_psnr(fake[i], real[i]) for i in range(B)]))
+        wrong_psnr = float(np.mean([_psnr(wrong[i], real[i]) for i in range(B)]))
         copy_psnr = float(np.mean([_psnr(prev[i], real[i]) for i in range(B)]))
         logger.scalars("dynamics", step, {"loss": metrics["loss"], "flow": metrics["flow"], "next_frame_psnr": psnr,
-                                          "copy_last_psnr": copy_psnr}, kind="held_out")
+                                          "copy_last_psnr": copy_psnr, "action_gain_db": psnr - wrong_psnr},
+                       kind="held_out")
         grid = np.concatenate([np.concatenate(list(real), 1), np.concatenate(list(fake), 1)], 0)
         logger.image("dynamics/real_vs_generated", step, grid)
 

@@ -160,9 +160,10 @@ class BaselineConfig:
 
 
 # parameters at 64x64 with Doom's 7 controls, beside our dynamics of the same preset:
-#   tiny 0.71M (dynamics 0.72M), small 5.32M (5.39M), base 47.9M (48.1M)
+#   tiny 0.71M (dynamics 0.72M), mini 2.07M (2.07M), small 5.32M (5.39M), base 47.9M (48.1M)
 BASELINE_PRESETS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(channels=(16, 32, 48), blocks=2, cond_dim=64, groups=8),
+    "mini": UNetConfig(channels=(32, 48, 88), blocks=2, cond_dim=96, groups=8),
     "small": UNetConfig(channels=(64, 96, 128), blocks=2, cond_dim=128, groups=16, heads=4),
     "base": UNetConfig(channels=(128, 256, 320, 320), blocks=2, cond_dim=256, groups=32, heads=8),
 }
