@@ -20,13 +20,10 @@ Each is exported with the float step graph and with ``--int8``. Last line: JSON.
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -55,29 +52,6 @@ def random_world(root: Path, preset_name: str, resolution: tuple[int, int]) -> P
             p.add_(0.02 * torch.randn_like(p))
     name = f"random-{preset_name}-{resolution[0]}x{resolution[1]}"
     return save_bundle(root / name, cfg, ae, dyn, name=name, distilled=student, distilled_steps=1)
-
-
-class StaticServer:
-    """``http.server`` on a free port of 127.0.0.1, serving one folder, in a thread."""
-
-    def __init__(self, folder: Path):
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def measure(page_url: str, action_size: int, noop: list[float], frames: int, profile: Path) -> dict:
@@ -112,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundles", nargs="*", help="world bundles (default: random tiny 32x32 and small 128x128)")
     ap.add_argument("--frames", type=int, default=30, help="frames in the timed rollout")
     ap.add_argument("--sampler", default="fast", help="sampler preset of the page (fast, euler2, quality)")
+    ap.add_argument("--isolated", action="store_true",
+                    help="serve with the COOP/COEP headers (as `neuralworld play EXPORT_DIR` does): WebAssembly threads")
     args = ap.parse_args(argv)
 
     from neuralworld.bundle import load_bundle
-    from neuralworld.play.export import export_web
+    from neuralworld.play.export import StaticServer, export_web
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="nw-web-bench-") as tmp:
@@ -128,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             key = world.name + (" int8" if int8 else "")
             out = export_web(bundle, root / f"site-{bundle.name}-{int8}", sampler=args.sampler, int8=int8)
             manifest = json.loads((out / "world.json").read_text())
-            with StaticServer(out) as server:
+            with StaticServer(out, isolated=args.isolated) as server:
                 r = measure(server.url, world.spec.size, manifest["action"]["noop"], args.frames, root / f"profile-{bundle.name}-{int8}")
             H, W = world.resolution
             smp = manifest["sampler"]
@@ -138,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:>29}: {r['rollout_fps']:6.1f} frames/s in the worker ({r['ms_per_frame']:.1f} ms/frame), "
                   f"{r['page_fps']:6.1f} frames/s drawn ({r['page_fps_one_worker']:.1f} decoding in the same worker), "
                   f"{r['threads']} WASM thread(s), {r['onnx_mb']} MB of graphs", file=sys.stderr)
-    summary = {"chromium": CHROMIUM, "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "worlds": results}
+    summary = {"chromium": CHROMIUM, "isolated": args.isolated, "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "worlds": results}
     print(json.dumps(summary))
     return 0
 

@@ -8,12 +8,10 @@ exactly, so frames made in the browser are checked against PyTorch pixel for pix
 
 Browser tests skip only where /usr/bin/chromium is absent (.ci/run installs it)."""
 
-import functools
-import http.server
+import contextlib
 import json
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from neuralworld.play.export import (  # noqa: E402
     ORT_WEB_VERSION,
     START_FILE,
     ExportError,
+    StaticServer,
     export_web,
     find_onnxruntime_web,
 )
@@ -349,37 +348,16 @@ def test_errors_say_what_to_do(world_path, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------
 # the page, in Chromium, with the network cut
 # ---------------------------------------------------------------------------
-class StaticServer:
-    """A plain ``http.server`` for one folder on 127.0.0.1, in a thread: what a user runs."""
-
-    def __init__(self, folder: Path):
-        handler = functools.partial(_Quiet, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def served(site):
     with StaticServer(site) as s:
         yield s
 
 
-@pytest.fixture
-def page(served, tmp_path):
+@contextlib.contextmanager
+def _browser_page(url: str, tmp_path: Path):
+    """Chromium on ``url`` with the network cut (only that server answers); checks on exit
+    that the page and its workers logged no error and reached nothing else."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium; .ci/run does): the page is not tested")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
@@ -392,7 +370,7 @@ def page(served, tmp_path):
         allowed: list[str] = []
 
         def gate(route):  # the network is cut: only the static server answers
-            if route.request.url.startswith(served.url):
+            if route.request.url.startswith(url):
                 allowed.append(route.request.url)
                 route.continue_()
             else:
@@ -405,7 +383,7 @@ def page(served, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("worker", lambda w: w.on("console", lambda m: errors.append(m.text) if m.type == "error" else None))
-            page.goto(served.url)
+            page.goto(url)
             page.wait_for_function("window.nw && nw.stats.framesShown >= 5", timeout=60_000)
             yield page
             assert not errors, errors
@@ -415,6 +393,29 @@ def page(served, tmp_path):
             assert any(u.endswith(".onnx") for u in allowed) and any(u.endswith(".wasm") for u in allowed), allowed
         finally:
             ctx.close()
+
+
+@pytest.fixture
+def page(served, tmp_path):
+    with _browser_page(served.url, tmp_path) as page:
+        yield page
+
+
+@needs_ort_web
+def test_cross_origin_isolated_serving_plays_too(site, tmp_path):
+    """What ``neuralworld play EXPORT_DIR`` serves: COOP/COEP headers, so the page may use
+    WebAssembly threads (one per two cores, up to 4); every file still loads under them."""
+    import urllib.request
+
+    with StaticServer(site, isolated=True) as server:
+        with urllib.request.urlopen(server.url + "world.json") as r:
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        with _browser_page(server.url, tmp_path) as page:
+            assert page.evaluate("self.crossOriginIsolated") is True
+            cores = page.evaluate("navigator.hardwareConcurrency")
+            threads = page.evaluate("nw.messages.find(m => m.type === 'hello').threads")
+            assert threads == max(1, min(4, cores // 2))
 
 
 def _canvas(page) -> np.ndarray:

@@ -37,10 +37,13 @@ Why it looks like this
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -219,6 +222,43 @@ class _Sampler:
             raise ExportError(str(e)) from None
         self.name = name
         self.network = self.preset.network
+
+
+class StaticServer:
+    """An exported folder served by ``http.server`` on 127.0.0.1 from a thread, as any
+    static server would (``port`` 0: a free one). ``isolated`` adds the two headers that
+    make the page cross-origin isolated (COOP ``same-origin``, COEP ``require-corp``),
+    which lets onnxruntime-web run WebAssembly threads; without them the page uses one.
+
+        with StaticServer(folder) as server:
+            open(server.url)
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0, isolated: bool = False):
+        handler = functools.partial(_IsolatingHandler if isolated else _QuietHandler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "StaticServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _IsolatingHandler(_QuietHandler):
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
 
 
 def is_previous_export(path: Path) -> bool:

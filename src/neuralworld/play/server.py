@@ -560,12 +560,29 @@ def serve(
     announce: Callable[[str], None] | None = print,
     log_level: str = "warning",
 ) -> None:
-    """Load the world, listen on host:port and serve the player until interrupted."""
+    """Load the world, listen on host:port and serve the player until interrupted.
+
+    ``world`` may also be a folder from ``export --web``: it is then served as static
+    files, cross-origin isolated so the page's WebAssembly may use threads, and the
+    browser runs the world."""
     import uvicorn
 
     from neuralworld.bundle import BundleError, load_bundle
+    from neuralworld.play.export import StaticServer, is_previous_export
 
     config = (config or PlayConfig()).validate()
+    if world is not None and is_previous_export(Path(world)):
+        bind_socket(host, port).close()  # the same clear message as below when the port is taken
+        with StaticServer(world, host=host, port=port, isolated=True) as static:
+            if announce is not None:
+                announce(f"neuralworld play: the web export {world} at {static.url}  (the browser runs the world; Ctrl+C stops)")
+            if open_browser:
+                threading.Timer(0.5, webbrowser.open, (static.url,)).start()
+            try:
+                static.thread.join()
+            except KeyboardInterrupt:
+                pass
+        return
     try:
         loaded = load_bundle(resolve_world(world))
     except BundleError as e:
