@@ -183,6 +183,22 @@ def test_dynamics_shapes():
     assert out.velocity.abs().max() == 0
 
 
+def test_actions_start_as_loud_as_the_noise_level():
+    """At init the action's share of the conditioning is of the noise level's order, so
+    training can find the controls (two std-0.02 layers started it ~10x quieter, 0.11 of the
+    level's spread here against 4.0 now, and the world ignored its controls)."""
+    from neuralworld.model.dynamics import timestep_embedding
+
+    torch.manual_seed(0)
+    model = Dynamics(PRESETS["mini"].dynamics, latent_channels=8, latent_size=(8, 8), action_size=7)
+    actions = torch.zeros(64, 7)
+    actions[torch.arange(64), torch.randint(0, 7, (64,))] = torch.randint(0, 2, (64,)) * 2.0 - 1.0  # one control held
+    levels = model.level_embed(timestep_embedding(torch.rand(64), 256))
+    acts = model.action_embed(actions)
+    change = (acts - model.action_embed(torch.zeros(1, 7))).norm(dim=-1).mean()
+    assert change > 0.25 * (levels - levels.mean(0)).norm(dim=-1).mean()
+
+
 def test_untrained_block_is_identity():
     torch.manual_seed(0)
     model = tiny_dynamics()

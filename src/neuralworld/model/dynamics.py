@@ -296,9 +296,13 @@ class Dynamics(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.pos_embed, std=0.02)
-        for emb in (self.level_embed, self.action_embed):
-            nn.init.normal_(emb[0].weight, std=0.02)
-            nn.init.normal_(emb[2].weight, std=0.02)
+        # DiT's small init for the noise level's MLP, whose 256 sinusoidal inputs are O(1). The
+        # action MLP keeps Xavier: its few inputs are mostly 0 or +-1, and two std-0.02 layers
+        # on them start its output ~10x below the level's, where gradients through the product
+        # of two tiny layers barely move it. Measured (mini, 64x64 Doom): held-out action_gain_db
+        # 0.006 after 3000 steps with that init (the world ignored its controls), 0.46 at 1500 with this.
+        nn.init.normal_(self.level_embed[0].weight, std=0.02)
+        nn.init.normal_(self.level_embed[2].weight, std=0.02)
         # adaLN-zero: every block starts as the identity, the output as zero
         for block in self.blocks:
             nn.init.zeros_(block.modulation[-1].weight)
