@@ -401,6 +401,32 @@ def page(served, tmp_path):
         yield page
 
 
+def test_play_serves_an_export_folder(site):
+    """``neuralworld play EXPORT_DIR``: the folder as static files, cross-origin isolated,
+    no model loaded in the server; Ctrl+C (SIGINT) stops it cleanly."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = Path(sys.executable).parent / "neuralworld"
+    proc = subprocess.Popen([str(cli), "play", str(site), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "web export" in line and f":{port}/" in line, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            assert r.read() == (site / "index.html").read_bytes()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
 @needs_ort_web
 def test_cross_origin_isolated_serving_plays_too(site, tmp_path):
     """What ``neuralworld play EXPORT_DIR`` serves: COOP/COEP headers, so the page may use

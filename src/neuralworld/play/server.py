@@ -38,6 +38,7 @@ import asyncio
 import base64
 import binascii
 import errno
+import functools
 import json
 import logging
 import math
@@ -66,8 +67,8 @@ log = logging.getLogger("neuralworld.play")
 STATIC_DIR = Path(__file__).with_name("static")
 SHIPPED_WORLDS = Path(__file__).resolve().parents[3] / "worlds"
 """Where shipped worlds live in a checkout (``worlds/<name>``); ``play NAME`` looks there."""
-DEFAULT_WORLD: str | None = None
-"""The world ``neuralworld play`` opens with no argument; None until one ships."""
+DEFAULT_WORLD: str | None = "freedoom-map01"
+"""The world ``neuralworld play`` opens with no argument (worlds/freedoom-map01, see README)."""
 
 PACES = ("world", "max")
 
@@ -557,7 +558,7 @@ def serve(
     port: int = 8000,
     config: PlayConfig | None = None,
     open_browser: bool = False,
-    announce: Callable[[str], None] | None = print,
+    announce: Callable[[str], None] | None = functools.partial(print, flush=True),
     log_level: str = "warning",
 ) -> None:
     """Load the world, listen on host:port and serve the player until interrupted.
