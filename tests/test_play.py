@@ -188,11 +188,13 @@ def test_messages_and_world_paths(world, world_path):
         resolve_world(str(world_path / "nope"))
     with pytest.raises(PlayError, match="neither a world bundle"):
         resolve_world(str(world_path.parent.parent))
-    with pytest.raises(PlayError, match="no world given"):
-        resolve_world(None)
+    assert resolve_world(None) == resolve_world("freedoom-map01")  # the shipped world, by name too
 
 
-def test_cli_errors_are_one_line(world_path, tmp_path, capsys):
+def test_cli_errors_are_one_line(world_path, tmp_path, capsys, monkeypatch):
+    import neuralworld.play.server as server_module
+
+    monkeypatch.setattr(server_module, "DEFAULT_WORLD", None)  # a checkout without a shipped world
     assert cli_main(["play"]) == 2
     assert cli_main(["play", str(tmp_path / "missing")]) == 2
     with socket.socket() as taken:
