@@ -763,6 +763,15 @@ def _start_run(run: Path, record: dict[str, Any], resume: bool, d: Dist) -> None
     d.barrier()
 
 
+def _finish_run(run: Path, summary: dict[str, Any], d: Dist, t0: float) -> dict[str, Any]:
+    """Time the run, note whether ranks agree, and write summary.json (rank 0)."""
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["ranks_identical"] = True if d.world_size > 1 else None
+    if d.main:
+        atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
 def open_training_data(data: str | os.PathLike) -> Dataset:
     """The dataset a run trains on, or a TrainingError that says why it can't."""
     try:
@@ -848,11 +857,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
                 summary["bundle"] = str(run / "world")
     finally:
         logger.close()
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["ranks_identical"] = True if d.world_size > 1 else None
-    if d.main:
-        atomic_write_json(run / "summary.json", summary)
-    return summary
+    return _finish_run(run, summary, d, t0)
 
 
 # ---------------------------------------------------------------------------
@@ -953,8 +958,4 @@ def train_baseline(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainCo
             summary["bundle"] = str(run / "world")
     finally:
         logger.close()
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["ranks_identical"] = True if d.world_size > 1 else None
-    if d.main:
-        atomic_write_json(run / "summary.json", summary)
-    return summary
+    return _finish_run(run, summary, d, t0)

@@ -231,17 +231,16 @@ def _dataclass_from(cls: type, values: Mapping[str, Any], where: str, skip: tupl
 # ---------------------------------------------------------------------------
 # named sizes: the same code with other numbers
 # ---------------------------------------------------------------------------
+TINY_AUTOENCODER = AutoencoderConfig(
+    latent_channels=8, encoder_channels=(16, 32, 64, 64), decoder_channels=(64, 32, 16, 8), encoder_blocks=1, decoder_blocks=1
+)
+"""tiny's and mini's: 64x64 frames <-> 8x8x8 latents (``preset`` hands out deep copies)."""
+
 PRESETS: dict[str, WorldConfig] = {
     # CI and a first world in minutes on 2 CPU cores: 64x64, 8x8x8 latents, 16 tokens/frame
     "tiny": WorldConfig(
         resolution=(64, 64),
-        autoencoder=AutoencoderConfig(
-            latent_channels=8,
-            encoder_channels=(16, 32, 64, 64),
-            decoder_channels=(64, 32, 16, 8),
-            encoder_blocks=1,
-            decoder_blocks=1,
-        ),
+        autoencoder=TINY_AUTOENCODER,
         dynamics=DynamicsConfig(
             d_model=128, n_layers=3, n_heads=4, mlp_ratio=3.0, cond_dim=64, full_frames=2, memory_frames=8,
             prev_frame=True,
@@ -251,13 +250,7 @@ PRESETS: dict[str, WorldConfig] = {
     # ~2M-parameter dynamics with 4 full-resolution frames and 16 frames of memory
     "mini": WorldConfig(
         resolution=(64, 64),
-        autoencoder=AutoencoderConfig(
-            latent_channels=8,
-            encoder_channels=(16, 32, 64, 64),
-            decoder_channels=(64, 32, 16, 8),
-            encoder_blocks=1,
-            decoder_blocks=1,
-        ),
+        autoencoder=TINY_AUTOENCODER,
         dynamics=DynamicsConfig(
             d_model=192, n_layers=4, n_heads=4, mlp_ratio=3.0, cond_dim=96, full_frames=4, memory_frames=16,
             prev_frame=True,
