@@ -8,12 +8,10 @@ import base64
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -241,6 +239,8 @@ def test_bad_messages_get_error_replies_and_everyone_keeps_playing(server, world
         (json.dumps({"type": "start_image", "data": base64.b64encode(b"not an image").decode()}), "does not decode"),
         (json.dumps({"type": "start_image", "data": "!!!"}), "not valid base64"),
         (json.dumps({"type": "record", "on": "yes"}), "record needs"),
+        (json.dumps({"type": "reset", "seed": -1}), 'reset "seed" must be an integer'),
+        (json.dumps({"type": "reset", "seed": "7"}), 'reset "seed" must be an integer'),
         (b"\x00\x01binary", "binary messages"),
     ]
 
@@ -271,6 +271,31 @@ def test_bad_messages_get_error_replies_and_everyone_keeps_playing(server, world
     frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert frame.shape == (*world.resolution, 3)
     assert b_frames >= 10, f"the other player got only {b_frames} frames in 1.5 s"
+
+
+def test_a_seeded_reset_replays_the_same_frames(server, world):
+    """{"type": "reset", "seed": n}: the same seed and actions make the same frames again,
+    as gymnasium's reset(seed=) does; what the page's direction test stands on."""
+    import websockets
+
+    async def run(ws, seed):
+        await _recv_until(ws, lambda m: _is_frame(m) and m[0]["step"] >= 8)  # frames from before stay above step 4
+        await ws.send(json.dumps({"type": "reset", "seed": seed}))
+        await _recv_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "reset")
+        seen = await _recv_until(ws, lambda m: _is_frame(m) and m[0]["step"] >= 4)
+        return {h["step"]: cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR).astype(int) for h, j in filter(_is_frame, seen)
+                if h["step"] <= 4}
+
+    async def scenario():
+        async with websockets.connect(server.ws_url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "action", "buttons": {"forward": 1}, "axes": {"turn": -5.0}, "seq": 1}))
+            return await run(ws, 5), await run(ws, 5), await run(ws, 6)
+
+    a, b, c = run_async(scenario)
+    common = sorted(set(a) & set(b) & set(c))
+    assert len(common) >= 3, (sorted(a), sorted(b), sorted(c))
+    assert all(np.abs(a[k] - b[k]).max() <= 2 for k in common), "the same seed made other frames"
+    assert any(np.abs(a[k] - c[k]).mean() > 0.5 for k in common), "another seed made the same frames"
 
 
 def test_players_beyond_the_cap_are_refused(world):

@@ -18,7 +18,7 @@ pytest.importorskip("vizdoom")
 from neuralworld.bundle import BundleError, load_bundle  # noqa: E402
 from neuralworld.record.doom import RecordConfig, record  # noqa: E402
 from neuralworld.state_io import load_tensors  # noqa: E402
-from neuralworld.train import TrainingError, train, train_config  # noqa: E402
+from neuralworld.train import TrainingError, train, train_config, weights_sha256  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "neuralworld")
@@ -220,5 +220,9 @@ def test_init_autoencoder_starts_from_another_worlds_autoencoder(tmp_path, tiny_
     for k, v in a.items():
         if "latent" not in k:  # calibration buffers are this run's own
             torch.testing.assert_close(b[k], v, msg=k)
+    # the cached latents are keyed by the weights that encoded them (there is no autoencoder
+    # checkpoint in this run to key them by), so another --init-autoencoder would encode anew
+    _, meta = load_tensors(run / "latents.safetensors")
+    assert meta["autoencoder_sha256"] == weights_sha256(load_bundle(run / "world").autoencoder)
     p = cli("train", data, "--out", tmp_path / "other", "--preset", "small", "--init-autoencoder", source, *FAST, check=False)
     assert p.returncode == 2 and "--init-autoencoder" in p.stderr, p.stderr

@@ -26,6 +26,7 @@ processes compute what one process with ``grad_accum = N`` computes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from neuralworld.model.dynamics import Dynamics
 from neuralworld.model.objective import LatentClip, distill_loss, dynamics_loss
 from neuralworld.model.sampler import sample_euler
 from neuralworld.state_io import (
-    StateError, atomic_write_json, flatten_state, load_tensors, read_json, save_tensors, sha256_file, unflatten_state,
+    StateError, atomic_write_json, flatten_state, load_tensors, read_json, save_tensors, unflatten_state,
 )
 
 STAGES = ("autoencoder", "dynamics", "distill")
@@ -587,6 +588,15 @@ def _latents_path(run: Path) -> Path:
     return run / "latents.safetensors"
 
 
+def weights_sha256(module: torch.nn.Module) -> str:
+    """A digest of a module's parameters and buffers: what the cached latents are keyed by."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_latents(run: Path, lat: LatentEpisodes, ae_sha: str, ids: list[str]) -> None:
     tensors = {}
     for i, key in enumerate(ids):
@@ -825,7 +835,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
         ae.eval()
         distill = "distill" in cfg.stages and cfg.distill.steps > 0
         if "dynamics" in cfg.stages or distill:
-            ae_sha = sha256_file(ae_ckpt) if ae_ckpt.exists() else "untrained"
+            ae_sha = weights_sha256(ae)  # the weights that encode (from a checkpoint, --init-autoencoder, or none)
             # rank 0 encodes (or reuses) the latents; every rank waits at the same barrier, then reads them
             lat = load_latents(run, ae_sha, ds.ids) if d.main else None
             if d.main and lat is None:

@@ -11,6 +11,8 @@ The WebSocket protocol
       {"type": "action", "buttons": {"forward": 1}, "axes": {"turn": -7.5}, "seq": n, "t": client_ms}
           controls not named are at rest; values are checked against the ActionSpec.
       {"type": "reset"}                          back to the start (the uploaded image, else grey)
+      {"type": "reset", "seed": n}               the same, with the noise reseeded (0 <= n < 2**63):
+                                                 the same seed and actions make the same frames
       {"type": "start_image", "data": "<base64 PNG/JPEG, data: URL allowed>"}
       {"type": "record", "on": true | false}     off writes an mp4 and answers with its URL
     server -> client:
@@ -173,6 +175,15 @@ def parse_action(spec: ActionSpec, msg: dict[str, Any]) -> np.ndarray:
         raise MessageError(str(e)) from None
 
 
+def parse_seed(seed: Any) -> int | None:
+    """A reset's optional "seed": None (the noise stream goes on) or an int in [0, 2**63)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise MessageError(f'reset "seed" must be an integer from 0 to 2**63 - 1, got {seed!r}')
+    return seed
+
+
 def decode_image(data: Any) -> np.ndarray:
     """Base64 PNG/JPEG (or a data: URL) -> uint8 RGB (h, w, 3)."""
     if not isinstance(data, str) or not data:
@@ -275,7 +286,7 @@ class Player:
             self.action_received = time.monotonic()
             self.actions_received += 1
         elif kind == "reset":
-            self._request("reset", None)
+            self._request("reset", parse_seed(msg.get("seed")))
         elif kind == "start_image":
             self._request("start", decode_image(msg.get("data")))
         elif kind == "record":
@@ -298,7 +309,7 @@ class Player:
     def _apply(self, kind: str, payload: Any) -> dict[str, Any]:
         s = self.session
         if kind == "reset":
-            s.reset(self.start_image)
+            s.reset(self.start_image, seed=payload)
             return {"type": "reset", "step": s.step_index}
         if kind == "start":
             self.start_image = payload
