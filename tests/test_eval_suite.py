@@ -129,6 +129,18 @@ def test_odometry_measures_real_recorded_turns(doom32):
     assert b["corr"] < a["corr"]
 
 
+def test_image_shift_reads_a_slide_and_real_recorded_turns(doom32):
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (32, 96, 3), dtype=np.uint8), (5, 5), 0)
+    frames = np.stack([scene[:, 32 - k : 64 - k] for k in (0, 2, 5, 4)])  # the view moves left: the picture slides right
+    np.testing.assert_allclose(ctl.image_shifts(frames), [2, 3, -1], atol=0.25)
+    ep = doom32.episode(0).load(("frames", "actions"))
+    yaw, _ = ctl.measure_shift(ep["frames"], hfov=ctl.dataset_hfov(doom32))
+    a = ctl.agreement(ep["actions"][:-1, -1], yaw)  # degrees to the right, as odometry's
+    assert a["corr"] > 0.5 and a["sign_agreement"] > 0.7 and a["slope"] > 0.3, a
+    assert ctl.agreement(ep["actions"][1:, -1], yaw)["corr"] < a["corr"]  # one frame off
+
+
 def test_stability_judge_passes_real_and_flags_black_and_frozen(doom32):
     project = stab.FeatureProjection()
     train, held = doom32.split(0.2)

@@ -2,12 +2,12 @@
 with nothing else, and "turn left" moves the picture the way turning left does (the scene
 slides right): in Python, on the play page, and on the exported static page.
 
-The direction is read off the generated frames: the horizontal shift between consecutive
-frames by block matching (``slide``; on recorded data it correlates -0.80 with the commanded
-turn: turning right slides the picture left, ~0.43 px per degree at 64x64, ~3.7 px/frame at
-the 7.5 deg/frame held here). The shipped CPU-trained world turns the right way but weakly
-(about 1 px/frame for the first frames, then less), so each check compares left with right
-over fixed noise seeds rather than ask for the engine's rate; the evaluation report measures it.
+The direction is read off the generated frames: the horizontal slide between consecutive
+frames by block matching (``eval.control.image_shifts``; on recorded data it correlates
+-0.80 with the commanded turn: turning right slides the picture left, ~3.7 px/frame at the
+7.5 deg/frame held here). The shipped CPU-trained world turns the right way but weakly, so
+each check compares left with right over fixed noise seeds rather than ask for the engine's
+rate; the evaluation report measures the rate.
 
 The pages are asked the same way, with their noise seeded so that a run is a replay, not a
 draw: the play page resets its server session with a seed while the arrow key is held (every
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import neuralworld
+from neuralworld.eval.control import image_shifts
 from neuralworld.play.server import DEFAULT_WORLD, resolve_world
 
 HOLD = 7.5
@@ -47,19 +48,8 @@ def world(shipped):
 
 
 def slide(frames) -> np.ndarray:
-    """Horizontal shift (whole px, + = the picture moves right) between consecutive RGB frames:
-    the shift of the second that best matches the first (least mean absolute difference over
-    the overlap), up to an eighth of the width. Blur does not fool it as it does phase
-    correlation, which whitens the spectrum and locks onto noise on these soft frames."""
-    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
-    W = gray[0].shape[1]
-    shifts = range(-(W // 8), W // 8 + 1)
-
-    def best(a, b):
-        cost = [np.abs(b[:, s:] - a[:, : W - s]).mean() if s >= 0 else np.abs(b[:, : W + s] - a[:, -s:]).mean() for s in shifts]
-        return shifts[int(np.argmin(cost))]
-
-    return np.array([best(a, b) for a, b in zip(gray, gray[1:])], np.float64)
+    """Horizontal slide (px/frame, + = the picture moves right) between consecutive frames."""
+    return image_shifts(frames)
 
 
 def held_slide(start: np.ndarray, frames) -> float:

@@ -1,15 +1,24 @@
 """Control, measured in pixels: does the view turn the way, and as far as, it was told?
 
-The yaw between consecutive generated frames is measured with the project's own
-visual odometry (``record.motion.VisualOdometry``, verified on ViZDoom against the
-engine's true heading, benchmarks/vo_vizdoom.py) and set beside the commanded turn:
+The yaw between consecutive generated frames is measured two ways and set beside the
+commanded turn:
+
+* **odometry**: the project's own visual odometry (``record.motion.VisualOdometry``,
+  verified on ViZDoom against the engine's true heading, benchmarks/vo_vizdoom.py):
+  features tracked between frames, a rotation fitted. Exact on sharp frames; on blurry
+  generated frames it finds too few features and reads ~0;
+* **image shift**: how far the whole picture slides sideways (``image_shifts``: the
+  shift that best matches one frame to the next, to a tenth of a pixel), turned into
+  degrees through the field of view. Coarser, but it still reads a soft picture's slide.
+
+Each measure is applied to:
 
 * **scripted turns**: from real held-out context, stand still, then hold a right
   turn for ``hold`` frames and a left turn for ``hold`` frames, at a few rates;
 * **recorded actions**: open-loop rollouts driven by the recorded actions (the
   IDM's rollouts), and — the reference — the same windows' *real* frames, since
-  odometry on small frames is itself imperfect (its slope on real frames is
-  what a perfect world would score).
+  neither measure is exact on small frames (its slope on real frames is what a
+  perfect world would score).
 
 Figures per set: correlation of measured and commanded turn per frame, sign
 agreement where the command turns more than ``sign_threshold`` deg/frame, and
@@ -70,6 +79,43 @@ def measure_turn(frames: np.ndarray, hfov: float = DEFAULT_HFOV) -> tuple[np.nda
     return yaw, ok
 
 
+def image_shifts(frames, max_shift: int | None = None) -> np.ndarray:
+    """Horizontal slide (px, + = the picture moves right) between consecutive RGB frames:
+    the shift of each frame that best matches the one before (least mean absolute
+    difference over the overlap, searched to ``max_shift``, default a sixth of the width),
+    refined between whole pixels by a parabola through the best three. Blur does not fool
+    it as it does phase correlation, which whitens the spectrum and locks onto noise."""
+    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
+    if not gray:
+        return np.zeros(0)
+    W = gray[0].shape[1]
+    n = max(1, W // 6 if max_shift is None else max_shift)
+    out = []
+    for a, b in zip(gray, gray[1:]):
+        cost = np.array([np.abs(b[:, s:] - a[:, : W - s]).mean() if s >= 0 else np.abs(b[:, : W + s] - a[:, -s:]).mean()
+                         for s in range(-n, n + 1)])  # fmt: skip
+        i = int(np.argmin(cost))
+        frac = 0.0
+        if 0 < i < 2 * n:
+            curve = cost[i - 1] - 2 * cost[i] + cost[i + 1]
+            frac = 0.5 * (cost[i - 1] - cost[i + 1]) / curve if curve > 0 else 0.0
+        out.append(i - n + frac)
+    return np.array(out, np.float64)
+
+
+def measure_shift(frames: np.ndarray, hfov: float = DEFAULT_HFOV) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (T, H, W, 3) -> (yaw to the right per pair (T-1,), reliable (T-1,) bool), from
+    ``image_shifts``: turning right slides the picture left, by f tan(yaw) at the centre."""
+    W = frames.shape[2]
+    focal = (W / 2) / np.tan(np.radians(hfov) / 2)
+    yaw = -np.degrees(np.arctan(image_shifts(frames) / focal))
+    return yaw, np.ones(len(yaw), bool)
+
+
+MEASURES = {"odometry": measure_turn, "image_shift": measure_shift}
+"""How a turn is read off frames (see the module doc)."""
+
+
 def agreement(commanded: np.ndarray, measured: np.ndarray, *, sign_threshold: float = 2.0) -> dict[str, Any]:
     """Commanded vs measured turn (N,), both deg/frame to the right."""
     c, m = np.asarray(commanded, np.float64).ravel(), np.asarray(measured, np.float64).ravel()
@@ -106,13 +152,14 @@ def turn_rates(axis: TurnAxis) -> list[float]:
     return [round(axis.rate * k / 3, 3) for k in (1, 2, 3)]
 
 
-def measure_sequences(start: np.ndarray, frames: np.ndarray, right: np.ndarray, hfov: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """start (B, H, W, 3) the frame before; frames (B, T, ...); right (B, T) commanded.
-    Returns (commanded (B*T,), measured (B*T,), reliable (B*T,))."""
+def measure_sequences(start: np.ndarray, frames: np.ndarray, right: np.ndarray, hfov: float,
+                      measure: str = "odometry") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """start (B, H, W, 3) the frame before; frames (B, T, ...); right (B, T) commanded;
+    ``measure`` one of ``MEASURES``. Returns (commanded (B*T,), measured (B*T,), reliable (B*T,))."""
     c, m, ok = [], [], []
     for b in range(len(frames)):
         seq = np.concatenate([start[b : b + 1], frames[b]])  # (T + 1, H, W, 3)
-        yaw, rel = measure_turn(seq, hfov)
+        yaw, rel = MEASURES[measure](seq, hfov)
         c.append(right[b])
         m.append(yaw)
         ok.append(rel)

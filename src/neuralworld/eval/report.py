@@ -46,7 +46,7 @@ from neuralworld.eval import control as ctl
 from neuralworld.eval import idm as idm_mod
 from neuralworld.eval import memory as mem
 from neuralworld.eval import stability as stab
-from neuralworld.eval.fidelity import DEFAULT_HORIZONS, EvalError, _check_fits, evaluate, locate_world
+from neuralworld.eval.fidelity import DEFAULT_HORIZONS, EvalError, _check_fits, evaluate
 from neuralworld.eval.inputs import as_world, default_context, open_loop, real_windows, sample_real_frames, turn_axis
 from neuralworld.state_io import atomic_write_bytes, atomic_write_json
 
@@ -148,8 +148,11 @@ def run_report(
         metrics["control"] = {"idm": {"model": idm.meta}, "hfov_deg": hfov, "windows": int(len(win.frames)),
                               "horizon": control_horizon, "worlds": {}}  # fmt: skip
         if axis is not None:
-            c, m, _ = ctl.measure_sequences(win.frames[:, ctx - 1], real_future, ctl.commanded_right(actions, axis), hfov)
-            metrics["control"]["odometry_on_real_recorded"] = ctl.agreement(c, m)
+            metrics["control"]["turn_on_real_recorded"] = {
+                measure: ctl.agreement(*ctl.measure_sequences(win.frames[:, ctx - 1], real_future, ctl.commanded_right(actions, axis),
+                                                              hfov, measure)[:2])
+                for measure in ctl.MEASURES
+            }  # fmt: skip
         for name, w, _ in worlds:
             log(f"control: {name}")
             gen = open_loop(w, win, ctx, sampler=sampler, seed=seed)  # (B, T, H, W, 3)
@@ -163,8 +166,6 @@ def run_report(
             if axis is None:
                 entry["turn"] = {"skipped": "the world has no turn or yaw axis"}
             else:
-                c, m, _ = ctl.measure_sequences(win.frames[:, ctx - 1], gen, ctl.commanded_right(actions, axis), hfov)
-                entry["turn_recorded"] = ctl.agreement(c, m)
                 rates = ctl.turn_rates(axis)
                 acts, right = ctl.scripted_turn_actions(w.spec, axis, rates)
                 starts = win.frames[: len(rates)] if len(win.frames) >= len(rates) else win.frames[np.arange(len(rates)) % len(win.frames)]
@@ -173,13 +174,16 @@ def run_report(
 
                 sw = Windows(starts, led, [], [])
                 scripted = open_loop(w, sw, ctx, actions=acts, sampler=sampler, seed=seed)  # (R, T, H, W, 3)
-                c, m, _ = ctl.measure_sequences(starts[:, ctx - 1], scripted, right, hfov)
-                entry["turn_scripted"] = {**ctl.agreement(c, m), "rates": rates}
-                per_rate = m.reshape(len(rates), -1)
-                entry["turn_scripted"]["median_measured_per_rate"] = {
-                    str(rt): {"right": round(float(np.median(per_rate[k][right[k] > 0])), 3),
-                              "left": round(float(np.median(per_rate[k][right[k] < 0])), 3)} for k, rt in enumerate(rates)
-                }  # fmt: skip
+                entry["turn_recorded"], entry["turn_scripted"], per_rate = {}, {"rates": rates}, {}
+                for measure in ctl.MEASURES:
+                    c, m, _ = ctl.measure_sequences(win.frames[:, ctx - 1], gen, ctl.commanded_right(actions, axis), hfov, measure)
+                    entry["turn_recorded"][measure] = ctl.agreement(c, m)
+                    c, m, _ = ctl.measure_sequences(starts[:, ctx - 1], scripted, right, hfov, measure)
+                    per_rate[measure] = pr = m.reshape(len(rates), -1)
+                    entry["turn_scripted"][measure] = {**ctl.agreement(c, m), "median_measured_per_rate": {
+                        str(rt): {"right": round(float(np.median(pr[k][right[k] > 0])), 3),
+                                  "left": round(float(np.median(pr[k][right[k] < 0])), 3)} for k, rt in enumerate(rates)
+                    }}  # fmt: skip
                 plots[f"control_turn_{name}"] = _plot_turn(right, per_rate, rates, out / f"control_turn_{name}.png", name)
             metrics["control"]["worlds"][name] = entry
 
@@ -345,19 +349,21 @@ def _plot_stability(traces: dict[str, np.ndarray], names: list[str], band: stab.
     return _savefig(fig, path)
 
 
-def _plot_turn(right: np.ndarray, measured: np.ndarray, rates: list[float], path: Path, title: str) -> str:
+def _plot_turn(right: np.ndarray, measured: dict[str, np.ndarray], rates: list[float], path: Path, title: str) -> str:
+    """One panel per measure (control.MEASURES): commanded (dashed) and measured turn per rate."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for k, rt in enumerate(rates):
-        line = ax.plot(right[k], "--", lw=1)[0]
-        ax.plot(measured[k], color=line.get_color(), lw=1.2, label=f"rate {rt:g}: measured")
-    lim = 2.5 * max(rates)
-    ax.set_ylim(-lim, lim)  # odometry's rare wild jumps would hide the rest
-    ax.set_xlabel("step (still, then right, then left)")
-    ax.set_ylabel("deg/frame to the right")
-    ax.set_title(f"{title}: commanded (dashed) vs measured by visual odometry")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(measured), 1, figsize=(8, 3.2 * len(measured)), sharex=True, squeeze=False)
+    for ax, (measure, per_rate) in zip(axes[:, 0], measured.items()):
+        for k, rt in enumerate(rates):
+            line = ax.plot(right[k], "--", lw=1)[0]
+            ax.plot(per_rate[k], color=line.get_color(), lw=1.2, label=f"rate {rt:g}: measured")
+        lim = 2.5 * max(rates)
+        ax.set_ylim(-lim, lim)  # odometry's rare wild jumps would hide the rest
+        ax.set_ylabel("deg/frame to the right")
+        ax.set_title(f"{title}: commanded (dashed) vs measured by {measure.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("step (still, then right, then left)")
     return _savefig(fig, path)
 
 
@@ -514,18 +520,21 @@ def render_markdown(m: dict[str, Any]) -> str:
                      *[_above_chance(c["worlds"][n]["idm"]["generated"]["overall"], first["real_same_windows"]["overall"]) for n in names]])
         L += [_table(head, rows), ""]
         if any("turn_scripted" in c["worlds"][n] for n in names):
-            L += [f"Turning measured by visual odometry (record/motion.py, horizontal FOV {c['hfov_deg']}°), degrees to the right per frame. "
-                  "Slope = measured / commanded (1 = right size, 0 = the view does not turn).", ""]
-            head = ["", "corr", "sign agreement", "slope", "median ratio", "pairs"]
+            L += [f"Turning, in degrees to the right per frame (horizontal FOV {c['hfov_deg']}°), measured two ways (eval/control.py): "
+                  "**odometry** tracks features and fits a rotation (exact on sharp frames, reads ~0 on blurry ones); "
+                  "**image shift** finds how far the whole picture slides sideways (coarser, but it reads a soft picture). "
+                  "Slope = measured / commanded (1 = right size, 0 = the view does not turn). "
+                  "Each measure's row on real frames is its own ceiling: what a perfect world would score.", ""]
+            head = ["", "measure", "corr", "sign agreement", "slope", "median ratio", "pairs"]
             rows = []
-            if "odometry_on_real_recorded" in c:
-                a = c["odometry_on_real_recorded"]
-                rows.append(["real frames, recorded actions (odometry's own ceiling)", a["corr"], a["sign_agreement"], a["slope"], a.get("median_ratio"), a["pairs"]])
-            for n in names:
-                for key, label in (("turn_recorded", "recorded actions"), ("turn_scripted", "scripted turns")):
-                    a = c["worlds"][n].get(key)
+            sets = [("real frames, recorded actions", c.get("turn_on_real_recorded") or {})]
+            sets += [(f"{n}: {label}", c["worlds"][n].get(key) or {}) for n in names
+                     for key, label in (("turn_recorded", "recorded actions"), ("turn_scripted", "scripted turns"))]  # fmt: skip
+            for label, by_measure in sets:
+                for measure in ctl.MEASURES:
+                    a = by_measure.get(measure)
                     if a:
-                        rows.append([f"{n}: {label}", a["corr"], a["sign_agreement"], a["slope"], a.get("median_ratio"), a["pairs"]])
+                        rows.append([label, measure.replace("_", " "), a["corr"], a["sign_agreement"], a["slope"], a.get("median_ratio"), a["pairs"]])
             L += [_table(head, rows), ""]
             for n in names:
                 if f"control_turn_{n}" in plots:
@@ -632,9 +641,12 @@ def _verdicts(m: dict[str, Any]) -> list[str]:
             out.append(f"- The IDM itself reads real frames weakly (overall {_f(c['real_same_windows']['overall'])}): train it longer "
                        "(--idm-seconds) before trusting the ratio.")
         ts = m["control"]["worlds"][main].get("turn_scripted")
-        if ts:
-            out.append(f"- Turning: scripted turns measured with slope {_f(ts['slope'])}, median ratio {_f(ts.get('median_ratio'))} "
-                       f"and sign agreement {_f(ts['sign_agreement'])} (1, 1, 1 = turns as told).")
+        real = m["control"].get("turn_on_real_recorded") or {}
+        for measure in ctl.MEASURES if ts else ():
+            a = ts[measure]
+            ceiling = f"; on real frames this measure's slope is {_f(real[measure]['slope'])}" if measure in real else ""
+            out.append(f"- Turning ({measure.replace('_', ' ')}): scripted turns measured with slope {_f(a['slope'])}, median ratio "
+                       f"{_f(a.get('median_ratio'))} and sign agreement {_f(a['sign_agreement'])} (1, 1, 1 = turns as told){ceiling}.")
     if "stability" in m:
         s = m["stability"]["worlds"][main]
         n = m["stability"]["worlds"][main]["frames"]
