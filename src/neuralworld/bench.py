@@ -17,7 +17,6 @@ shared machine's timings vary).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time

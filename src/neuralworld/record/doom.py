@@ -16,7 +16,6 @@ why that is safe and what a killed recording leaves).
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import multiprocessing.util
 import os
@@ -24,7 +23,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
