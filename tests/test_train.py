@@ -3,6 +3,7 @@ mismatches, damaged checkpoints and bundles, and torchrun with 2 processes."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,5 +225,51 @@ def test_init_autoencoder_starts_from_another_worlds_autoencoder(tmp_path, tiny_
     # checkpoint in this run to key them by), so another --init-autoencoder would encode anew
     _, meta = load_tensors(run / "latents.safetensors")
     assert meta["autoencoder_sha256"] == weights_sha256(load_bundle(run / "world").autoencoder)
+    # the autoencoder it was given is kept in the run: a later stage alone needs nothing outside it
+    _, meta = load_tensors(run / "autoencoder.safetensors")
+    assert meta["step"] == 0 and meta["init"] == str(source)
+    shutil.rmtree(run / "world")
+    cli("train", data, "--out", run, "--resume", "--stage", "dynamics", "--dynamics-steps", 3, *FAST)
+    for k, v in a.items():
+        if "latent" not in k:
+            torch.testing.assert_close(load_bundle(run / "world").autoencoder.state_dict()[k], v, msg=k)
     p = cli("train", data, "--out", tmp_path / "other", "--preset", "small", "--init-autoencoder", source, *FAST, check=False)
     assert p.returncode == 2 and "--init-autoencoder" in p.stderr, p.stderr
+
+
+def test_init_world_starts_every_stage_from_a_trained_world(tmp_path, tiny_world_run):
+    """--init-world with 0 steps everywhere: the new bundle holds the given world's networks
+    (autoencoder, dynamics, student); with dynamics steps the dynamics trains on from them
+    and the student still starts as the given one; a world of another preset is refused."""
+    data, source = tiny_world_run
+    given = load_bundle(source / "world")
+    run = tmp_path / "same"
+    cli("train", data, "--out", run, "--init-world", source, "--autoencoder-steps", 0, "--dynamics-steps", 0,
+        "--distill-steps", 0, "--autoencoder-batch", "8", "--dynamics-batch", "4", "--clip-frames", "4",
+        "--precision", "fp32", "--quiet")
+    got = load_bundle(run / "world")
+    for a, b in ((given.dynamics, got.dynamics), (given.distilled, got.distilled)):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, msg=k)
+    assert json.loads((run / "world" / "config.json").read_text())["training"]["init_world"] == str(source)
+    for stage in ("autoencoder", "dynamics", "distill"):  # the copies are the run's own checkpoints now
+        _, meta = load_tensors(run / f"{stage}.safetensors")
+        assert meta["step"] == 0 and meta["init"] == str(source)
+
+    more = tmp_path / "more"
+    cli("train", data, "--out", more, "--init-world", source, "--autoencoder-steps", 0, "--dynamics-steps", 3,
+        "--distill-steps", 0, "--autoencoder-batch", "8", "--dynamics-batch", "4", "--clip-frames", "4",
+        "--precision", "fp32", "--quiet")
+    trained = load_bundle(more / "world")
+    moved = [k for k, v in given.dynamics.state_dict().items() if not torch.equal(trained.dynamics.state_dict()[k], v)]
+    assert moved, "3 dynamics steps changed nothing"
+    # a fresh network would differ everywhere; 3 small steps from the given world stay near it
+    delta = max(float((trained.dynamics.state_dict()[k] - given.dynamics.state_dict()[k]).abs().max()) for k in moved)
+    assert delta < 0.05, delta
+    for k, v in given.distilled.state_dict().items():
+        torch.testing.assert_close(trained.distilled.state_dict()[k], v, msg=k)
+
+    p = cli("train", data, "--out", tmp_path / "other", "--preset", "mini", "--init-world", source, *FAST, check=False)
+    assert p.returncode == 2 and "--init-world" in p.stderr, p.stderr
+    p = cli("train", data, "--out", tmp_path / "both", "--init-world", source, "--init-autoencoder", source, *FAST, check=False)
+    assert p.returncode == 2 and "not both" in p.stderr, p.stderr

@@ -62,9 +62,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from neuralworld.train import train, train_config
+    from neuralworld.train import STAGES, train, train_config
 
-    stages = ("autoencoder", "dynamics", "distill") if args.stage == "all" else (args.stage,)
+    stages = STAGES if args.stage == "all" else (args.stage,)
     cfg = train_config(
         args.preset,
         stages=stages,
@@ -79,8 +79,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model,
         distill_student_steps=args.distill_calls,
         init_autoencoder=args.init_autoencoder,
+        init_world=args.init_world,
+        rollout_frames=args.rollout_frames,
+        rollout_real_weight=args.rollout_real_weight,
         **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps, "distill.steps": args.distill_steps,
-           "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch},
+           "rollout.steps": args.rollout_steps,
+           "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch,
+           "dynamics.lr": args.dynamics_lr},
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -252,17 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model and training sizes")
     t.add_argument("--model", default="world", choices=["world", "unet-baseline"],
                    help="our world, or the DIAMOND-style frame-stacking U-Net baseline (trained with the dynamics' steps and batch)")
-    t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics", "distill"],
-                   help="train every stage in turn (autoencoder, dynamics, the fast sampler's distilled student), or one")
+    t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics", "distill", "rollout"],
+                   help="train every stage in turn (autoencoder, dynamics, the fast sampler's distilled student, "
+                        "that student on its own rollouts), or one")
     t.add_argument("--autoencoder-steps", type=int, default=None, help="override the preset's autoencoder steps")
     t.add_argument("--dynamics-steps", type=int, default=None, help="override the preset's dynamics steps")
     t.add_argument("--distill-steps", type=int, default=None, help="override the preset's distillation steps (0: no fast student)")
+    t.add_argument("--rollout-steps", type=int, default=None,
+                   help="override the preset's steps of the student on its own rollouts (0: none)")
+    t.add_argument("--rollout-frames", type=_positive_int, default=None,
+                   help="most frames the student plays itself before the frame it is taught (default 8)")
+    t.add_argument("--rollout-real-weight", type=float, default=None,
+                   help="rollout stage: weight of the pull towards the recorded frame (default 1; 0: the teacher's frame alone)")
+    t.add_argument("--init-world", default=None, metavar="WORLD",
+                   help="start every stage from this trained world (bundle or run folder; same preset and controls): "
+                        "each stage's --*-steps then trains on from it (0: keep that network)")
     t.add_argument("--init-autoencoder", default=None, metavar="WORLD",
                    help="start from this trained world's autoencoder (bundle or run folder; same preset): "
                         "--autoencoder-steps then fine-tunes it (0: as it is)")
     t.add_argument("--distill-calls", type=int, default=None, choices=[1, 2], help="network calls per frame the student is distilled for (default 1)")
     t.add_argument("--autoencoder-batch", type=_positive_int, default=None, help="global autoencoder batch (frames)")
     t.add_argument("--dynamics-batch", type=_positive_int, default=None, help="global dynamics batch (clips)")
+    t.add_argument("--dynamics-lr", type=float, default=None,
+                   help="override the preset's peak dynamics learning rate (lower it to train on from --init-world)")
     t.add_argument("--clip-frames", type=_positive_int, default=None, help="frames per dynamics training clip")
     t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per process per step")
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")

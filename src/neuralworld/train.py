@@ -10,6 +10,8 @@ A run folder::
       autoencoder.safetensors     training state: weights, EMA, optimizer, step (state_io: no pickle)
       latents.safetensors         the dataset encoded once by the EMA encoder, normalised, fp16
       dynamics.safetensors        training state of the dynamics
+      distill.safetensors         training state of the fast sampler's few-step student
+      rollout.safetensors         training state of that student on its own rollouts (objective.rollout_loss)
       metrics.jsonl               one JSON line per logged step and per validation
       tb/                         TensorBoard scalars and sample grids (real | generated)
       world/                      the inference bundle (config.json + model.safetensors), EMA weights
@@ -40,18 +42,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from neuralworld.bundle import BundleError, build_networks, load_bundle, load_state_strict, save_bundle
+from neuralworld.bundle import BundleError, World, build_networks, load_bundle, load_state_strict, save_bundle
 from neuralworld.data.store import Dataset, DatasetError
 from neuralworld.model.autoencoder import Autoencoder, autoencoder_loss, frames_to_tensor, tensor_to_frames
 from neuralworld.model.config import ConfigError, WorldConfig, preset
 from neuralworld.model.dynamics import Dynamics
-from neuralworld.model.objective import LatentClip, distill_loss, dynamics_loss
+from neuralworld.model.objective import LatentClip, distill_loss, dynamics_loss, rollout_loss
 from neuralworld.model.sampler import sample_euler
 from neuralworld.state_io import (
     StateError, atomic_write_json, flatten_state, load_tensors, read_json, save_tensors, unflatten_state,
 )
 
-STAGES = ("autoencoder", "dynamics", "distill")
+STAGES = ("autoencoder", "dynamics", "distill", "rollout")
 MODELS = ("world", "unet-baseline")
 """What ``neuralworld train --model`` trains: our world, or the DIAMOND-style baseline (model/unet.py)."""
 
@@ -88,11 +90,25 @@ class TrainConfig:
     """Euler steps (network calls) per frame the student is distilled for: 1 or 2."""
     distill_teacher: str = "quality"
     """The teacher's sampler preset (``model.sampler.SAMPLERS``): what the student imitates."""
+    rollout: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(0, 8, 3e-5))
+    """The student fine-tuned on its own rollouts (0 steps: the distilled student as it is)."""
+    rollout_frames: int = 8
+    """Most frames the student plays itself before the frame it is taught; its clips are
+    ``clip_frames + rollout_frames`` long."""
+    rollout_real_weight: float = 1.0
+    """Weight of the pull towards the recorded frame (``objective.rollout_loss``)."""
+    rollout_teacher_weight: float = 1.0
+    """Weight of the pull towards the teacher's frame from the same memory (0: no teacher calls)."""
     init_autoencoder: str | None = None
     """A trained world (bundle or run folder) whose autoencoder this run starts from: the
     autoencoder stage fine-tunes it for its steps (0: use it as it is). The autoencoder
     only knows how frames look, not the controls, so a world of the same look (another
     map, footage of the same game) skips the slowest stage on a CPU."""
+    init_world: str | None = None
+    """A trained world (bundle or run folder) of the same preset and controls that this run
+    starts from: its autoencoder, dynamics and fast student begin each stage, which then
+    trains for its steps (0: keep that network as it is). Continues a world, fine-tunes it
+    on new data, or runs a later stage (``rollout``) on a shipped world."""
     clip_frames: int = 6
     """Frames per dynamics training clip (the window read is one step longer)."""
     grad_accum: int = 1
@@ -121,13 +137,17 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # measured at 64x64 on 2 cores: the autoencoder reaches 23 dB held-out PSNR at 500 steps and 27 dB
     # at 4000 (the weapon and panels only appear past ~2000); ~20 minutes for both stages here
     "tiny": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(3000, 8, 5e-4, warmup=50),
-                 distill=StageConfig(600, 8, 1e-4, warmup=20), clip_frames=6),
+                 distill=StageConfig(600, 8, 1e-4, warmup=20), rollout=StageConfig(0, 8, 5e-5, warmup=20),
+                 clip_frames=6),
     "mini": dict(autoencoder=StageConfig(4000, 16, 1e-3, warmup=50), dynamics=StageConfig(20_000, 16, 4e-4, warmup=200),
-                 distill=StageConfig(1500, 16, 1e-4, warmup=50), clip_frames=8),
+                 distill=StageConfig(1500, 16, 1e-4, warmup=50), rollout=StageConfig(0, 16, 5e-5, warmup=20),
+                 clip_frames=8),
     "small": dict(autoencoder=StageConfig(20_000, 32, 5e-4, warmup=500), dynamics=StageConfig(60_000, 32, 3e-4, warmup=1000),
-                  distill=StageConfig(4000, 32, 5e-5, warmup=100), clip_frames=16),
+                  distill=StageConfig(4000, 32, 5e-5, warmup=100), rollout=StageConfig(0, 32, 3e-5, warmup=50),
+                  clip_frames=16),
     "base": dict(autoencoder=StageConfig(50_000, 64, 4e-4, warmup=1000), dynamics=StageConfig(200_000, 64, 2e-4, warmup=2000),
-                 distill=StageConfig(10_000, 64, 5e-5, warmup=200), clip_frames=32),
+                 distill=StageConfig(10_000, 64, 5e-5, warmup=200), rollout=StageConfig(0, 64, 3e-5, warmup=100),
+                 clip_frames=32),
 }
 
 
@@ -136,7 +156,8 @@ def train_config(preset_name: str, **overrides: Any) -> TrainConfig:
         raise TrainingError(f"unknown preset {preset_name!r}; choose from {sorted(TRAIN_PRESETS)}")
     base = dict(TRAIN_PRESETS[preset_name])
     for stage in STAGES:
-        base[stage] = dataclasses.replace(base[stage])
+        if stage in base:
+            base[stage] = dataclasses.replace(base[stage])
     cfg = TrainConfig(preset=preset_name, **base)
     for key, value in overrides.items():
         if value is None:
@@ -225,9 +246,14 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------
 # data: deterministic by step
 # ---------------------------------------------------------------------------
+_SEED_ORDER = ("autoencoder", "dynamics", "distill", "baseline", "rollout")
+"""Stages in the order their numbers enter the RNG seeds (fixed: a new stage goes last, so
+older runs resume with the same data)."""
+
+
 def _stage_index(stage: str) -> int:
-    """A stage's number in the RNG seeds (the baseline's comes after ``STAGES``)."""
-    return (*STAGES, "baseline").index(stage)
+    """A stage's number in the RNG seeds."""
+    return _SEED_ORDER.index(stage)
 
 
 def _rng(seed: int, stage: str, step: int) -> np.random.Generator:
@@ -528,8 +554,13 @@ def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: 
                       run: Path, logger: Logger, progress: bool) -> Autoencoder:
     torch.manual_seed(cfg.seed)
     ae, _ = build_networks(world)
-    if cfg.init_autoencoder and not (run / "autoencoder.safetensors").exists():
-        _init_autoencoder(ae, cfg.init_autoencoder)
+    source = cfg.init_autoencoder or cfg.init_world
+    if source:
+        flag = "--init-autoencoder" if cfg.init_autoencoder else "--init-world"
+        other = _world_to_start_from(source, flag)
+        if not isinstance(other.autoencoder, Autoencoder) or other.config.autoencoder != ae.config:
+            raise TrainingError(f"{flag}: {other.path}'s autoencoder is not this preset's (another --preset?)")
+        _start_from(run, "autoencoder", ae, other.autoencoder, source, cfg.autoencoder, d)
     train_eps, held_eps = split
     source = FrameSource(ds, train_eps)
     held = FrameSource(ds, held_eps or train_eps).batch(np.random.default_rng(12345), 64)
@@ -555,17 +586,38 @@ def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: 
     return ae
 
 
-def _init_autoencoder(ae: Autoencoder, source: str) -> None:
-    """Copy the autoencoder weights of a trained world (bundle, or run folder holding world/)."""
+def _world_to_start_from(source: str, flag: str) -> World:
+    """The trained world (bundle, or run folder holding world/) a run starts from."""
     path = Path(source)
     bundle = path / "world" if (path / "world" / "config.json").exists() else path
     try:
-        other = load_bundle(bundle)
+        return load_bundle(bundle)
     except BundleError as e:
-        raise TrainingError(f"--init-autoencoder: {e}") from None
-    if not isinstance(other.autoencoder, Autoencoder) or other.config.autoencoder != ae.config:
-        raise TrainingError(f"--init-autoencoder: {bundle}'s autoencoder is not this preset's (another --preset?)")
-    ae.load_state_dict(other.autoencoder.state_dict())
+        raise TrainingError(f"{flag}: {e}") from None
+
+
+def _start_from(run: Path, stage: str, module: torch.nn.Module, other: torch.nn.Module, source: str,
+                stage_cfg: StageConfig, d: Dist) -> None:
+    """Start a stage from another world's network, unless the run already has a checkpoint of
+    it (then that is resumed). The copy is kept in the run as the stage's step-0 checkpoint
+    (fresh optimizer), so later stages alone need nothing outside the run."""
+    ckpt = run / f"{stage}.safetensors"
+    if ckpt.exists():
+        return
+    module.load_state_dict(other.state_dict())
+    if d.main:
+        save_checkpoint(ckpt, module, EMA(module, stage_cfg.ema_decay), torch.optim.AdamW(module.parameters()), 0,
+                        {"stage": stage, "init": str(source)})
+    d.barrier()
+
+
+def _init_world_networks(cfg: TrainConfig, world: WorldConfig) -> World:
+    """The world named by ``init_world``, checked to hold this preset's dynamics for these controls."""
+    other = _world_to_start_from(cfg.init_world, "--init-world")
+    if other.model != "world" or other.config.to_dict() != world.to_dict():
+        raise TrainingError(f"--init-world: {other.path} is not a {cfg.preset!r} world of this dataset's controls "
+                            "and resolution (another --preset or dataset?)")
+    return other
 
 
 def encode_dataset(ae: Autoencoder, ds: Dataset, d: Dist, batch: int = 64) -> LatentEpisodes:
@@ -624,6 +676,8 @@ def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: L
                    split: tuple[list[int], list[int]], d: Dist, run: Path, logger: Logger, progress: bool) -> Dynamics:
     torch.manual_seed(cfg.seed + 1)
     _, dyn = build_networks(world)
+    if cfg.init_world:
+        _start_from(run, "dynamics", dyn, _init_world_networks(cfg, world).dynamics, cfg.init_world, cfg.dynamics, d)
     train_eps, held_eps = split
     T = cfg.clip_frames
     held = lat.clips(np.random.default_rng(4321), held_eps or train_eps, 8, T)
@@ -667,11 +721,12 @@ def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: L
 
 
 def train_distill(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher: Dynamics, lat: LatentEpisodes,
-                  split: tuple[list[int], list[int]], d: Dist, run: Path, logger: Logger, progress: bool) -> Dynamics:
+                  split: tuple[list[int], list[int]], d: Dist, run: Path, logger: Logger, progress: bool) -> Dynamics | None:
     """The ``fast`` sampler's network: a copy of the trained dynamics (EMA weights) taught by
     ``objective.distill_loss`` to reach the teacher preset's frame in ``distill_student_steps``
-    Euler steps. Validation: on held-out clips, the student's frame vs the teacher's (PSNR of
-    decoded frames) and both vs the real frame, beside the undistilled network at the same steps."""
+    Euler steps, or from ``init_world``'s student. Validation: on held-out clips, the student's
+    frame vs the teacher's (PSNR of decoded frames) and both vs the real frame, beside the
+    undistilled network at the same steps. None when there are 0 steps and no student to keep."""
     from neuralworld.model.sampler import SAMPLERS
 
     teacher_sampler = SAMPLERS[cfg.distill_teacher]
@@ -682,6 +737,12 @@ def train_distill(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher
     teacher = teacher.to(d.device).eval().requires_grad_(False)
     student = Dynamics.from_world(world)
     student.load_state_dict(teacher.state_dict())
+    if cfg.init_world:
+        other = _init_world_networks(cfg, world)
+        if other.distilled is not None and other.distilled_steps == cfg.distill_student_steps:
+            _start_from(run, "distill", student, other.distilled, cfg.init_world, cfg.distill, d)
+    if cfg.distill.steps == 0 and not (run / "distill.safetensors").exists():
+        return None  # nothing trained and nothing given: no student
     student.requires_grad_(True)
     train_eps, held_eps = split
     T = cfg.clip_frames
@@ -724,6 +785,82 @@ def train_distill(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher
         logger.image("distill/real_teacher_student_undistilled", step, grid)
 
     return _run_stage(stage="distill", module=student, cfg=cfg, stage_cfg=cfg.distill, d=d, run=run, logger=logger,
+                      loss_fn=loss_fn, validate=validate, progress=progress)
+
+
+def open_loop(net: Dynamics, clip: LatentClip, context: int, steps: int, context_level: float,
+              seed: int = 99) -> torch.Tensor:
+    """The student playing a clip: its first ``context`` recorded frames as memory, then every
+    later frame generated from noise under the recorded actions and remembered at
+    ``context_level``, as a session does. Returns the generated latents (B, T - context, C, h, w)."""
+    B, T = clip.latents.shape[:2]
+    gen = torch.Generator(device=clip.latents.device).manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        cache = net.new_cache(B, device=clip.latents.device)
+        for i in range(context):
+            net.append(clip.latents[:, i], 0.0, clip.actions[:, i], cache)
+        for k in range(context, T):
+            action = clip.actions[:, k]
+            noise = torch.randn(clip.latents[:, k].shape, generator=gen, device=clip.latents.device)
+            z = sample_euler(lambda x, t: net.step(x, t, action, cache).velocity, noise, steps)
+            out.append(z)
+            eps = torch.randn(z.shape, generator=gen, device=z.device)
+            net.append((1 - context_level) * z + context_level * eps, context_level, action, cache)
+    return torch.stack(out, 1)
+
+
+def train_rollout(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher: Dynamics, student: Dynamics,
+                  lat: LatentEpisodes, split: tuple[list[int], list[int]], d: Dist, run: Path, logger: Logger,
+                  progress: bool) -> Dynamics:
+    """The distilled student fine-tuned on its own rollouts (``objective.rollout_loss``): the
+    memory it learns from is what it makes when playing. Validation: held-out clips played
+    open loop from ``clip_frames - 1`` recorded frames for ``rollout_frames`` frames; PSNR of
+    the decoded frames to the recorded ones at the first and last step, beside the student
+    this stage started from."""
+    from neuralworld.model.sampler import SAMPLERS
+
+    teacher_sampler = SAMPLERS[cfg.distill_teacher]
+    teacher = teacher.to(d.device).eval().requires_grad_(False)
+    start = Dynamics.from_world(world)
+    start.load_state_dict(student.state_dict())
+    start = start.to(d.device).eval().requires_grad_(False)
+    student.requires_grad_(True)
+    train_eps, held_eps = split
+    T = cfg.clip_frames + cfg.rollout_frames
+    held = lat.clips(np.random.default_rng(4321), held_eps or train_eps, 8, T)
+    steps = cfg.distill_student_steps
+    level = SAMPLERS["fast"].context_level
+    use_teacher = cfg.rollout_teacher_weight > 0
+
+    def loss_fn(net: torch.nn.Module, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return rollout_loss(net, lat.clips(rng, train_eps, n, T).to(d.device), rollout=cfg.rollout_frames,
+                            student_steps=steps, context_level=level,
+                            teacher=teacher if use_teacher else None, teacher_sampler=teacher_sampler,
+                            real_weight=cfg.rollout_real_weight, teacher_weight=cfg.rollout_teacher_weight)
+
+    def frames(latents: torch.Tensor) -> np.ndarray:
+        return tensor_to_frames(ae.decode(ae.denormalize_latents(latents)))
+
+    clip = held.to(d.device)
+    context = cfg.clip_frames - 1
+    real = [frames(clip.latents[:, k]) for k in (context, T - 1)]
+    start_frames = open_loop(start, clip, context, steps, level)
+    baseline = [frames(start_frames[:, k]) for k in (0, -1)]
+    B = clip.latents.shape[0]
+    mean_psnr = lambda a, b: float(np.mean([_psnr(a[i], b[i]) for i in range(B)]))  # noqa: E731
+
+    def validate(m: torch.nn.Module, step: int) -> None:
+        gen = open_loop(m, clip, context, steps, level)
+        mine = [frames(gen[:, k]) for k in (0, -1)]
+        logger.scalars("rollout", step, {
+            "open_loop_psnr_first": mean_psnr(mine[0], real[0]), "open_loop_psnr_last": mean_psnr(mine[1], real[1]),
+            "start_psnr_first": mean_psnr(baseline[0], real[0]), "start_psnr_last": mean_psnr(baseline[1], real[1]),
+        }, kind="held_out")
+        grid = np.concatenate([np.concatenate(list(x), 1) for x in (real[1], baseline[1], mine[1])], 0)
+        logger.image("rollout/real_start_now_last", step, grid)
+
+    return _run_stage(stage="rollout", module=student, cfg=cfg, stage_cfg=cfg.rollout, d=d, run=run, logger=logger,
                       loss_fn=loss_fn, validate=validate, progress=progress)
 
 
@@ -806,6 +943,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
         world = preset(cfg.preset, spec=ds.spec, resolution=ds.resolution).validate()
     except ConfigError as e:
         raise TrainingError(f"preset {cfg.preset!r} does not fit {data}: {e}") from None
+    if cfg.init_world and cfg.init_autoencoder:
+        raise TrainingError("give --init-world (every network) or --init-autoencoder (the autoencoder alone), not both")
     unknown = set(cfg.stages) - set(STAGES)
     if unknown or not cfg.stages:
         raise TrainingError(f"stages must be among {STAGES}, got {list(cfg.stages)}")
@@ -828,13 +967,18 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
         if "autoencoder" in cfg.stages:
             ae = train_autoencoder(world, cfg, ds, split, d, run, logger, progress)
         else:
-            if not ae_ckpt.exists():
-                raise TrainingError(f"no trained autoencoder in {run}: train the autoencoder stage first")
+            if not ae_ckpt.exists() and not (cfg.init_autoencoder or cfg.init_world):
+                raise TrainingError(f"no trained autoencoder in {run}: train the autoencoder stage first "
+                                    "(or give --init-autoencoder or --init-world)")
             ae = train_autoencoder(world, dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, steps=0)),
                                    ds, split, d, run, logger, progress=False)
         ae.eval()
-        distill = "distill" in cfg.stages and cfg.distill.steps > 0
-        if "dynamics" in cfg.stages or distill:
+        # 0 distill steps keep a student only where there is one: --init-world's
+        distill = "distill" in cfg.stages and (cfg.distill.steps > 0 or bool(cfg.init_world))
+        rollout = "rollout" in cfg.stages and cfg.rollout.steps > 0
+        if rollout and cfg.rollout_frames < 1:
+            raise TrainingError(f"rollout_frames must be >= 1, got {cfg.rollout_frames}")
+        if "dynamics" in cfg.stages or distill or rollout:
             ae_sha = weights_sha256(ae)  # the weights that encode (from a checkpoint, --init-autoencoder, or none)
             # rank 0 encodes (or reuses) the latents; every rank waits at the same barrier, then reads them
             lat = load_latents(run, ae_sha, ds.ids) if d.main else None
@@ -852,18 +996,27 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
             if "dynamics" in cfg.stages:
                 dyn = train_dynamics(world, cfg, ae, lat, split, d, run, logger, progress)
             else:  # distillation alone: the trained dynamics from its checkpoint
-                if not (run / "dynamics.safetensors").exists():
-                    raise TrainingError(f"no trained dynamics in {run}: train the dynamics stage before distilling it")
+                if not (run / "dynamics.safetensors").exists() and not cfg.init_world:
+                    raise TrainingError(f"no trained dynamics in {run}: train the dynamics stage before distilling it "
+                                        "(or give --init-world)")
                 dyn = train_dynamics(world, dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, steps=0)),
                                      ae, lat, split, d, run, logger, progress=False)
             student = train_distill(world, cfg, ae, dyn, lat, split, d, run, logger, progress) if distill else None
+            if rollout:
+                if student is None:  # the distilled student from its checkpoint (or --init-world's)
+                    student = train_distill(world, dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, steps=0)),
+                                            ae, dyn, lat, split, d, run, logger, progress=False)
+                    if student is None:
+                        raise TrainingError(f"no distilled student in {run}: train the distill stage before the rollout stage")
+                student = train_rollout(world, cfg, ae, dyn, student, lat, split, d, run, logger, progress)
             if d.main:
                 start_frames, start_actions = _start_context(ds, split, world.dynamics.memory_frames)
                 save_bundle(run / "world", world, ae, dyn, name=run.name,
                             start_frames=start_frames, start_actions=start_actions,
                             distilled=student, distilled_steps=cfg.distill_student_steps if student is not None else 0,
                             training={"data": str(data), "preset": cfg.preset, "held_out": cfg.held_out,
-                                      "steps": {s: getattr(cfg, s).steps for s in STAGES}})
+                                      "steps": {s: getattr(cfg, s).steps for s in STAGES},
+                                      "init_autoencoder": cfg.init_autoencoder, "init_world": cfg.init_world})
                 summary["bundle"] = str(run / "world")
     finally:
         logger.close()

@@ -186,3 +186,101 @@ def distill_loss(
         metrics["termination"] = float(termination.detach())
     metrics["loss"] = float(loss.detach())
     return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# the student on its own rollouts (the ``rollout`` stage)
+# ---------------------------------------------------------------------------
+def rollout_loss(
+    student: Dynamics,
+    batch: LatentClip,
+    *,
+    rollout: int,
+    student_steps: int,
+    context_level: float,
+    teacher: Dynamics | None = None,
+    teacher_sampler: Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    real_weight: float = 1.0,
+    teacher_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Teach the few-step student the frame it should make from the memory it really has
+    when playing: its own earlier frames, not recorded ones (Self-Forcing, Huang et al.
+    2025, in spirit: train on the model's own rollouts so its errors stop compounding;
+    here with regression targets instead of a distribution-matching loss).
+
+    Each clip of T frames is played: the student generates the last ``r`` frames before
+    the taught one from noise under the recorded actions (``r`` drawn in [1, rollout] per
+    batch; no gradient, against a KV cache, each remembered at ``context_level`` as a
+    session does), after T-1-r recorded frames of memory at context noise levels as in
+    training. Then it generates the last frame (``student_steps`` Euler calls through the
+    frame-causal ``forward``, with gradient) and is pulled towards
+
+    * the recorded frame (``real_weight``): what the world should show, however the
+      rollout drifted -- the term that teaches it to correct its own drift;
+    * the teacher's many-step frame from the same memory and noise (``teacher_weight``):
+      keeps it a sharp sample rather than the blurry mean a regression onto the record
+      would give alone.
+
+    Returns (loss, metrics): ``to_real``, ``to_teacher`` (MSE, latent units; the latter
+    only with a teacher), ``rolled`` (r), reward/termination on the recorded memory frames.
+    """
+    cfg = student.config
+    x0 = batch.latents  # (B, T, C, h, w)
+    B, T = x0.shape[:2]
+    if not 1 <= rollout <= T - 2:
+        raise ValueError(f"rollout must be in [1, T-2] = [1, {T - 2}] for clips of {T} frames, got {rollout}")
+    r = int(torch.randint(1, rollout + 1, ()))
+    n_real = T - 1 - r  # recorded frames of memory before the student's own
+    levels = cfg.context_noise_max * torch.rand(B, n_real, device=x0.device)  # (B, n_real)
+    noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)  # (B, T, C, h, w): memory noise, then each frame's draw
+    lv = levels[:, :, None, None, None].to(x0.dtype)
+    memory = [(1 - lv) * x0[:, :n_real] + lv * noise[:, :n_real]]  # (B, n_real, C, h, w)
+    extra = torch.randn(B, r, *x0.shape[2:], dtype=x0.dtype, device=x0.device)  # context noise of the rolled frames
+
+    with torch.no_grad():
+        cache = student.new_cache(B, device=x0.device, dtype=student.pos_embed.dtype)
+        for i in range(n_real):
+            student.append(memory[0][:, i], levels[:, i], batch.actions[:, i], cache)
+        for j in range(r):
+            k = n_real + j  # the frame the student makes now
+            action = batch.actions[:, k]
+            z = sample_euler(lambda x, t: student.step(x, t, action, cache).velocity, noise[:, k], student_steps)
+            z = (1 - context_level) * z + context_level * extra[:, j]
+            student.append(z, context_level, action, cache)
+            memory.append(z[:, None])
+    memory_t = torch.cat(memory, 1).detach()  # (B, T-1, C, h, w)
+    all_levels = torch.cat([levels, torch.full((B, r), context_level, device=x0.device)], 1)  # (B, T-1)
+    outputs: list[Any] = []
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x (B, C, h, w), t (B,)
+        out = student(torch.cat([memory_t, x[:, None]], 1), torch.cat([all_levels, t[:, None]], 1), batch.actions)
+        outputs.append(out)
+        return out.velocity[:, -1]
+
+    frame = sample_euler(denoise, noise[:, -1], student_steps).float()  # (B, C, h, w)
+    to_real = (frame - x0[:, -1].float()).pow(2).mean()
+    loss = real_weight * to_real
+    metrics: dict[str, float] = {"to_real": float(to_real.detach()), "rolled": float(r)}
+    if teacher is not None and teacher_weight > 0:
+        if teacher_sampler is None:
+            raise ValueError("a teacher needs its sampler")
+        with torch.no_grad():
+            tcache = teacher.new_cache(B, device=x0.device, dtype=teacher.pos_embed.dtype)
+            for i in range(T - 1):
+                teacher.append(memory_t[:, i], all_levels[:, i], batch.actions[:, i], tcache)
+            action = batch.actions[:, -1]
+            target = teacher_sampler(lambda x, t: teacher.step(x, t, action, tcache).velocity, noise[:, -1])
+        to_teacher = (frame - target.float()).pow(2).mean()
+        loss = loss + teacher_weight * to_teacher
+        metrics["to_teacher"] = float(to_teacher.detach())
+    last = outputs[-1]
+    if batch.rewards is not None and n_real > 0:
+        reward = F.mse_loss(last.reward[:, :n_real].float(), batch.rewards[:, :n_real].float())
+        loss = loss + cfg.reward_weight * reward
+        metrics["reward"] = float(reward.detach())
+    if batch.terminated is not None and n_real > 0:
+        termination = F.binary_cross_entropy_with_logits(last.termination[:, :n_real].float(), batch.terminated[:, :n_real].float())
+        loss = loss + cfg.termination_weight * termination
+        metrics["termination"] = float(termination.detach())
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
