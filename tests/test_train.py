@@ -243,18 +243,26 @@ def test_init_world_starts_every_stage_from_a_trained_world(tmp_path, tiny_world
     and the student still starts as the given one; a world of another preset is refused."""
     data, source = tiny_world_run
     given = load_bundle(source / "world")
+    copy = tmp_path / "given"
+    shutil.copytree(source / "world", copy)
     run = tmp_path / "same"
-    cli("train", data, "--out", run, "--init-world", source, "--autoencoder-steps", 0, "--dynamics-steps", 0,
-        "--distill-steps", 0, "--autoencoder-batch", "8", "--dynamics-batch", "4", "--clip-frames", "4",
-        "--precision", "fp32", "--quiet")
+    same = ("train", data, "--out", run, "--init-world", copy, "--autoencoder-steps", 0, "--dynamics-steps", 0,
+            "--distill-steps", 0, "--autoencoder-batch", "8", "--dynamics-batch", "4", "--clip-frames", "4",
+            "--precision", "fp32", "--quiet")
+    cli(*same)
     got = load_bundle(run / "world")
     for a, b in ((given.dynamics, got.dynamics), (given.distilled, got.distilled)):
         for k, v in a.state_dict().items():
             torch.testing.assert_close(b.state_dict()[k], v, msg=k)
-    assert json.loads((run / "world" / "config.json").read_text())["training"]["init_world"] == str(source)
+    assert json.loads((run / "world" / "config.json").read_text())["training"]["init_world"] == str(copy)
     for stage in ("autoencoder", "dynamics", "distill"):  # the copies are the run's own checkpoints now
         _, meta = load_tensors(run / f"{stage}.safetensors")
-        assert meta["step"] == 0 and meta["init"] == str(source)
+        assert meta["step"] == 0 and meta["init"] == str(copy)
+    shutil.rmtree(copy)  # so a resume must find everything in the run itself
+    cli(*same, "--resume")
+    again = load_bundle(run / "world")
+    for k, v in given.distilled.state_dict().items():
+        torch.testing.assert_close(again.distilled.state_dict()[k], v, msg=k)
 
     more = tmp_path / "more"
     cli("train", data, "--out", more, "--init-world", source, "--autoencoder-steps", 0, "--dynamics-steps", 3,
@@ -273,3 +281,15 @@ def test_init_world_starts_every_stage_from_a_trained_world(tmp_path, tiny_world
     assert p.returncode == 2 and "--init-world" in p.stderr, p.stderr
     p = cli("train", data, "--out", tmp_path / "both", "--init-world", source, "--init-autoencoder", source, *FAST, check=False)
     assert p.returncode == 2 and "not both" in p.stderr, p.stderr
+
+
+def test_cli_stage_choices_are_the_training_stages():
+    """The CLI keeps torch out of its start-up, so it names the stages itself: the same ones."""
+    import argparse
+
+    from neuralworld.cli import build_parser
+    from neuralworld.train import STAGES
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    stage = next(a for a in sub.choices["train"]._actions if a.dest == "stage")
+    assert tuple(stage.choices) == ("all", *STAGES)

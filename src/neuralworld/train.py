@@ -28,6 +28,7 @@ processes compute what one process with ``grad_accum = N`` computes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -557,10 +558,14 @@ def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: 
     source = cfg.init_autoencoder or cfg.init_world
     if source:
         flag = "--init-autoencoder" if cfg.init_autoencoder else "--init-world"
-        other = _world_to_start_from(source, flag)
-        if not isinstance(other.autoencoder, Autoencoder) or other.config.autoencoder != ae.config:
-            raise TrainingError(f"{flag}: {other.path}'s autoencoder is not this preset's (another --preset?)")
-        _start_from(run, "autoencoder", ae, other.autoencoder, source, cfg.autoencoder, d)
+
+        def given() -> Autoencoder:
+            other = _world_to_start_from(source, flag)
+            if not isinstance(other.autoencoder, Autoencoder) or other.config.autoencoder != ae.config:
+                raise TrainingError(f"{flag}: {other.path}'s autoencoder is not this preset's (another --preset?)")
+            return other.autoencoder
+
+        _start_from(run, "autoencoder", ae, given, source, cfg.autoencoder, d)
     train_eps, held_eps = split
     source = FrameSource(ds, train_eps)
     held = FrameSource(ds, held_eps or train_eps).batch(np.random.default_rng(12345), 64)
@@ -587,22 +592,37 @@ def train_autoencoder(world: WorldConfig, cfg: TrainConfig, ds: Dataset, split: 
 
 
 def _world_to_start_from(source: str, flag: str) -> World:
-    """The trained world (bundle, or run folder holding world/) a run starts from."""
+    """The trained world (bundle, or run folder holding world/) a run starts from; loaded once
+    per process however many stages start from it (again if its weights file changed)."""
     path = Path(source)
     bundle = path / "world" if (path / "world" / "config.json").exists() else path
+    try:
+        st = (bundle / "model.safetensors").stat()
+        version: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        version = None  # load_bundle says what is missing
+    return _load_world(str(bundle), version, flag)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_world(bundle: str, version: tuple[int, int] | None, flag: str) -> World:
     try:
         return load_bundle(bundle)
     except BundleError as e:
         raise TrainingError(f"{flag}: {e}") from None
 
 
-def _start_from(run: Path, stage: str, module: torch.nn.Module, other: torch.nn.Module, source: str,
-                stage_cfg: StageConfig, d: Dist) -> None:
-    """Start a stage from another world's network, unless the run already has a checkpoint of
-    it (then that is resumed). The copy is kept in the run as the stage's step-0 checkpoint
-    (fresh optimizer), so later stages alone need nothing outside the run."""
+def _start_from(run: Path, stage: str, module: torch.nn.Module, given: Callable[[], torch.nn.Module | None],
+                source: str, stage_cfg: StageConfig, d: Dist) -> None:
+    """Start a stage from another world's network (``given()``; None: it has none to give),
+    unless the run already has a checkpoint of it (then that is resumed, and ``given`` is not
+    called: a resume loads nothing from outside the run). The copy is kept in the run as the
+    stage's step-0 checkpoint (fresh optimizer), so later stages alone need nothing outside the run."""
     ckpt = run / f"{stage}.safetensors"
     if ckpt.exists():
+        return
+    other = given()
+    if other is None:
         return
     module.load_state_dict(other.state_dict())
     if d.main:
@@ -677,7 +697,8 @@ def train_dynamics(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, lat: L
     torch.manual_seed(cfg.seed + 1)
     _, dyn = build_networks(world)
     if cfg.init_world:
-        _start_from(run, "dynamics", dyn, _init_world_networks(cfg, world).dynamics, cfg.init_world, cfg.dynamics, d)
+        _start_from(run, "dynamics", dyn, lambda: _init_world_networks(cfg, world).dynamics, cfg.init_world,
+                    cfg.dynamics, d)
     train_eps, held_eps = split
     T = cfg.clip_frames
     held = lat.clips(np.random.default_rng(4321), held_eps or train_eps, 8, T)
@@ -738,9 +759,11 @@ def train_distill(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher
     student = Dynamics.from_world(world)
     student.load_state_dict(teacher.state_dict())
     if cfg.init_world:
-        other = _init_world_networks(cfg, world)
-        if other.distilled is not None and other.distilled_steps == cfg.distill_student_steps:
-            _start_from(run, "distill", student, other.distilled, cfg.init_world, cfg.distill, d)
+        def given() -> Dynamics | None:  # a student distilled for these steps, if the world has one
+            other = _init_world_networks(cfg, world)
+            return other.distilled if other.distilled_steps == cfg.distill_student_steps else None
+
+        _start_from(run, "distill", student, given, cfg.init_world, cfg.distill, d)
     if cfg.distill.steps == 0 and not (run / "distill.safetensors").exists():
         return None  # nothing trained and nothing given: no student
     student.requires_grad_(True)
@@ -788,26 +811,25 @@ def train_distill(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher
                       loss_fn=loss_fn, validate=validate, progress=progress)
 
 
-def open_loop(net: Dynamics, clip: LatentClip, context: int, steps: int, context_level: float,
-              seed: int = 99) -> torch.Tensor:
-    """The student playing a clip: its first ``context`` recorded frames as memory, then every
-    later frame generated from noise under the recorded actions and remembered at
-    ``context_level``, as a session does. Returns the generated latents (B, T - context, C, h, w)."""
+def play_open_loop(world: WorldConfig, ae: Autoencoder, net: Dynamics, clip: LatentClip, context: int, steps: int,
+                   context_level: float, seed: int = 99) -> np.ndarray:
+    """``net`` playing clips as the player does, through ``WorldSession`` (the one rollout loop):
+    the first ``context`` frames (decoded) as memory, then every later frame generated in
+    ``steps`` Euler calls under the recorded actions and remembered at ``context_level``.
+    Returns the generated frames (B, T - context, H, W, 3) uint8."""
+    from neuralworld.model.sampler import SamplerPreset
+    from neuralworld.session import WorldSession  # a session is what this validates; train sits below it otherwise
+
     B, T = clip.latents.shape[:2]
-    gen = torch.Generator(device=clip.latents.device).manual_seed(seed)
-    out = []
     with torch.no_grad():
-        cache = net.new_cache(B, device=clip.latents.device)
-        for i in range(context):
-            net.append(clip.latents[:, i], 0.0, clip.actions[:, i], cache)
-        for k in range(context, T):
-            action = clip.actions[:, k]
-            noise = torch.randn(clip.latents[:, k].shape, generator=gen, device=clip.latents.device)
-            z = sample_euler(lambda x, t: net.step(x, t, action, cache).velocity, noise, steps)
-            out.append(z)
-            eps = torch.randn(z.shape, generator=gen, device=z.device)
-            net.append((1 - context_level) * z + context_level * eps, context_level, action, cache)
-    return torch.stack(out, 1)
+        memory = clip.latents[:, :context].flatten(0, 1)  # (B*context, C, h, w)
+        frames = tensor_to_frames(ae.decode(ae.denormalize_latents(memory))).reshape(B, context, *world.resolution, 3)
+    spec = world.spec
+    assert spec is not None, "a training world is bound to its dataset's controls"
+    actions = spec.denormalize(clip.actions.float().cpu().numpy())  # (B, T, A) in the controls' units
+    session = WorldSession(World(config=world, autoencoder=ae, dynamics=net), frames, actions=actions[:, :context],
+                           sampler=SamplerPreset("euler", steps, context_level=context_level), seed=seed)
+    return session.rollout(actions[:, context:])  # (B, T - context, H, W, 3)
 
 
 def train_rollout(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher: Dynamics, student: Dynamics,
@@ -845,14 +867,14 @@ def train_rollout(world: WorldConfig, cfg: TrainConfig, ae: Autoencoder, teacher
     clip = held.to(d.device)
     context = cfg.clip_frames - 1
     real = [frames(clip.latents[:, k]) for k in (context, T - 1)]
-    start_frames = open_loop(start, clip, context, steps, level)
-    baseline = [frames(start_frames[:, k]) for k in (0, -1)]
+    start_frames = play_open_loop(world, ae, start, clip, context, steps, level)
+    baseline = [start_frames[:, k] for k in (0, -1)]
     B = clip.latents.shape[0]
     mean_psnr = lambda a, b: float(np.mean([_psnr(a[i], b[i]) for i in range(B)]))  # noqa: E731
 
     def validate(m: torch.nn.Module, step: int) -> None:
-        gen = open_loop(m, clip, context, steps, level)
-        mine = [frames(gen[:, k]) for k in (0, -1)]
+        gen = play_open_loop(world, ae, m, clip, context, steps, level)
+        mine = [gen[:, k] for k in (0, -1)]
         logger.scalars("rollout", step, {
             "open_loop_psnr_first": mean_psnr(mine[0], real[0]), "open_loop_psnr_last": mean_psnr(mine[1], real[1]),
             "start_psnr_first": mean_psnr(baseline[0], real[0]), "start_psnr_last": mean_psnr(baseline[1], real[1]),
