@@ -29,7 +29,7 @@ so context taken from a dataset slice ``frames[s:s+T]`` goes with
 Why remembered frames are noised
     The dynamics was trained with context frames noised to a level in
     ``[0, context_noise_max]`` *and told that level* (GameNGen's augmentation).
-    Giving it a clean latent labelled 0.02 is an input it never saw; noising
+    Giving it a clean latent labelled 0.06 is an input it never saw; noising
     ``x = (1 - l) z + l eps`` is exactly the training distribution, and it is
     what lets the world forgive its own small errors.
 
