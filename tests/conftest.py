@@ -7,6 +7,39 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+# The two lanes (README): `pytest -m "not slow"` is the fast lane, `pytest` the whole suite.
+# A test is slow when it records with ViZDoom, trains, or opens a browser; it is marked here,
+# once, by what it uses, never test by test.
+RECORDS_OR_TRAINS = {"tiny_world_run", "data32", "doom32"}
+"""Fixtures that record a dataset with ViZDoom or train a world for real (directly or through
+another fixture: a test that needs one of these, at any depth, is slow)."""
+OPENS_A_BROWSER = {"browser", "page"}
+"""Fixtures that start Chromium through Playwright."""
+SLOW_TESTS = {
+    "test_record.py": {  # `neuralworld record` and record() for real (the CLI's argument errors stay fast)
+        "test_record_info_show", "test_explorer_covers_more_than_random",
+        "test_kill_9_keeps_finished_episodes_and_appends", "test_append_with_other_resolution_is_refused",
+    },
+    "test_shipped_world.py": {"test_turn_left_on_the_play_page", "test_turn_left_on_the_exported_page"},  # Chromium
+}
+"""Tests that record or open a browser with no fixture to tell: by module, by function name."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    checked = set()
+    for item in items:
+        module = item.path.name
+        named = SLOW_TESTS.get(module, set())
+        if module in SLOW_TESTS and module not in checked:
+            checked.add(module)
+            gone = sorted(n for n in named if not hasattr(item.module, n))
+            if gone:
+                raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS names tests that {module} no longer has: {gone}")
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & (RECORDS_OR_TRAINS | OPENS_A_BROWSER) or getattr(item, "originalname", item.name) in named:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_world_run(tmp_path_factory):

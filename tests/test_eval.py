@@ -60,7 +60,6 @@ def evaluated(tiny, tmp_path_factory):
     return result, out
 
 
-@pytest.mark.slow
 def test_windows_align_actions_with_frames(tiny):
     from neuralworld.data.store import Dataset
     from neuralworld.eval.fidelity import cut_windows
@@ -77,7 +76,6 @@ def test_windows_align_actions_with_frames(tiny):
     assert all(b - a >= 13 for a, b in zip(win.starts, win.starts[1:]))  # never overlapping
 
 
-@pytest.mark.slow
 def test_evaluate_writes_metrics_with_every_horizon_and_baselines(evaluated, tiny):
     result, out = evaluated
     saved = json.loads((out / "metrics.json").read_text())
@@ -98,7 +96,6 @@ def test_evaluate_writes_metrics_with_every_horizon_and_baselines(evaluated, tin
     assert horizons["1"]["psnr"] == pytest.approx(saved["rollout"]["psnr_curve"][0], abs=1e-3)
 
 
-@pytest.mark.slow
 def test_video_decodes(evaluated):
     result, out = evaluated
     with av.open(str(out / "rollout.mp4")) as container:
@@ -109,7 +106,6 @@ def test_video_decodes(evaluated):
     assert frames[0].std() > 0
 
 
-@pytest.mark.slow
 def test_bundle_path_finds_its_run_and_cli(tiny, tmp_path):
     data, run = tiny
     p = subprocess.run(

@@ -88,7 +88,6 @@ def trained_idm(doom32, tmp_path_factory):
     return idm, train, held, cache
 
 
-@pytest.mark.slow
 def test_idm_reads_real_held_out_pairs_better_than_chance(doom32, trained_idm):
     idm, train, held, _ = trained_idm
     f0, f1, acts = idm_mod.real_pairs(doom32, held)
@@ -103,7 +102,6 @@ def test_idm_reads_real_held_out_pairs_better_than_chance(doom32, trained_idm):
     assert shuffled["controls"]["turn"]["sign_accuracy"] < turn["sign_accuracy"] - 0.15
 
 
-@pytest.mark.slow
 def test_idm_is_saved_without_pickle_and_reused(doom32, trained_idm):
     idm, train, _, cache = trained_idm
     files = sorted(p.name for p in Path(cache).iterdir())
@@ -117,7 +115,6 @@ def test_idm_is_saved_without_pickle_and_reused(doom32, trained_idm):
     assert other.meta["key"] != key and other.meta["steps_done"] == 2
 
 
-@pytest.mark.slow
 def test_odometry_measures_real_recorded_turns(doom32):
     ep = doom32.episode(0).load(("frames", "actions"))
     yaw, _ = ctl.measure_turn(ep["frames"], hfov=ctl.dataset_hfov(doom32))
@@ -194,7 +191,6 @@ def report(tiny_world_run, tmp_path_factory):
     return m, out
 
 
-@pytest.mark.slow
 def test_report_markdown_plots_and_baseline_column(report):
     m, out = report
     md = (out / "report.md").read_text()
@@ -217,7 +213,6 @@ def test_report_markdown_plots_and_baseline_column(report):
     assert np.load(out / f"stability_{names[0]}.npz")["sharpness"].shape == (2, 120)
 
 
-@pytest.mark.slow
 def test_report_figures_are_consistent(report):
     m, out = report
     names = list(m["worlds"])
@@ -236,7 +231,6 @@ def test_report_figures_are_consistent(report):
     assert m["speed"]["worlds"][names[0]]["fps_batch1"] > 0
 
 
-@pytest.mark.slow
 def test_cli_report_and_errors(tiny_world_run, tmp_path):
     data, run = tiny_world_run
     p = subprocess.run(

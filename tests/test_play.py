@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # a world recorded and trained for real (~15 s, once per run), a browser
 
 import neuralworld  # noqa: E402
 from neuralworld.cli import main as cli_main  # noqa: E402

@@ -14,7 +14,6 @@ import urllib.request
 
 import pytest
 
-pytestmark = pytest.mark.slow
 
 PLAYERS = 8
 SECONDS = 60.0

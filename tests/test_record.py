@@ -27,7 +27,6 @@ def run(*args, check=True, **kw):
     return p
 
 
-@pytest.mark.slow
 def test_record_info_show(tmp_path):
     out = tmp_path / "doom"
     p = run("record", "--env", "doom/freedoom_map01", "--episodes", 2, "--workers", 2, "--max-steps", 60,
@@ -66,7 +65,6 @@ def test_record_info_show(tmp_path):
     assert gif.stat().st_size > 0
 
 
-@pytest.mark.slow
 def test_explorer_covers_more_than_random(tmp_path):
     cells = {}
     for policy in ("explorer", "random"):
@@ -91,7 +89,6 @@ def _wait_for_episodes(out, n, proc, timeout=120):
     raise AssertionError("no finished episode in time")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kill_group", [True, False], ids=["whole-group", "main-only"])
 def test_kill_9_keeps_finished_episodes_and_appends(tmp_path, kill_group):
     out = tmp_path / "doom"
@@ -125,7 +122,6 @@ def test_kill_9_keeps_finished_episodes_and_appends(tmp_path, kill_group):
     assert after.ids[:before] == ds.ids  # nothing lost
 
 
-@pytest.mark.slow
 def test_append_with_other_resolution_is_refused(tmp_path):
     out = tmp_path / "d"
     run("record", "--env", "doom/basic", "--episodes", 1, "--workers", 1, "--max-steps", 10, "--resolution", "32x32", "--out", out, "--quiet")

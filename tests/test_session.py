@@ -9,7 +9,6 @@ import pytest
 import torch
 
 pytest.importorskip("vizdoom")
-pytestmark = pytest.mark.slow  # every test here uses a world recorded and trained for real (~15 s, once)
 
 import neuralworld  # noqa: E402
 from neuralworld import ActionError  # noqa: E402

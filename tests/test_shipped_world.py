@@ -83,7 +83,6 @@ def start_frame(world):
     return world.start(sampler="fast").frame
 
 
-@pytest.mark.slow
 def test_turn_left_on_the_play_page(world, start_frame, tmp_path):
     """``neuralworld play``'s page: hold the arrow key, reset the session with a seed, and read
     the frames the browser receives (JPEGs keyed by step) for the first ``FRAMES`` steps."""
@@ -140,7 +139,6 @@ def test_turn_left_on_the_play_page(world, start_frame, tmp_path):
     assert_turns_the_right_way(slides["ArrowLeft"], slides["ArrowRight"], "play page")
 
 
-@pytest.mark.slow
 def test_turn_left_on_the_exported_page(shipped, start_frame, tmp_path):
     """``neuralworld export --web``'s page, with the network cut: hold the arrow key, take the
     action the page made of it, and run it through the worker's seeded rollout."""

@@ -45,7 +45,6 @@ def weights(run):
     return tensors
 
 
-@pytest.mark.slow
 def test_train_smoke_makes_a_loadable_world(tmp_path, data32):
     run = tmp_path / "run"
     p = cli("train", data32, "--out", run, "--autoencoder-steps", 12, "--dynamics-steps", 12, "--validate-every", 6, "--log-every", 3, *FAST)
@@ -75,7 +74,6 @@ def test_train_smoke_makes_a_loadable_world(tmp_path, data32):
     assert (run / "world" / "model.safetensors").read_bytes() == before
 
 
-@pytest.mark.slow
 def test_kill_9_then_resume_is_exact(tmp_path, data32):
     args = ["--autoencoder-steps", 4, "--dynamics-steps", 24, "--checkpoint-every", 3, "--validate-every", 100, *FAST]
     cli("train", data32, "--out", tmp_path / "straight", *args)
@@ -101,7 +99,6 @@ def test_kill_9_then_resume_is_exact(tmp_path, data32):
     assert worst < 1e-5, f"resumed run differs from the uninterrupted one by {worst}"
 
 
-@pytest.mark.slow
 def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, data32, monkeypatch):
     import neuralworld.train as tr
 
@@ -123,7 +120,6 @@ def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, data32, monkeypatc
     assert not (tmp_path / "run" / "world").exists()
 
 
-@pytest.mark.slow
 def test_resume_refuses_other_data_and_damaged_checkpoint(tmp_path, data32):
     run = tmp_path / "run"
     cli("train", data32, "--out", run, "--autoencoder-steps", 2, "--dynamics-steps", 2, *FAST)
@@ -180,7 +176,6 @@ def test_damaged_bundles_are_refused(tmp_path):
         load_bundle(tmp_path / "nowhere")
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path, data32):
     args = ["--autoencoder-steps", 3, "--dynamics-steps", 3, "--distill-steps", 3, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1,
             "--autoencoder-batch", 8, "--dynamics-batch", 4, "--clip-frames", 4, "--precision", "fp32", "--quiet"]

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.slow  # a world recorded and trained for real (once per run), a browser
 
 import neuralworld  # noqa: E402
 from neuralworld.actions import ActionSpec  # noqa: E402
