@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,92 +36,15 @@ import numpy as np
 import torch
 
 from neuralworld.bundle import World
-from neuralworld.data.store import Dataset
 from neuralworld.data.view import write_video
+from neuralworld.eval.inputs import EvalError, cut_windows, open_inputs
 from neuralworld.eval.metrics import psnr, ssim
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.sampler import SamplerPreset
 from neuralworld.session import WorldSession, resolve_sampler
-from neuralworld.state_io import StateError, atomic_write_json, read_json
+from neuralworld.state_io import atomic_write_json
 
 DEFAULT_HORIZONS = (1, 8, 32, 128)
-DEFAULT_HELD_OUT = 0.1  # TrainConfig.held_out's default: used when no run.json says otherwise
-
-
-class EvalError(Exception):
-    """The world and data can't be evaluated as asked; the message says why."""
-
-
-@dataclass
-class WorldLocation:
-    """Where a world came from: its bundle, and the run folder that trained it (if known)."""
-
-    bundle: Path
-    run: Path | None
-    run_record: dict[str, Any] | None
-
-
-def locate_world(path: str | os.PathLike) -> WorldLocation:
-    """A run folder (RUN/run.json + RUN/world) or a bundle folder (config.json); a
-    bundle inside a run folder finds its run, so the held-out split is the run's."""
-    p = Path(path)
-    if (p / "run.json").is_file():
-        run, bundle = p, p / "world"
-        if not (bundle / "config.json").is_file():
-            raise EvalError(f"{p} is a run folder without a finished world ({bundle} is missing): train it to the end first")
-    elif (p / "config.json").is_file():
-        bundle = p
-        run = p.parent if (p.parent / "run.json").is_file() else None
-    elif p.exists():
-        raise EvalError(f"{p} is neither a run folder (run.json) nor a world bundle (config.json)")
-    else:
-        raise EvalError(f"{p}: no such run or world")
-    record = None
-    if run is not None:
-        try:
-            record = read_json(run / "run.json", "run record")
-        except StateError as e:
-            raise EvalError(str(e)) from None
-    return WorldLocation(bundle, run, record)
-
-
-@dataclass
-class Windows:
-    """Evaluation windows from held-out episodes, aligned for the session."""
-
-    frames: np.ndarray  # (B, context + T, H, W, 3) uint8, real
-    led_to: np.ndarray  # (B, context + T, A) float32: led_to[:, j] is the action that led to frames[:, j]
-    episode_ids: list[str]
-    starts: list[int]
-
-
-def cut_windows(ds: Dataset, episodes: Sequence[int], context: int, horizon: int, per_episode: int) -> Windows:
-    """Non-overlapping windows of ``context + horizon`` frames, up to ``per_episode`` from
-    each episode long enough, spread over the episode (not all at its start)."""
-    length = context + horizon
-    frames, led_to, ids, starts = [], [], [], []
-    noop = ds.spec.noop()
-    for e in episodes:
-        ep = ds.episode(e)
-        fits = ep.length // length
-        if fits == 0:
-            continue
-        n = min(per_episode, fits)
-        # evenly spaced, non-overlapping starts over the whole episode
-        slack = ep.length - n * length
-        for k in range(n):
-            s = k * length + (slack * (k + 1)) // (n + 1)
-            data = ep.load(("frames", "actions"), max(s - 1, 0), s + length)
-            acts = data["actions"]
-            if s == 0:  # nothing led to an episode's first frame that we know of
-                acts = np.concatenate([noop[None], acts])
-            frames.append(data["frames"][-length:])
-            led_to.append(acts[:length])  # the dataset's actions[j-1] led to frames[j]
-            ids.append(ep.id)
-            starts.append(s)
-    if not frames:
-        return Windows(np.zeros((0,)), np.zeros((0,)), [], [])
-    return Windows(np.stack(frames), np.stack(led_to).astype(np.float32), ids, starts)
 
 
 def evaluate(
@@ -161,8 +83,6 @@ def evaluate(
          "seconds", "generated_frames_per_second", "video"}
     """
     t0 = time.perf_counter()
-    from neuralworld.eval.inputs import open_inputs  # the suite's loader (it builds on this module)
-
     inp = open_inputs(world_path, data_path, held_out=held_out, device=device or "cpu", need_train=False)
     loc, world, ds, data_path = inp.location, inp.world, inp.data, inp.data_path
     fraction, source, held = inp.held_out_fraction, inp.held_out_source, inp.held_episodes
@@ -257,16 +177,6 @@ def evaluate(
     result["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out_dir / "metrics.json", result)
     return result
-
-
-def _check_fits(world: World, ds: Dataset) -> None:
-    problems = []
-    if world.spec != ds.spec:
-        problems.append(f"controls differ ({world.spec.diff(ds.spec)})")
-    if tuple(world.resolution) != tuple(ds.resolution):
-        problems.append(f"the world is {world.resolution[0]}x{world.resolution[1]}, the data {ds.resolution[0]}x{ds.resolution[1]}")
-    if problems:
-        raise EvalError(f"{world.path} does not fit {ds.where}: " + "; ".join(problems))
 
 
 @torch.inference_mode()

@@ -43,12 +43,14 @@ import torch.nn.functional as F
 
 from neuralworld.actions import ActionSpec
 from neuralworld.data.store import Dataset
-from neuralworld.eval.fidelity import EvalError
+from neuralworld.eval.inputs import EvalError
 from neuralworld.state_io import StateError, atomic_write_json, load_tensors, save_tensors
 
 READABLE = 0.6
 """Balanced / sign accuracy on held-out real pairs above which a control counts in "overall"."""
 IDM_VERSION = 1
+IDM_BAR = 0.9
+"""Generated / real IDM overall the shipped world must reach (DESIGN.md)."""
 
 
 class InverseDynamics(nn.Module):
@@ -323,6 +325,15 @@ def generated_pairs(context_last: np.ndarray, generated: np.ndarray, actions: np
     prev = np.concatenate([context_last[:, None], generated[:, :-1]], 1)  # (B, T, H, W, 3)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
     return flat(prev), flat(generated), flat(actions)
+
+
+def above_chance(generated: float | None, real: float | None) -> float | None:
+    """(generated - 0.5) / (real - 0.5): every score here is 0.5 at chance, so with a weak IDM
+    (real 0.65) a world that ignores its controls (0.53) still scores a plain ratio of 0.8;
+    this ratio says how much of the IDM's reading above chance survives (0.2 there)."""
+    if generated is None or real is None or real <= 0.5:
+        return None
+    return round((generated - 0.5) / (real - 0.5), 4)
 
 
 def compare(idm: IDM, real: tuple[np.ndarray, np.ndarray, np.ndarray], **sets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:

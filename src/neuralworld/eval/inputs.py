@@ -1,5 +1,7 @@
 """What every evaluation part starts from: a world, its dataset, the run's split,
-and open-loop rollouts from real context driven by the recorded actions.
+the windows of real frames cut from it, and open-loop rollouts from real context
+driven by the recorded actions. The bottom of ``eval/``: every other part
+(``fidelity`` too) builds on it.
 
 The parts of the suite (``idm``, ``control``, ``stability``, ``memory``) each need
 the same things: the world loaded once, the dataset it was trained on, the
@@ -13,14 +15,104 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from neuralworld.bundle import World, load_bundle
 from neuralworld.data.store import Dataset, DatasetError
-from neuralworld.eval.fidelity import DEFAULT_HELD_OUT, EvalError, Windows, WorldLocation, _check_fits, cut_windows, locate_world
 from neuralworld.session import WorldSession, resolve_sampler
+from neuralworld.state_io import StateError, read_json
+
+DEFAULT_HELD_OUT = 0.1  # TrainConfig.held_out's default: used when no run.json says otherwise
+
+
+class EvalError(Exception):
+    """The world and data can't be evaluated as asked; the message says why."""
+
+
+@dataclass
+class WorldLocation:
+    """Where a world came from: its bundle, and the run folder that trained it (if known)."""
+
+    bundle: Path
+    run: Path | None
+    run_record: dict[str, Any] | None
+
+
+def locate_world(path: str | os.PathLike) -> WorldLocation:
+    """A run folder (RUN/run.json + RUN/world) or a bundle folder (config.json); a
+    bundle inside a run folder finds its run, so the held-out split is the run's."""
+    p = Path(path)
+    if (p / "run.json").is_file():
+        run, bundle = p, p / "world"
+        if not (bundle / "config.json").is_file():
+            raise EvalError(f"{p} is a run folder without a finished world ({bundle} is missing): train it to the end first")
+    elif (p / "config.json").is_file():
+        bundle = p
+        run = p.parent if (p.parent / "run.json").is_file() else None
+    elif p.exists():
+        raise EvalError(f"{p} is neither a run folder (run.json) nor a world bundle (config.json)")
+    else:
+        raise EvalError(f"{p}: no such run or world")
+    record = None
+    if run is not None:
+        try:
+            record = read_json(run / "run.json", "run record")
+        except StateError as e:
+            raise EvalError(str(e)) from None
+    return WorldLocation(bundle, run, record)
+
+
+@dataclass
+class Windows:
+    """Evaluation windows from held-out episodes, aligned for the session."""
+
+    frames: np.ndarray  # (B, context + T, H, W, 3) uint8, real
+    led_to: np.ndarray  # (B, context + T, A) float32: led_to[:, j] is the action that led to frames[:, j]
+    episode_ids: list[str]
+    starts: list[int]
+
+
+def cut_windows(ds: Dataset, episodes: Sequence[int], context: int, horizon: int, per_episode: int) -> Windows:
+    """Non-overlapping windows of ``context + horizon`` frames, up to ``per_episode`` from
+    each episode long enough, spread over the episode (not all at its start)."""
+    length = context + horizon
+    frames, led_to, ids, starts = [], [], [], []
+    noop = ds.spec.noop()
+    for e in episodes:
+        ep = ds.episode(e)
+        fits = ep.length // length
+        if fits == 0:
+            continue
+        n = min(per_episode, fits)
+        # evenly spaced, non-overlapping starts over the whole episode
+        slack = ep.length - n * length
+        for k in range(n):
+            s = k * length + (slack * (k + 1)) // (n + 1)
+            data = ep.load(("frames", "actions"), max(s - 1, 0), s + length)
+            acts = data["actions"]
+            if s == 0:  # nothing led to an episode's first frame that we know of
+                acts = np.concatenate([noop[None], acts])
+            frames.append(data["frames"][-length:])
+            led_to.append(acts[:length])  # the dataset's actions[j-1] led to frames[j]
+            ids.append(ep.id)
+            starts.append(s)
+    if not frames:
+        return Windows(np.zeros((0,)), np.zeros((0,)), [], [])
+    return Windows(np.stack(frames), np.stack(led_to).astype(np.float32), ids, starts)
+
+
+def check_fits(world: World, ds: Dataset) -> None:
+    """Raise ``EvalError`` unless the world plays the dataset's controls at its resolution."""
+    problems = []
+    if world.spec != ds.spec:
+        problems.append(f"controls differ ({world.spec.diff(ds.spec)})")
+    if tuple(world.resolution) != tuple(ds.resolution):
+        problems.append(f"the world is {world.resolution[0]}x{world.resolution[1]}, the data {ds.resolution[0]}x{ds.resolution[1]}")
+    if problems:
+        raise EvalError(f"{world.path} does not fit {ds.where}: " + "; ".join(problems))
 
 
 @dataclass
@@ -62,7 +154,7 @@ def open_inputs(
     except DatasetError as e:
         raise EvalError(str(e)) from None
     world = load_bundle(loc.bundle, device=device)
-    _check_fits(world, ds)
+    check_fits(world, ds)
     if held_out is not None:
         fraction, source = float(held_out), "argument"
     elif loc.run_record is not None:

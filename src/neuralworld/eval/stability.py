@@ -37,7 +37,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from neuralworld.eval.inputs import EvalInputs, controls_moving, turn_axis
+from neuralworld.eval.inputs import EvalInputs, controls_moving, real_windows, turn_axis
 from neuralworld.session import WorldSession, resolve_sampler
 
 FROZEN_CHANGE = 0.5  # mean absolute grey-level change per frame below which a frame counts as unchanged
@@ -276,8 +276,6 @@ def run_stability(
 ) -> dict[str, Any]:
     """Play ``frames`` steps of one scripted and ``random_rollouts`` random drives as one
     batched session, from held-out context; per-frame traces and verdicts per drive."""
-    from neuralworld.eval.inputs import real_windows
-
     spec = world.spec
     names = ["scripted"] + [f"random{k}" for k in range(random_rollouts)]
     B = len(names)
