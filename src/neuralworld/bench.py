@@ -23,8 +23,8 @@ import time
 from typing import Any, Callable, Sequence
 
 # OpenMP threads that sleep instead of spinning between parallel regions: on a shared
-# 2-core machine spinning threads starve each other and every other process (measured
-# here under load: eager 1.6 -> 8.4 frames/s). Only takes effect if torch is not yet
+# 2-core machine spinning threads starve each other and every other process (3-5x
+# slower under load: docs/experiments.md). Only takes effect if torch is not yet
 # loaded; set OMP_WAIT_POLICY yourself to override. ONNX Runtime's spinning is off too.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -4,8 +4,8 @@
       dynamics_step.onnx   Dynamics.step_with_cache_tensors: one frame against explicit cache tensors
       decoder.onnx         normalised latent (B, C, h, w) -> frame (B, 3, H, W), roughly [-1, 1]
       dynamics_step.int8.onnx   (``quantize_step``) the step with int8 weights and dynamically
-                           quantised activations in every MatMul/Gemm: ~1.4x faster on a CPU
-                           with VNNI, an approximation (velocity errors ~1e-2)
+                           quantised activations in every MatMul/Gemm: faster on a CPU with
+                           VNNI (docs/experiments.md), an approximation (velocity errors ~1e-2)
       onnx.json            {"format": "neuralworld-onnx", "opset", "batch_size", shapes, input/output names}
 
 ``dynamics_step.onnx``

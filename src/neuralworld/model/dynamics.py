@@ -20,9 +20,8 @@ Frame stacking (``prev_frame``)
     a clip or after a reset). Attention can find the previous frame too, but it
     must learn where to look; given beside the noisy patch, "the next frame is
     nearly the last one" is a linear map instead of an attention pattern to discover
-    (DIAMOND's frame stacking). Measured on 64x64 Doom, the same autoencoder, data
-    and 1500 tiny-preset steps: held-out teacher-forced next-frame PSNR 20.3 dB
-    with it, 17.6 dB without (copy-last 23.6 dB). The previous latent is the one
+    (DIAMOND's frame stacking; what it gained: docs/experiments.md).
+    The previous latent is the one
     the clip holds at that index (noisy at its own level in diffusion-forcing
     clips, near-clean context in playing clips), and in a rollout the latent last
     appended to memory: the same input in training and play.
@@ -299,8 +298,8 @@ class Dynamics(nn.Module):
         # DiT's small init for the noise level's MLP, whose 256 sinusoidal inputs are O(1). The
         # action MLP keeps Xavier: its few inputs are mostly 0 or +-1, and two std-0.02 layers
         # on them start its output ~10x below the level's, where gradients through the product
-        # of two tiny layers barely move it. Measured (mini, 64x64 Doom): held-out action_gain_db
-        # 0.006 after 3000 steps with that init (the world ignored its controls), 0.46 at 1500 with this.
+        # of two tiny layers barely move it: with that init the world ignored its controls
+        # (docs/experiments.md, "the action embedding's initialisation").
         nn.init.normal_(self.level_embed[0].weight, std=0.02)
         nn.init.normal_(self.level_embed[2].weight, std=0.02)
         # adaLN-zero: every block starts as the identity, the output as zero
