@@ -20,11 +20,10 @@ Frame stacking (``prev_frame``)
     a clip or after a reset). Attention can find the previous frame too, but it
     must learn where to look; given beside the noisy patch, "the next frame is
     nearly the last one" is a linear map instead of an attention pattern to discover
-    (DIAMOND's frame stacking; what it gained: docs/experiments.md).
-    The previous latent is the one
-    the clip holds at that index (noisy at its own level in diffusion-forcing
-    clips, near-clean context in playing clips), and in a rollout the latent last
-    appended to memory: the same input in training and play.
+    (DIAMOND's frame stacking; what it gained: docs/experiments.md). The previous
+    latent is the one the clip holds at that index (noisy at its own level in
+    diffusion-forcing clips, near-clean context in playing clips), and in a rollout
+    the latent last appended to memory: the same input in training and play.
 
 Attention, memory and time
     A token sees every token of its own frame and of past frames, never the
