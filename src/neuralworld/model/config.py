@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -212,20 +214,59 @@ class WorldConfig:
 
 def _dataclass_from(cls: type, values: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
     """Build ``cls`` from ``values``: unknown keys are an error, missing keys take defaults,
-    lists become tuples where the default is a tuple."""
+    every value must be of its field's annotated type (an int where a float is annotated
+    is fine), lists become tuples where the default is a tuple."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where} config must be a JSON object, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown {where} config keys {unknown}; known keys are {sorted(fields)}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation this module cannot resolve: no type checks
+        hints = {}
     kwargs = {}
     defaults = cls()
     for name, value in values.items():
+        if name in hints and not _is_of_type(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:59] + "…"
+            raise ConfigError(f"{where} config key {name!r} must be {fields[name].type}, got {shown}")
         if isinstance(getattr(defaults, name), tuple) and isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _is_of_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (bool is not a number here; a list
+    fits a tuple). Annotations of other kinds are not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_of_type(value, a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_of_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_is_of_type(v, a) for v, a in zip(value, args))
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_is_of_type(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict) and (len(args) != 2 or all(_is_of_type(v, args[1]) for v in value.values()))
+    return True
 
 
 # ---------------------------------------------------------------------------
