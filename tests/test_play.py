@@ -20,18 +20,10 @@ import pytest
 
 import neuralworld  # noqa: E402
 from neuralworld.cli import main as cli_main  # noqa: E402
-from neuralworld.play.server import (  # noqa: E402
-    MessageError,
-    PlayConfig,
-    PlayError,
-    bind_socket,
-    create_app,
-    decode_image,
-    pack_frame,
-    parse_action,
-    resolve_world,
-    unpack_frame,
-)
+from neuralworld.play.protocol import MessageError, decode_image, pack_frame, parse_action, unpack_frame  # noqa: E402
+from neuralworld.play.server import PlayConfig, bind_socket, create_app  # noqa: E402
+from neuralworld.play.worlds import PlayError, resolve_world  # noqa: E402
+from neuralworld.session import fit_frame  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -141,6 +133,8 @@ def page(browser, server):
     page = browser.new_page()
     console_errors: list[str] = []
     page.on("pageerror", lambda e: console_errors.append(str(e)))
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)  # a 404 logs one
+    page.on("response", lambda r: console_errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(server.url)
     page.wait_for_function("window.nw && nw.stats.framesShown >= 5", timeout=30_000)
     page.console_errors = console_errors
@@ -189,9 +183,9 @@ def test_messages_and_world_paths(world, world_path):
 
 
 def test_cli_errors_are_one_line(world_path, tmp_path, capsys, monkeypatch):
-    import neuralworld.play.server as server_module
+    import neuralworld.play.worlds as worlds_module
 
-    monkeypatch.setattr(server_module, "DEFAULT_WORLD", None)  # a checkout without a shipped world
+    monkeypatch.setattr(worlds_module, "DEFAULT_WORLD", None)  # a checkout without a shipped world
     assert cli_main(["play"]) == 2
     assert cli_main(["play", str(tmp_path / "missing")]) == 2
     with socket.socket() as taken:
@@ -412,7 +406,8 @@ def test_reset_and_start_from_image(page, server, tmp_path):
     started = page.evaluate("nw.messages.find(m => m.type === 'started')")
     assert started["image"] == [48, 80] and started["step"] == 0
     starts = [p.start_image for p in server.hub.players.values() if p.start_image is not None]
-    assert len(starts) == 1 and np.abs(starts[0].astype(int) - img).max() <= 2  # PNG from the browser canvas
+    fitted = fit_frame(img, (32, 32)).astype(int)  # the server keeps only the frame fitted to the world
+    assert len(starts) == 1 and starts[0].shape == (32, 32, 3) and np.abs(starts[0].astype(int) - fitted).max() <= 2
     assert page.evaluate("nw.errors") == []
     assert "started from a 80×48 image" in page.inner_text("#status")
 
@@ -440,7 +435,8 @@ def test_record_downloads_a_playable_mp4(page, server, tmp_path):
 
 
 def test_backend_is_chosen_once_and_shared(world):
-    from neuralworld.play.server import Hub, PlayError, resolve_backend
+    from neuralworld.play.server import Hub
+    from neuralworld.play.worlds import resolve_backend
 
     assert resolve_backend("auto") == "onnx"  # onnxruntime comes with ./setup.sh: the fastest exact path
     with pytest.raises(PlayError, match="backend must be auto or one of"):

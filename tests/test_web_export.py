@@ -339,7 +339,9 @@ def test_errors_say_what_to_do(world_path, tmp_path, monkeypatch, capsys):
     assert cli_main(["export", "--web", str(world_path), str(tmp_path / "b"), "--onnxruntime-web", str(empty)]) == 2
     assert cli_main(["export", str(world_path), str(tmp_path / "b")]) == 2
     assert cli_main(["export", "--web", str(world_path), str(tmp_path / "c")]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    assert f"play it with neuralworld play {tmp_path / 'c'}" in captured.out  # the server that serves it right
+    err = captured.err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("neuralworld export: error: ") for line in err), err
     assert "no such world" in err[0] and "npm ci" in err[1] and "--web" in err[2]
 

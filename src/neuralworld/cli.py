@@ -173,7 +173,8 @@ def _cmd_play(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from neuralworld.play import PlayConfig, PlayError, serve
 
-    config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players, backend=args.backend)
+    config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players, backend=args.backend,
+                        allowed_origins=tuple(args.allow_origin or ()))
     try:
         serve(args.world, host=args.host, port=args.port, config=config, open_browser=args.open)
     except PlayError as e:
@@ -229,7 +230,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                          int8=args.int8)
     except ExportError as e:
         raise UserError(str(e)) from None
-    print(f"wrote {out}: serve it with any static server, e.g. python -m http.server -d {out}")
+    print(f"wrote {out}: play it with neuralworld play {out} (or serve the folder with any static web server)")
     return 0
 
 
@@ -327,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("play", help="play a world in the browser: a page on 127.0.0.1 streams frames over a WebSocket")
     pl.add_argument("world", nargs="?", default=None, help="world bundle or run folder (from neuralworld train)")
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 shares it with the network)")
-    pl.add_argument("--port", type=int, default=8000, help="port to listen on")
+    pl.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     pl.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset of every session")
     pl.add_argument("--backend", default="auto", help="execution path: auto (onnx if installed, else eager), eager, bf16, compiled, onnx, onnx_int8")
     pl.add_argument("--pace", default="world", choices=["world", "max"], help="a frame per 1/fps of the world, or as fast as it can")
     pl.add_argument("--max-players", type=_positive_int, default=8, help="WebSocket sessions at once; more are refused")
+    pl.add_argument("--allow-origin", action="append", default=None, metavar="URL",
+                    help="let pages from this origin (http://host:port) play too; repeat for more. The player's own "
+                         "page may always; clients that send no Origin (scripts, not browsers) may too")
     pl.add_argument("--open", action="store_true", help="open the page in a web browser")
     pl.set_defaults(func=_cmd_play)
 

@@ -20,14 +20,15 @@ with no server and no network.
                              ort-wasm-simd-threaded.{mjs,wasm}, its LICENSE
 
 Why it looks like this
-    * The page is the server player's page. It asks for ``world.json`` first and
-      finds one only here, so it plays locally; under ``neuralworld play`` the file is
-      absent and it opens its WebSocket as before.
+    * The page is the server player's page. It asks for ``world.json`` first: this one
+      says ``"format": "neuralworld-web"``, so it plays locally; under ``neuralworld play
+      WORLD`` the server's says ``"neuralworld-play"`` and it opens its WebSocket.
     * The start context is encoded here, once, so opening the page runs no encoder;
       the page still adds the preset's context noise itself (``session.py``'s order).
     * Everything the page loads lies in DIR, by relative URL: any static file server
-      (``python -m http.server -d DIR``) plays it with the network cut. A page opened
-      from ``file://`` cannot start a module worker, so a server is needed.
+      (``python -m http.server -d DIR``) plays it with the network cut; ``neuralworld
+      play DIR`` serves it with threads (``static_server.py``). A page opened from
+      ``file://`` cannot start a module worker, so a server is needed.
     * Threads: WebAssembly threads need cross-origin isolation (COOP/COEP headers),
       which plain static servers do not send; the page uses 1 thread then, more when
       the server isolates it.
@@ -37,13 +38,10 @@ Why it looks like this
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,8 @@ import torch.nn as nn
 
 from neuralworld.model.autoencoder import Autoencoder, frames_to_tensor
 from neuralworld.onnx_export import DECODER_FILE, META_FILE, OPSET, STEP_FILE, STEP_INT8_FILE, export_onnx, quantize_step
+from neuralworld.play.static_server import StaticServer  # noqa: F401  (the export's server; re-exported for callers)
+from neuralworld.play.worlds import PlayError, resolve_world
 
 FORMAT = "neuralworld-web"
 VERSION = 1
@@ -224,43 +224,6 @@ class _Sampler:
         self.network = self.preset.network
 
 
-class StaticServer:
-    """An exported folder served by ``http.server`` on 127.0.0.1 from a thread, as any
-    static server would (``port`` 0: a free one). ``isolated`` adds the two headers that
-    make the page cross-origin isolated (COOP ``same-origin``, COEP ``require-corp``),
-    which lets onnxruntime-web run WebAssembly threads; without them the page uses one.
-
-        with StaticServer(folder) as server:
-            open(server.url)
-    """
-
-    def __init__(self, folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0, isolated: bool = False):
-        handler = functools.partial(_IsolatingHandler if isolated else _QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
-        self.url = f"http://{host}:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "StaticServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class _IsolatingHandler(_QuietHandler):
-    def end_headers(self) -> None:
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        super().end_headers()
-
-
 def is_previous_export(path: Path) -> bool:
     """Whether ``path`` holds a web export (its manifest says so): one we may replace."""
     try:
@@ -285,10 +248,9 @@ def export_web(
     else is refused unless ``force``. ``onnxruntime_web``: the onnxruntime-web package
     or its ``dist`` (default: $NEURALWORLD_ORT_WEB, then ``<repo>/node_modules``).
     ``int8``: ship the step graph with int8 matmuls (``onnx_export.quantize_step``) instead
-    of the float one: a quarter of the download and ~1.5x faster in WASM (measured), an
+    of the float one: a quarter of the download and faster in WASM (docs/experiments.md), an
     approximation of the world (velocity errors ~1e-2)."""
     from neuralworld.bundle import BundleError, load_bundle
-    from neuralworld.play.server import PlayError, resolve_world
 
     out = Path(out_dir)
     ort_dist = find_onnxruntime_web(onnxruntime_web)

@@ -2,18 +2,24 @@
 
     GET  /                     the page (static/index.html, app.js, style.css)
     GET  /api/world            {"name", "resolution": [H, W], "fps", "spec": ActionSpec JSON,
-                                "hints": {control: key hint}, "sampler", "pace", "max_message_bytes"}
+                                "hints": {control: key hint}, "sampler", "pace", "max_message_bytes",
+                                "max_players", "max_image_pixels"}
+    GET  /world.json           the same with "format": "neuralworld-play": what the page asks for
+                               first (an export's world.json says "neuralworld-web" and plays locally)
     WS   /ws                   play (below)
     GET  /recordings/<id>.mp4  a recording made with {"type": "record", "on": false}
 
 The WebSocket protocol
     client -> server, JSON text, at most ``max_message_bytes`` (2 MB) each:
       {"type": "action", "buttons": {"forward": 1}, "axes": {"turn": -7.5}, "seq": n, "t": client_ms}
-          controls not named are at rest; values are checked against the ActionSpec.
+          controls not named are at rest; values are checked against the ActionSpec;
+          "seq" (an integer within 2**53) and "t" (a number) are optional and echoed.
       {"type": "reset"}                          back to the start (the uploaded image, else grey)
       {"type": "reset", "seed": n}               the same, with the noise reseeded (0 <= n < 2**63):
                                                  the same seed and actions make the same frames
       {"type": "start_image", "data": "<base64 PNG/JPEG, data: URL allowed>"}
+                                                 at most ``max_image_pixels`` (4096x4096), read
+                                                 from the file's header before decoding
       {"type": "record", "on": true | false}     off writes an mp4 and answers with its URL
     server -> client:
       binary, one per generated frame: uint32 little-endian n, n bytes of JSON header
@@ -23,6 +29,10 @@ The WebSocket protocol
            "recording": frames or null, "width", "height"}, then the JPEG.
       text JSON: {"type": "hello", ...} once, {"type": "error", "message"},
           {"type": "reset" | "started", "step"}, {"type": "recording", "on", ...}.
+    Who may connect: a WebSocket whose Origin is the page's own (127.0.0.1, localhost, an
+    IP address: the host:port it was sent to) or one named with ``--allow-origin``; any
+    other origin gets an error message and a close with code 1008 and the reason. A client
+    that sends no Origin (a script, not a browser) plays (``protocol.origin_allowed``).
 
 Why it is built this way
     * The generation loop of a connection uses the LATEST action (older ones are
@@ -31,14 +41,17 @@ Why it is built this way
       is dropped (counted in "dropped"), so a slow socket sees fresh frames, not a backlog.
     * ``WorldSession.step`` and JPEG encoding run in a thread pool (torch and OpenCV
       release the GIL), so the event loop stays free and one player cannot stall others.
-    * Every bad message gets an error reply; nothing a client sends ends the server.
+    * Start images are checked by their header, then decoded and fitted to the world's
+      size in a pool of ``max_image_decodes`` threads shared by all players, so uploads
+      together hold at most that many full-size images; a player keeps only the fitted frame.
+    * Every bad message gets an error reply (``protocol.py`` checks them); nothing a
+      client sends ends the server or its own connection.
+    * Every HTTP response says ``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import errno
 import functools
 import json
@@ -46,10 +59,8 @@ import logging
 import math
 import shutil
 import socket
-import struct
 import tempfile
 import threading
-import time
 import uuid
 import webbrowser
 from collections import deque
@@ -61,26 +72,36 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from neuralworld.actions import ActionError, ActionSpec
+from neuralworld.actions import ActionSpec
 from neuralworld.backends import make_backend
+from neuralworld.play.player import Player
+from neuralworld.play.protocol import (
+    MAX_IMAGE_PIXELS,
+    MessageError,
+    decode_image,
+    fit_start_image,
+    normalize_origin,
+    origin_allowed,
+    pack_frame,
+    parse_action,
+    parse_seed,
+    unpack_frame,
+)
+from neuralworld.play.worlds import DEFAULT_WORLD, SHIPPED_WORLDS, PlayError, resolve_backend, resolve_world
+
+__all__ = [  # the protocol's and the worlds' names stay importable from here
+    "DEFAULT_WORLD", "SHIPPED_WORLDS", "MessageError", "PlayConfig", "PlayError", "Player", "create_app",
+    "decode_image", "pack_frame", "parse_action", "parse_seed", "resolve_backend", "resolve_world", "serve",
+    "unpack_frame",
+]  # fmt: skip
 
 log = logging.getLogger("neuralworld.play")
 
 STATIC_DIR = Path(__file__).with_name("static")
-SHIPPED_WORLDS = Path(__file__).resolve().parents[3] / "worlds"
-"""Where shipped worlds live in a checkout (``worlds/<name>``); ``play NAME`` looks there."""
-DEFAULT_WORLD: str | None = "freedoom-map01"
-"""The world ``neuralworld play`` opens with no argument (worlds/freedoom-map01, see README)."""
 
 PACES = ("world", "max")
-
-
-class PlayError(Exception):
-    """A world or an address the player cannot use; the message says what to do."""
-
-
-class MessageError(ValueError):
-    """A client message the server will not act on; answered with {"type": "error"}."""
+PLAY_FORMAT = "neuralworld-play"
+"""``/world.json``'s "format" here; a web export's says ``export.FORMAT`` ("neuralworld-web")."""
 
 
 @dataclass
@@ -104,6 +125,13 @@ class PlayConfig:
     """a recording stops and is written after this many frames (bounds memory)"""
     max_recordings: int = 32
     """mp4 files kept for download; the oldest goes first"""
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    """largest start image (width x height, read from its header) decoded; larger ones get an error"""
+    max_image_decodes: int = 2
+    """start images decoded at once, all players together (the rest wait their turn): with
+    ``max_image_pixels`` this bounds the memory uploads take"""
+    allowed_origins: tuple[str, ...] = ()
+    """origins (http://host:port) whose pages may play besides the player's own page"""
 
     def validate(self) -> "PlayConfig":
         if self.pace not in PACES:
@@ -112,278 +140,13 @@ class PlayConfig:
             raise PlayError(f"max_players must be >= 1, got {self.max_players}")
         if not 0 <= self.jpeg_quality <= 100:
             raise PlayError(f"jpeg_quality must be 0..100, got {self.jpeg_quality}")
-        return self
-
-
-# ---------------------------------------------------------------------------
-# finding the world
-# ---------------------------------------------------------------------------
-def resolve_backend(name: str) -> str:
-    from neuralworld.backends import PATHS
-
-    if name == "auto":
+        if self.max_image_pixels < 1 or self.max_image_decodes < 1:
+            raise PlayError("max_image_pixels and max_image_decodes must be >= 1")
         try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "eager"
-        return "onnx"
-    if name not in PATHS:
-        raise PlayError(f"backend must be auto or one of {list(PATHS)}, got {name!r}")
-    return name
-
-
-def resolve_world(world: str | None) -> Path:
-    """A bundle folder, a run folder (RUN/world), or the name of a shipped world -> bundle path."""
-    if world is None:
-        if DEFAULT_WORLD is None:
-            raise PlayError("no world given: neuralworld play WORLD (a world bundle, or a run folder from neuralworld train)")
-        world = DEFAULT_WORLD
-    p = Path(world)
-    if not p.exists() and "/" not in str(world) and (SHIPPED_WORLDS / str(world)).exists():
-        p = SHIPPED_WORLDS / str(world)
-    if (p / "config.json").is_file():
-        return p
-    if (p / "world" / "config.json").is_file():
-        return p / "world"
-    if p.exists():
-        raise PlayError(f"{p} is neither a world bundle (config.json) nor a run folder with a finished world (world/config.json)")
-    raise PlayError(f"{world}: no such world")
-
-
-# ---------------------------------------------------------------------------
-# messages
-# ---------------------------------------------------------------------------
-def parse_action(spec: ActionSpec, msg: dict[str, Any]) -> np.ndarray:
-    """{"buttons": {...}, "axes": {...}} -> a validated action vector; MessageError says why not."""
-    buttons, axes = msg.get("buttons", {}), msg.get("axes", {})
-    if not isinstance(buttons, dict) or not isinstance(axes, dict):
-        raise MessageError('an action has "buttons" and "axes" objects, e.g. {"buttons": {"forward": 1}, "axes": {"turn": 0}}')
-    axis_names = [a.name for a in spec.axes]
-    values: dict[str, float] = {}
-    for group, given, known in (("button", buttons, spec.buttons), ("axis", axes, axis_names)):
-        for name, v in given.items():
-            if name not in known:
-                raise MessageError(f"unknown {group} {name!r}; this world's {group}s are {list(known)}")
-            if isinstance(v, bool) and group == "button":
-                v = float(v)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise MessageError(f"{group} {name!r} must be a number, got {v!r}")
-            values[name] = float(v)
-    try:
-        return spec.make(values)
-    except ActionError as e:
-        raise MessageError(str(e)) from None
-
-
-def parse_seed(seed: Any) -> int | None:
-    """A reset's optional "seed": None (the noise stream goes on) or an int in [0, 2**63)."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise MessageError(f'reset "seed" must be an integer from 0 to 2**63 - 1, got {seed!r}')
-    return seed
-
-
-def decode_image(data: Any) -> np.ndarray:
-    """Base64 PNG/JPEG (or a data: URL) -> uint8 RGB (h, w, 3)."""
-    if not isinstance(data, str) or not data:
-        raise MessageError('start_image needs "data": a base64 PNG or JPEG')
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise MessageError("start_image data is not valid base64") from None
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
-    if img is None:
-        raise MessageError("start_image data does not decode as an image (send a PNG or JPEG)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def pack_frame(header: dict[str, Any], jpeg: bytes) -> bytes:
-    """The binary frame message: uint32 LE header length, JSON header, JPEG."""
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack("<I", len(head)) + head + jpeg
-
-
-def unpack_frame(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """Inverse of ``pack_frame`` (for clients and tests)."""
-    (n,) = struct.unpack_from("<I", data)
-    return json.loads(data[4 : 4 + n]), data[4 + n :]
-
-
-# ---------------------------------------------------------------------------
-# one connection
-# ---------------------------------------------------------------------------
-class Player:
-    """One WebSocket: a session, the latest action, a one-frame outbox and a generation loop."""
-
-    def __init__(self, hub: "Hub", websocket: Any, player_id: int):
-        self.hub, self.ws, self.id = hub, websocket, player_id
-        spec = hub.world.spec
-        self.spec = spec
-        self.session: Any = None
-        self.action = spec.noop()  # the latest action: written by the receiver, read by the loop
-        self.action_seq: int | None = None
-        self.action_t: float | None = None
-        self.action_received = time.monotonic()
-        self.actions_received = 0
-        self.start_image: np.ndarray | None = None
-        self.requests: deque[tuple[str, Any]] = deque()  # reset / start / record, applied between steps
-        self.recording: list[np.ndarray] | None = None
-        self.control: deque[dict[str, Any]] = deque(maxlen=64)  # JSON replies, sent before frames
-        self.frame_slot: bytes | None = None  # the outbox: at most one frame waits
-        self.wake = asyncio.Event()
-        self.frames_made = 0
-        self.frames_sent = 0
-        self.frames_dropped = 0
-        self._made_at: deque[float] = deque(maxlen=64)
-        self.closed = False
-
-    # -- outgoing -----------------------------------------------------------
-    def reply(self, msg: dict[str, Any]) -> None:
-        self.control.append(msg)
-        self.wake.set()
-
-    def error(self, message: str) -> None:
-        self.reply({"type": "error", "message": message})
-
-    def offer_frame(self, data: bytes) -> None:
-        if self.frame_slot is not None:
-            self.frames_dropped += 1  # the socket has not taken the last one: it is stale now
-        self.frame_slot = data
-        self.wake.set()
-
-    async def run_sender(self) -> None:
-        while not self.closed:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.control:
-                await self.ws.send_text(json.dumps(self.control.popleft()))
-            if self.frame_slot is not None:
-                data, self.frame_slot = self.frame_slot, None
-                await self.ws.send_bytes(data)
-                self.frames_sent += 1
-
-    # -- incoming -----------------------------------------------------------
-    def handle_text(self, text: str) -> None:
-        limit = self.hub.config.max_message_bytes
-        if len(text) > limit:
-            raise MessageError(f"message of {len(text)} bytes is over the limit of {limit} bytes")
-        try:
-            msg = json.loads(text)
+            self.allowed_origins = tuple(normalize_origin(o) for o in self.allowed_origins)
         except ValueError as e:
-            raise MessageError(f"malformed JSON: {e}") from None
-        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-            raise MessageError('a message is a JSON object with a "type": action, reset, start_image or record')
-        kind = msg["type"]
-        if kind == "action":
-            action = parse_action(self.spec, msg)
-            seq, t = msg.get("seq"), msg.get("t")
-            self.action = action
-            self.action_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
-            self.action_t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) else None
-            self.action_received = time.monotonic()
-            self.actions_received += 1
-        elif kind == "reset":
-            self._request("reset", parse_seed(msg.get("seed")))
-        elif kind == "start_image":
-            self._request("start", decode_image(msg.get("data")))
-        elif kind == "record":
-            on = msg.get("on")
-            if not isinstance(on, bool):
-                raise MessageError('record needs "on": true or false')
-            self._request("record", on)
-        else:
-            raise MessageError(f"unknown message type {kind!r}; expected action, reset, start_image or record")
-
-    def _request(self, kind: str, payload: Any) -> None:
-        if len(self.requests) >= 8:
-            raise MessageError(f"too many requests waiting; {kind} ignored")
-        self.requests.append((kind, payload))
-
-    # -- generation (runs in the hub's thread pool) ----------------------------
-    def _open(self) -> None:
-        self.session = self.hub.world.start(None, sampler=self.hub.config.sampler, seed=self.id, backend=self.hub.backend)
-
-    def _apply(self, kind: str, payload: Any) -> dict[str, Any]:
-        s = self.session
-        if kind == "reset":
-            s.reset(self.start_image, seed=payload)
-            return {"type": "reset", "step": s.step_index}
-        if kind == "start":
-            self.start_image = payload
-            s.reset(payload)
-            h, w = payload.shape[:2]
-            return {"type": "started", "step": s.step_index, "image": [h, w]}
-        if kind == "record":
-            if payload:
-                self.recording = [s.frame.copy()]
-                return {"type": "recording", "on": True}
-            return self._finish_recording()
-        raise AssertionError(kind)
-
-    def _finish_recording(self, note: str = "") -> dict[str, Any]:
-        frames, self.recording = self.recording, None
-        if not frames:
-            return {"type": "recording", "on": False, "url": None, "frames": 0, "note": "nothing was recording"}
-        rec_id = self.hub.write_recording(frames)
-        return {"type": "recording", "on": False, "url": f"/recordings/{rec_id}.mp4", "frames": len(frames), "note": note}
-
-    def _generate(self, action: np.ndarray) -> tuple[np.ndarray, bytes, float]:
-        t0 = time.perf_counter()
-        frame = self.session.step(action)  # (H, W, 3) uint8
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.hub.config.jpeg_quality])
-        assert ok, "JPEG encoding failed"
-        if self.recording is not None:
-            self.recording.append(frame.copy())
-        return frame, jpeg.tobytes(), (time.perf_counter() - t0) * 1000.0
-
-    async def run_generation(self) -> None:
-        hub = self.hub
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(hub.pool, self._open)
-        H, W = self.session.resolution
-        self.reply({"type": "hello", "player": self.id, "world": hub.world.name, "resolution": [H, W], "fps": self.spec.fps})
-        interval = 1.0 / self.spec.fps if hub.config.pace == "world" else 0.0
-        next_at = loop.time()
-        while not self.closed:
-            while self.requests:
-                kind, payload = self.requests.popleft()
-                self.reply(await loop.run_in_executor(hub.pool, self._apply, kind, payload))
-            action, seq, t, received = self.action, self.action_seq, self.action_t, self.action_received
-            _, jpeg, gen_ms = await loop.run_in_executor(hub.pool, self._generate, action)
-            now = time.monotonic()
-            self.frames_made += 1
-            self._made_at.append(now)
-            span = self._made_at[-1] - self._made_at[0]
-            header = {
-                "type": "frame", "step": self.session.step_index, "seq": seq, "t": t,
-                "server_ms": round((now - received) * 1000.0, 2), "gen_ms": round(gen_ms, 2),
-                "server_fps": round((len(self._made_at) - 1) / span, 2) if span > 0 else None,
-                "dropped": self.frames_dropped, "action": self.spec.to_dict(action),
-                "recording": len(self.recording) if self.recording is not None else None,
-                "width": W, "height": H,
-            }  # fmt: skip
-            self.offer_frame(pack_frame(header, jpeg))
-            if self.recording is not None and len(self.recording) >= hub.config.max_recording_frames:
-                note = f"stopped at the limit of {hub.config.max_recording_frames} frames"
-                self.reply(await loop.run_in_executor(hub.pool, self._finish_recording, note))
-            if interval:
-                next_at += interval
-                delay = next_at - loop.time()
-                if delay < 0:  # behind: do not bank time and then burst
-                    next_at, delay = loop.time(), 0.0
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # let the receiver and sender run
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "player": self.id, "step": self.session.step_index if self.session is not None else None,
-            "frames_made": self.frames_made, "frames_sent": self.frames_sent, "frames_dropped": self.frames_dropped,
-            "actions_received": self.actions_received, "action": self.spec.to_dict(self.action), "seq": self.action_seq,
-        }  # fmt: skip
+            raise PlayError(f"--allow-origin: {e}") from None
+        return self
 
 
 # ---------------------------------------------------------------------------
@@ -402,11 +165,18 @@ class Hub:
         network = resolve_sampler(config.sampler, world).network  # the distilled student for "fast"
         self.backend = make_backend(self.backend_name, world.network(network), 1)
         self.pool = ThreadPoolExecutor(max_workers=config.max_players + 1, thread_name_prefix="neuralworld-play")
+        self.decode_pool = ThreadPoolExecutor(max_workers=config.max_image_decodes, thread_name_prefix="neuralworld-image")
         self.players: dict[int, Player] = {}
         self._next_id = 0
         self.recordings_dir = Path(tempfile.mkdtemp(prefix="neuralworld-play-"))
         self._recordings: deque[Path] = deque()
         self._lock = threading.Lock()
+
+    async def fit_image(self, raw: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """A checked PNG/JPEG -> (the frame fitted to the world, its uploaded (h, w)), decoded
+        in the decode pool: off the event loop, ``max_image_decodes`` at a time."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.decode_pool, fit_start_image, raw, tuple(self.world.resolution))
 
     def new_id(self) -> int:
         self._next_id += 1
@@ -431,6 +201,7 @@ class Hub:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.recordings_dir, ignore_errors=True)
 
 
@@ -439,6 +210,7 @@ def create_app(world: Any, config: PlayConfig | None = None):
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route, WebSocketRoute
     from starlette.staticfiles import StaticFiles
@@ -459,6 +231,7 @@ def create_app(world: Any, config: PlayConfig | None = None):
         "name": world.name, "resolution": [H, W], "fps": spec.fps, "spec": spec.to_json_dict(),
         "hints": dict(spec.descriptions), "sampler": config.sampler, "pace": config.pace,
         "max_message_bytes": config.max_message_bytes, "max_players": config.max_players,
+        "max_image_pixels": config.max_image_pixels,
     }  # fmt: skip
 
     async def page(request):
@@ -466,6 +239,9 @@ def create_app(world: Any, config: PlayConfig | None = None):
 
     async def world_info(request):
         return JSONResponse(info)
+
+    async def world_manifest(request):  # the page asks for world.json first: "play me over /ws"
+        return JSONResponse({"format": PLAY_FORMAT, **info}, headers={"Cache-Control": "no-cache"})
 
     async def recording(request):
         rec_id = request.path_params["rec_id"]
@@ -475,6 +251,10 @@ def create_app(world: Any, config: PlayConfig | None = None):
         return FileResponse(path, media_type="video/mp4", filename=f"neuralworld-{rec_id[:8]}.mp4")
 
     async def play(ws: WebSocket):
+        origin = ws.headers.get("origin")
+        if not origin_allowed(origin, ws.headers.get("host"), config.allowed_origins):
+            await _refuse_origin(ws, origin)
+            return
         await ws.accept()
         if len(hub.players) >= config.max_players:
             await ws.send_text(json.dumps({"type": "error", "message": f"the server is full ({config.max_players} players); try again later"}))
@@ -515,7 +295,7 @@ def create_app(world: Any, config: PlayConfig | None = None):
             try:
                 if text is None:
                     raise MessageError("binary messages are not understood here: send JSON text")
-                player.handle_text(text)
+                await player.handle_text(text)
             except MessageError as e:
                 player.error(str(e))
 
@@ -532,12 +312,42 @@ def create_app(world: Any, config: PlayConfig | None = None):
             Route("/api/world", world_info),
             Route("/recordings/{rec_id}.mp4", recording),
             WebSocketRoute("/ws", play),
+            Route("/world.json", world_manifest),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
+        middleware=[Middleware(NoSniff)],
         lifespan=lifespan,
     )
     app.state.hub = hub
     return app
+
+
+async def _refuse_origin(ws: Any, origin: str) -> None:
+    """An error message, then a close with code 1008 (policy violation) and the reason."""
+    shown = origin if len(origin) <= 60 else origin[:59] + "…"
+    reason = f"origin {shown} may not play here; allow it with neuralworld play --allow-origin"
+    log.info("refused a WebSocket from origin %r", origin)
+    await ws.accept()
+    await ws.send_text(json.dumps({"type": "error", "message": reason}))
+    await ws.close(code=1008, reason=reason.encode()[:123].decode(errors="ignore"))  # a close reason: 123 bytes at most
+
+
+class NoSniff:
+    """ASGI middleware: every HTTP response says ``X-Content-Type-Options: nosniff``."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_nosniff(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
 
 
 # ---------------------------------------------------------------------------
@@ -580,7 +390,8 @@ def serve(
     import uvicorn
 
     from neuralworld.bundle import BundleError, load_bundle
-    from neuralworld.play.export import StaticServer, is_previous_export
+    from neuralworld.play.export import is_previous_export
+    from neuralworld.play.static_server import StaticServer
 
     config = (config or PlayConfig()).validate()
     if world is not None and is_previous_export(Path(world)):

@@ -1,7 +1,8 @@
 // neuralworld web player: draws the world's frames, sends the player's controls.
-// Two transports speak one protocol (see neuralworld/play/server.py): a WebSocket to
-// `neuralworld play`, or, where the page finds world.json beside it (`neuralworld export
-// --web`), local.js, which runs the world in this browser. No build step, nothing from the network.
+// Two transports speak one protocol (see neuralworld/play/server.py): world.json beside the
+// page says which. "neuralworld-play" (served by `neuralworld play`): a WebSocket to the server;
+// "neuralworld-web" (a folder from `neuralworld export --web`): local.js, which runs the world in
+// this browser. No build step, nothing from the network.
 "use strict";
 
 const KEY_AXIS_FRACTION = 0.5;   // a held key drives an axis to half its range end
@@ -240,18 +241,20 @@ function connect() {
   };
   ws.onclose = ev => {
     const last = nw.errors[nw.errors.length - 1];
-    setStatus(`disconnected${ev.code === 1013 && last ? ": " + last : ""} — reload to play again`, true);
+    const why = ev.reason || (ev.code === 1013 && last) || "";  // 1008 (an origin refused) says why
+    setStatus(`disconnected${why ? ": " + why : ""} — reload to play again`, true);
   };
   return { send: msg => { if (ws.readyState === 1) ws.send(JSON.stringify(msg)); } };
 }
 
-/** world.json beside the page (a static export), or null under the server. */
-async function localManifest() {
-  if (location.protocol === "file:") throw new Error("open this folder through a web server, e.g. python -m http.server -d FOLDER");
+/** world.json beside the page: a static export's manifest ("neuralworld-web"), the server's
+ *  world ("neuralworld-play"), or null (a server older than world.json: ask /api/world). */
+async function worldManifest() {
+  if (location.protocol === "file:") throw new Error("open this folder through a web server, e.g. neuralworld play FOLDER");
   try {
     const r = await fetch("world.json", { cache: "no-cache" });
     const m = r.ok ? await r.json() : null;
-    return m && m.format === "neuralworld-web" ? m : null;
+    return m && (m.format === "neuralworld-web" || m.format === "neuralworld-play") ? m : null;
   } catch (err) { return null; }
 }
 
@@ -282,8 +285,9 @@ $("start-image").addEventListener("change", async e => {
 // ---- start -----------------------------------------------------------------------------
 const scriptUrl = document.currentScript.src;
 async function main() {
-  const manifest = await localManifest();
-  const world = nw.world = manifest || await (await fetch("/api/world")).json();
+  const found = await worldManifest();
+  const manifest = found && found.format === "neuralworld-web" ? found : null;  // plays in this browser
+  const world = nw.world = found || await (await fetch("/api/world")).json();
   nw.bindings = buildBindings(world.spec, world.hints || {});
   const [H, W] = world.resolution;
   canvas.width = W; canvas.height = H;
