@@ -1,0 +1,508 @@
+"""The warp-and-paint world: a one-step, adversarially trained generator in pixel space.
+
+Why this network (DESIGN, "World recipe for this CPU"): in a first-person world
+most of each frame is the last one moved. So the network does not draw the next
+frame from nothing; it predicts
+
+* a **flow** field (2, H, W), in pixels: where each pixel of the new frame comes
+  from in the last frame (a backward warp, ``grid_sample``);
+* a **mask** m (1, H, W) in [0, 1]: how far to trust the warped pixels;
+* **paint** (3, H, W) in [-1, 1]: new content where warping cannot explain the
+  frame (what turning or walking reveals, what moves on its own);
+
+and composites ``next = m * warp(last, flow) + (1 - m) * paint`` (vid2vid,
+SDC-Net). Warped pixels are real pixels moved, so they stay sharp; the paint is
+trained with an adversarial loss so that what is generated is detail, not the
+average of the possible details (Ollin Boer Bohan's largest gain).
+
+What it sees (a multi-resolution memory, as in Ollin's pyramid, at a fixed cost):
+the last ``full_frames`` frames at full resolution, the last ``memory_frames``
+frames pooled 4x, the last ``action_frames`` actions (Doom has momentum: what
+was pressed before still moves the player) and a noise map (the generator's
+randomness: monsters and the unseen are not determined by the past).
+
+Playing through ``WorldSession`` unchanged (as the U-Net baseline does): the
+"latent" is the frame in [-1, 1] (``PixelCodec``); the cache is a shift register
+of the last frames and actions (``WarpCache``), stored 8-bit-quantised as every
+fed-back frame is (what the network was trained on, so a rollout's frames are
+inputs it knows). The sampler is one Euler step from the noise ``x``: ``step``
+returns ``v = x - G(memory, action, noise=x)`` so ``x - v`` is the generated
+frame (``ONE_STEP``: every preset of a session is that one call here).
+Reward and termination heads read the bottleneck of the same call; ``append``
+hands back the last ``step``'s heads (a cache of one value, no second call).
+
+Shapes: B batch, n full-resolution frames, M memory frames, A action size, H x W the frame.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from neuralworld.actions import ActionSpec
+from neuralworld.model.config import ConfigError, _dataclass_from
+from neuralworld.model.dynamics import DynamicsOutput
+
+MODEL_KIND = "warp"
+"""The bundle's ``"model"`` value for this network."""
+
+ONE_STEP_PRESET = dict(method="euler", steps=1, context_level=0.0)
+"""What every sampler preset means for a one-step generator (read by the session)."""
+
+
+@dataclass
+class WarpNetConfig:
+    """The warp-and-paint generator, its discriminator and their training objective."""
+
+    full_frames: int = 4
+    """n: the last frames seen at full resolution (the last one is the one warped)."""
+    memory_frames: int = 16
+    """M: the last frames seen pooled 4x (M >= n), beside the bottleneck's 1/4 resolution."""
+    action_frames: int = 4
+    """Actions the generator reads: the one that leads to the new frame and the ones before it."""
+    channels: tuple[int, int, int, int] = (16, 32, 64, 128)
+    """Widths at full, 1/2, 1/4 and 1/8 resolution."""
+    cond_dim: int = 128
+    noise_channels: int = 3
+    """Channels of the noise map given at 1/4 resolution."""
+    max_flow: float = 16.0
+    """Flow is bounded to +-max_flow pixels (tanh) at 64 px wide, scaled with the width."""
+    groups: int = 8
+    # -- training objective ----------------------------------------------------------------
+    l1_weight: float = 1.0
+    adv_weight: float = 0.02
+    """Weight of the generator's hinge loss against the patch discriminator (0: L1 alone)."""
+    flow_weight: float = 0.1
+    """Weight of the flow's L1 to optical flow (OpenCV) on real pairs; 0 switches it off."""
+    context_noise_max: float = 0.05
+    """Memory frames are noised by N(0, s^2), s ~ U[0, max], before 8-bit quantisation (GameNGen)."""
+    disc_channels: tuple[int, int, int] = (32, 64, 128)
+
+    @property
+    def window(self) -> int:
+        """Frames of memory a step needs."""
+        return max(self.full_frames, self.memory_frames)
+
+    def validate(self) -> "WarpNetConfig":
+        if self.full_frames < 1 or self.memory_frames < self.full_frames:
+            raise ConfigError(f"warp: need 1 <= full_frames <= memory_frames, got {self.full_frames}, {self.memory_frames}")
+        if not 1 <= self.action_frames <= self.window + 1:
+            raise ConfigError(f"warp.action_frames must be in [1, {self.window + 1}], got {self.action_frames}")
+        if len(self.channels) != 4 or min(self.channels) < 1 or any(c % self.groups for c in self.channels):
+            raise ConfigError(f"warp.channels must be 4 widths divisible by groups={self.groups}, got {list(self.channels)}")
+        for name in ("l1_weight", "adv_weight", "flow_weight", "context_noise_max", "max_flow"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"warp.{name} must be >= 0")
+        return self
+
+
+@dataclass
+class WarpConfig:
+    """What a warp bundle's config.json holds under "world": the outer shape of
+    ``WorldConfig`` (resolution, controls) so eval, play and bench read it alike."""
+
+    resolution: tuple[int, int] = (64, 64)
+    action_size: int = 0
+    action_spec: dict[str, Any] | None = None
+    dynamics: WarpNetConfig = field(default_factory=WarpNetConfig)
+
+    @property
+    def spec(self) -> ActionSpec | None:
+        return None if self.action_spec is None else ActionSpec.from_json_dict(self.action_spec)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.resolution  # pixels are the latents
+
+    @property
+    def latent_channels(self) -> int:
+        return 3
+
+    def for_spec(self, spec: ActionSpec) -> "WarpConfig":
+        return dataclasses.replace(copy.deepcopy(self), action_spec=spec.to_json_dict(), action_size=spec.size)
+
+    def validate(self) -> "WarpConfig":
+        self.dynamics.validate()
+        h, w = self.resolution
+        unit = 8  # three halvings
+        if h < unit or w < unit or h % unit or w % unit:
+            raise ConfigError(f"resolution {h}x{w} must be a multiple of {unit}")
+        if self.action_size < 1:
+            raise ConfigError("action_size is 0: bind the config to a dataset's controls with .for_spec(spec)")
+        if self.action_spec is not None and ActionSpec.from_json_dict(self.action_spec).size != self.action_size:
+            raise ConfigError(f"action_size {self.action_size} disagrees with action_spec")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["resolution"] = list(self.resolution)
+        d["dynamics"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["dynamics"].items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "WarpConfig":
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a warp world config must be a JSON object, got {type(d).__name__}")
+        top = dict(d)
+        net = _dataclass_from(WarpNetConfig, top.pop("dynamics", {}), "warp")
+        cfg = _dataclass_from(cls, top, "warp world", skip=("dynamics",))
+        cfg.dynamics = net
+        cfg.resolution = tuple(int(x) for x in cfg.resolution)  # type: ignore[assignment]
+        return cfg
+
+
+WARP_PRESETS: dict[str, WarpNetConfig] = {
+    "tiny": WarpNetConfig(channels=(16, 32, 48, 64), cond_dim=64, memory_frames=8, disc_channels=(16, 32, 64)),
+    "mini": WarpNetConfig(),
+    "small": WarpNetConfig(channels=(32, 64, 128, 192), cond_dim=192, memory_frames=32),
+}
+
+
+def warp_preset(name: str, spec: ActionSpec | None = None, resolution: tuple[int, int] = (64, 64)) -> WarpConfig:
+    if name not in WARP_PRESETS:
+        raise ConfigError(f"unknown warp preset {name!r}; choose from {sorted(WARP_PRESETS)}")
+    cfg = WarpConfig(resolution=(int(resolution[0]), int(resolution[1])), dynamics=copy.deepcopy(WARP_PRESETS[name]))
+    return cfg.for_spec(spec) if spec is not None else cfg
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Frames in [-1, 1] rounded to the 256 levels a uint8 frame has (what play feeds back)."""
+    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0
+
+
+def backward_warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """frame (B, C, H, W), flow (B, 2, H, W) in pixels (x, y): out[p] = frame[p + flow[p]],
+    bilinear, edges clamped."""
+    B, _, H, W = frame.shape
+    ys = torch.linspace(-1.0, 1.0, H, device=frame.device, dtype=frame.dtype)
+    xs = torch.linspace(-1.0, 1.0, W, device=frame.device, dtype=frame.dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=frame.device, dtype=frame.dtype)
+    grid = torch.stack([gx, gy], -1)[None] + flow.permute(0, 2, 3, 1) * scale  # (B, H, W, 2)
+    return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+# ---------------------------------------------------------------------------
+# the memory: a shift register of the last frames and actions
+# ---------------------------------------------------------------------------
+@dataclass
+class WarpCache:
+    """The last ``window`` frames (oldest first, 8-bit-quantised), the actions that led to
+    them, and the heads of the last ``step``. After ``reset`` an element holds nothing;
+    the first frame appended fills every slot (a world that stood still before it)."""
+
+    frames: torch.Tensor  # (B, M, 3, H, W)
+    actions: torch.Tensor  # (B, M, A) normalised
+    valid: torch.Tensor  # (B, M) bool
+    reward: torch.Tensor  # (B,) the last step's heads, handed back by append
+    termination: torch.Tensor  # (B,)
+    frames_seen: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid.shape[0]
+
+    def reset(self, batch_index: int | torch.Tensor | None = None) -> None:
+        """Forget the past of some batch elements (all when None)."""
+        if batch_index is None:
+            batch_index = slice(None)  # type: ignore[assignment]
+        for t in (self.frames, self.actions, self.reward, self.termination):
+            t[batch_index] = 0
+        self.valid[batch_index] = False
+
+    def step_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The cache's part of ``WarpNet.step_with_cache_tensors``'s inputs."""
+        return (self.frames, self.actions)
+
+    def push(self, action: torch.Tensor, level: torch.Tensor | None = None, memory_frames: int = 0, *, latent: torch.Tensor) -> None:
+        """Shift in one frame (B, 3, H, W), quantised, with the action (B, A) that led to it.
+        (The signature is ``DynamicsCache.push``'s, so a backend can push without knowing the model.)"""
+        empty = ~self.valid.any(dim=1)  # (B,)
+        for ring, new in ((self.frames, quantize(latent)), (self.actions, action)):
+            ring[:, :-1] = ring[:, 1:].clone()
+            ring[:, -1] = new.to(ring.dtype)
+            ring[empty] = new[empty].unsqueeze(1).to(ring.dtype)
+        self.valid[:, :-1] = self.valid[:, 1:].clone()
+        self.valid[:, -1] = True
+        self.frames_seen += 1
+
+
+# ---------------------------------------------------------------------------
+# the generator
+# ---------------------------------------------------------------------------
+class FiLMBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, twice, with the condition scaling and shifting the second
+    norm (zero-initialised, so it starts as a plain residual block)."""
+
+    def __init__(self, channels: int, cond_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C, h, w)
+        scale, shift = self.film(c)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        h = self.norm2(h) * (1.0 + scale) + shift
+        return x + self.conv2(F.silu(h))
+
+
+class WarpNet(nn.Module):
+    """The generator G(memory, actions, noise) -> (frame, flow, mask, reward, termination)."""
+
+    one_step = True
+    """Sessions play it with one call per frame (``ONE_STEP_PRESET``)."""
+
+    def __init__(self, config: WarpNetConfig, *, resolution: tuple[int, int], action_size: int):
+        super().__init__()
+        self.config = config
+        self.latent_size = tuple(resolution)
+        self.latent_channels = 3
+        self.action_size = action_size
+        c0, c1, c2, c3 = config.channels
+        cfg, g = config, config.groups
+        self.pos_embed = nn.Parameter(torch.zeros(0), requires_grad=False)  # a device anchor (sessions read its .device)
+        self.action_mlp = nn.Sequential(nn.Linear(cfg.action_frames * action_size, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        self.stem = nn.Conv2d(3 * cfg.full_frames, c0, 3, padding=1)
+        self.down1 = nn.Conv2d(c0, c1, 3, stride=2, padding=1)
+        self.block1 = FiLMBlock(c1, cfg.cond_dim, g)
+        self.down2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.memory_in = nn.Conv2d(c2 + 3 * cfg.memory_frames + cfg.noise_channels, c2, 1)
+        self.block2 = FiLMBlock(c2, cfg.cond_dim, g)
+        self.down3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
+        self.mid = nn.ModuleList([FiLMBlock(c3, cfg.cond_dim, g) for _ in range(2)])
+        self.up2 = nn.Conv2d(c3, c2, 3, padding=1)
+        self.block2u = FiLMBlock(c2, cfg.cond_dim, g)
+        self.up1 = nn.Conv2d(c2, c1, 3, padding=1)
+        self.block1u = FiLMBlock(c1, cfg.cond_dim, g)
+        self.up0 = nn.Conv2d(c1, c0, 3, padding=1)
+        self.out = nn.Conv2d(c0, 6, 3, padding=1)  # flow (2), mask (1), paint (3)
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.zero_()
+            self.out.bias[2] = 3.0  # the mask starts near 1: the untrained world is copy-last, not grey
+        self.heads = nn.Sequential(nn.Linear(c3 + cfg.cond_dim, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, 2))
+
+    @classmethod
+    def from_world(cls, world: WarpConfig) -> "WarpNet":
+        return cls(world.dynamics, resolution=world.resolution, action_size=world.action_size)
+
+    def _memory_map(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, M, 3, H, W) -> (B, 3M, H/4, W/4): every memory frame at 1/4 resolution."""
+        B, M, C, H, W = frames.shape
+        return F.avg_pool2d(frames.reshape(B, M * C, H, W), 4)  # (B, 3M, H/4, W/4)
+
+    def forward(self, frames: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """frames (B, M, 3, H, W) in [-1, 1], oldest first, the last the one warped;
+        actions (B, action_frames, A) normalised, the last the one leading to the new frame;
+        noise (B, 3, H, W) standard normal (only its 1/4-resolution average is used)."""
+        cfg = self.config
+        B, M, _, H, W = frames.shape
+        n = cfg.full_frames
+        c = self.action_mlp(actions.reshape(B, -1))  # (B, cond)
+        x = F.silu(self.stem(frames[:, M - n :].reshape(B, 3 * n, H, W)))  # (B, c0, H, W)
+        e1 = self.block1(F.silu(self.down1(x)), c)  # (B, c1, H/2, W/2)
+        z = F.avg_pool2d(noise[:, : cfg.noise_channels], 4) * 4.0  # (B, k, H/4, W/4), unit variance again
+        h = F.silu(self.down2(e1))  # (B, c2, H/4, W/4)
+        h = self.memory_in(torch.cat([h, self._memory_map(frames[:, M - cfg.memory_frames :]), z], 1))  # (B, c2, H/4, W/4)
+        e2 = self.block2(h, c)
+        h = F.silu(self.down3(e2))  # (B, c3, H/8, W/8)
+        for block in self.mid:
+            h = block(h, c)
+        heads = self.heads(torch.cat([h.mean(dim=(2, 3)), c], 1))  # (B, 2)
+        h = self.block2u(self.up2(F.interpolate(h, scale_factor=2.0, mode="nearest")) + e2, c)  # (B, c2, H/4, W/4)
+        h = self.block1u(self.up1(F.interpolate(h, scale_factor=2.0, mode="nearest")) + e1, c)  # (B, c1, H/2, W/2)
+        h = F.silu(self.up0(F.interpolate(h, scale_factor=2.0, mode="nearest")) + x)  # (B, c0, H, W)
+        out = self.out(h)  # (B, 6, H, W)
+        flow = torch.tanh(out[:, :2] / cfg.max_flow) * cfg.max_flow * (W / 64.0)  # (B, 2, H, W) pixels
+        mask = torch.sigmoid(out[:, 2:3])  # (B, 1, H, W)
+        paint = torch.tanh(out[:, 3:])  # (B, 3, H, W)
+        warped = backward_warp(frames[:, -1], flow)
+        frame = mask * warped + (1.0 - mask) * paint  # (B, 3, H, W)
+        return {"frame": frame, "flow": flow, "mask": mask, "paint": paint, "warped": warped,
+                "reward": heads[:, 0], "termination": heads[:, 1]}
+
+    # -- the session's interface (as FrameStackUNet's) -------------------------------------
+    def new_cache(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> WarpCache:
+        (H, W), M = self.latent_size, self.config.window
+        device = device if device is not None else self.pos_embed.device
+        return WarpCache(
+            frames=torch.zeros(batch_size, M, 3, H, W, device=device, dtype=dtype),
+            actions=torch.zeros(batch_size, M, self.action_size, device=device, dtype=dtype),
+            valid=torch.zeros(batch_size, M, dtype=torch.bool, device=device),
+            reward=torch.zeros(batch_size, device=device),
+            termination=torch.zeros(batch_size, device=device),
+        )
+
+    def step_with_cache_tensors(
+        self, latent: torch.Tensor, noise_level: torch.Tensor, action: torch.Tensor,
+        frames: torch.Tensor, actions: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """The pure step: (velocity (B, 3, H, W) = latent - frame, so one Euler step from
+        t = 1 lands on the frame; reward (B,); termination logit (B,))."""
+        k = self.config.action_frames
+        acts = torch.cat([actions[:, actions.shape[1] - (k - 1) :], action[:, None].to(actions.dtype)], 1) if k > 1 else action[:, None]
+        out = self(frames.to(latent.dtype), acts.to(latent.dtype), latent)
+        return latent - out["frame"], out["reward"], out["termination"]
+
+    def step(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: WarpCache) -> DynamicsOutput:
+        """One call: the new frame led to by ``action`` (B, A), as a velocity from the noise
+        ``latent`` (B, 3, H, W). The cache is read; only its record of the heads changes."""
+        B = latent.shape[0]
+        if cache.batch_size != B:
+            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
+        v, r, term = self.step_with_cache_tensors(latent, torch.ones(B), action, *cache.step_inputs())
+        cache.reward, cache.termination = r.detach().float(), term.detach().float()
+        return DynamicsOutput(v, r, term)
+
+    def append(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: WarpCache) -> DynamicsOutput:
+        """The frame (B, 3, H, W), led to by ``action`` (B, A), joins memory, 8-bit-quantised.
+        No network call: the heads are the last ``step``'s (zeros for real frames observed)."""
+        B = latent.shape[0]
+        if cache.batch_size != B:
+            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
+        out = DynamicsOutput(torch.zeros_like(latent), cache.reward.clone(), cache.termination.clone())
+        with torch.no_grad():
+            cache.push(action, latent=latent)
+        cache.reward.zero_()
+        cache.termination.zero_()
+        return out
+
+
+# ---------------------------------------------------------------------------
+# the critic: a patch discriminator conditioned on the last frame and the action
+# ---------------------------------------------------------------------------
+class PatchDiscriminator(nn.Module):
+    """D(last frame, candidate next frame, action) -> (B, H/8, W/8) logits. It sees the pair,
+    so it judges the motion as well as the texture; the action enters by projection
+    (Miyato & Koyama 2018): a patch is real for this action or not."""
+
+    def __init__(self, config: WarpNetConfig, action_size: int):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        d0, d1, d2 = config.disc_channels
+        k = config.action_frames
+        self.convs = nn.ModuleList([
+            sn(nn.Conv2d(6, d0, 4, stride=2, padding=1)),
+            sn(nn.Conv2d(d0, d1, 4, stride=2, padding=1)),
+            sn(nn.Conv2d(d1, d2, 4, stride=2, padding=1)),
+            sn(nn.Conv2d(d2, d2, 3, padding=1)),
+        ])
+        self.to_logit = sn(nn.Conv2d(d2, 1, 1))
+        self.embed = sn(nn.Linear(k * action_size, d2))
+
+    def forward(self, last: torch.Tensor, candidate: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([last, candidate], 1)  # (B, 6, H, W)
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.2)  # ... -> (B, d2, H/8, W/8)
+        proj = (h * self.embed(actions.reshape(actions.shape[0], -1))[:, :, None, None]).sum(1)  # (B, H/8, W/8)
+        return self.to_logit(h)[:, 0] + proj
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------
+# the objective: L1 + flow + hinge GAN, on the world's own short rollouts
+# ---------------------------------------------------------------------------
+@dataclass
+class WarpBatch:
+    """Training windows: ``window`` frames of memory, then ``unroll`` frames to predict.
+
+    frames (B, window + unroll, 3, H, W) in [-1, 1]; actions (B, window + unroll, A)
+    normalised, ``actions[:, i]`` the one that LED TO ``frames[:, i]``; rewards and
+    terminated (B, unroll): of each transition into a predicted frame; flow
+    (B, 2, H, W) or None: optical flow from the first predicted frame back to the
+    last memory frame (pixels, the warp's convention), the flow's auxiliary target."""
+
+    frames: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    flow: torch.Tensor | None = None
+
+
+def _acts(actions: torch.Tensor, end: int, k: int) -> torch.Tensor:
+    return actions[:, end - k + 1 : end + 1]  # (B, k, A): the k actions up to and including index ``end``
+
+
+def warp_generator_loss(
+    net: WarpNet, disc: PatchDiscriminator | None, batch: WarpBatch, *, unroll: int, adv_weight: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]], dict[str, float]]:
+    """The generator plays ``unroll`` frames from real memory, each fed back 8-bit-quantised
+    (detached: it learns to continue from its own frames, not to change them), and is scored
+    on each: L1 to the recorded frame, the discriminator's hinge, and on the first frame the
+    flow's L1 to optical flow and the heads. Returns (loss, fakes for the critic, logs)."""
+    cfg = net.config
+    M, k = cfg.window, cfg.action_frames
+    frames, actions = batch.frames, batch.actions
+    B = frames.shape[0]
+    with torch.no_grad():
+        memory = frames[:, :M]
+        if cfg.context_noise_max > 0:  # GameNGen's augmentation, then what play feeds back: 8 bits
+            sigma = torch.rand(B, 1, 1, 1, 1, generator=generator, device=frames.device) * cfg.context_noise_max
+            memory = memory + sigma * torch.randn(memory.shape, generator=generator, device=frames.device)
+        memory = quantize(memory)
+    total = frames.new_zeros(())
+    logs: dict[str, float] = {}
+    fakes: list[tuple[torch.Tensor, ...]] = []
+    for u in range(unroll):
+        acts = _acts(actions, M + u, k)  # (B, k, A)
+        noise = torch.randn(frames[:, 0].shape, generator=generator, device=frames.device)
+        out = net(memory, acts, noise)
+        target = frames[:, M + u]
+        l1 = (out["frame"] - target).abs().mean()
+        loss = cfg.l1_weight * l1
+        logs[f"l1_{u}"] = float(l1.detach())
+        if u == 0:
+            loss = loss + head_loss(out["reward"], out["termination"], batch.rewards[:, 0], batch.terminated[:, 0], logs)
+            if batch.flow is not None and cfg.flow_weight > 0:
+                fl = (out["flow"] - batch.flow).abs().mean()
+                loss = loss + cfg.flow_weight * fl
+                logs["flow_l1"] = float(fl.detach())
+        if disc is not None and adv_weight > 0:
+            g_adv = -disc(memory[:, -1], out["frame"], acts).mean()
+            loss = loss + adv_weight * g_adv
+            logs[f"g_adv_{u}"] = float(g_adv.detach())
+        fakes.append((memory[:, -1], out["frame"].detach(), acts, frames[:, M + u - 1], target))
+        total = total + loss / unroll
+        memory = torch.cat([memory[:, 1:], quantize(out["frame"].detach())[:, None]], 1)
+    logs["mask_mean"] = float(out["mask"].detach().mean())
+    return total, fakes, logs
+
+
+def warp_discriminator_loss(disc: PatchDiscriminator, fakes: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Hinge loss: recorded pairs (real last frame, real next) are real; the generator's
+    (the last frame it saw, its frame) are fake, under the same actions."""
+    loss_real = loss_fake = 0.0
+    for last, fake, acts, real_last, real in fakes:
+        loss_real = loss_real + F.relu(1.0 - disc(real_last, real, acts)).mean()
+        loss_fake = loss_fake + F.relu(1.0 + disc(last, fake, acts)).mean()
+    n = len(fakes)
+    loss = (loss_real + loss_fake) / n
+    return loss, {"d_real": float(loss_real.detach()) / n, "d_fake": float(loss_fake.detach()) / n}
+
+
+def head_loss(reward: torch.Tensor, termination: torch.Tensor, reward_target: torch.Tensor,
+              terminated: torch.Tensor, logs: dict[str, float]) -> torch.Tensor:
+    """Reward regression (MSE) + termination BCE on logits, the world's heads."""
+    r = F.mse_loss(reward.float(), reward_target.float())
+    t = F.binary_cross_entropy_with_logits(termination.float(), terminated.float())
+    logs["reward_mse"], logs["termination_bce"] = float(r.detach()), float(t.detach())
+    return r + t
