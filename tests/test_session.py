@@ -62,9 +62,12 @@ def test_public_face_and_start_from_frames(world, episode, tiny):
     assert np.array_equal(out, s.frame) and s.step_index == 1 and s.frames_in_memory == 7
     assert isinstance(s.last_reward, float) and 0.0 <= s.last_termination <= 1.0
     assert s.latent.shape == (1, world.config.latent_channels, *world.config.latent_size)
-    # a session straight from a bundle path
-    s2 = WorldSession(str(tiny[1] / "world"), frames, sampler="fast")
+    # a session of a loaded world; a path is refused with the way in (the session never loads bundles)
+    s2 = WorldSession(neuralworld.load(tiny[1] / "world"), frames)
     assert s2.step(spec.noop()).shape == (32, 32, 3)
+    assert s2.sampler == s.sampler and s2.backend.name == "eager"  # the session's defaults: fast, on the reference path
+    with pytest.raises(SessionError, match=r"neuralworld\.load\("):
+        WorldSession(str(tiny[1] / "world"), frames)
 
 
 def test_start_from_any_image_or_nothing(world):
@@ -167,7 +170,7 @@ def test_kv_cached_session_equals_full_recompute(world, episode):
     preset = SamplerPreset("heun", steps=3, context_level=level)
     ctx = episode["frames"][:T]
     ctx_led_to = led_to(episode["actions"][: T + 2], spec)  # led to frames 0..T+1
-    s = w.start(ctx, actions=ctx_led_to[:T], sampler=preset, seed=seed)
+    s = w.start(ctx, actions=ctx_led_to[:T], sampler=preset, seed=seed, backend="eager")
     got_frames = [s.step(ctx_led_to[T]), None]
     got_latents = [s.latent.clone(), None]
     got_frames[1] = s.step(ctx_led_to[T + 1])
@@ -198,7 +201,7 @@ def test_kv_cached_session_equals_full_recompute(world, episode):
 
     # the check has teeth: another memory (the same frames mirrored) moves the frame
     # by far more than the tolerance (measured: ~0.1 against errors of ~1e-6)
-    other = w.start(ctx[:, :, ::-1], actions=ctx_led_to[:T], sampler=preset, seed=seed)
+    other = w.start(ctx[:, :, ::-1], actions=ctx_led_to[:T], sampler=preset, seed=seed, backend="eager")
     other.step(ctx_led_to[T])
     assert (other.latent - got_latents[0]).abs().max() > 1e-2
 
@@ -206,6 +209,6 @@ def test_kv_cached_session_equals_full_recompute(world, episode):
 def test_compiled_backend_matches_eager(world, episode):
     # the torch.compile path runs the pure step and writes the rings with DynamicsCache.push
     acts = episode["actions"][4:14]  # 10 steps: the tiny world's rings (K=2, M=8) wrap
-    eager = world.start(episode["frames"][:4], sampler="fast", seed=5).rollout(acts)
+    eager = world.start(episode["frames"][:4], sampler="fast", seed=5, backend="eager").rollout(acts)
     compiled = world.start(episode["frames"][:4], sampler="fast", seed=5, backend="compiled").rollout(acts)
     assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1

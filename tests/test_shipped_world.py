@@ -15,15 +15,20 @@ frame the browser receives is collected, keyed by step); the exported page holds
 then runs the action the page made from it through its worker's seeded rollout.
 """
 
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import neuralworld
+from neuralworld.backends import fastest_exact
 from neuralworld.eval.control import image_shifts
 from neuralworld.play.server import DEFAULT_WORLD, resolve_world
 
@@ -73,6 +78,30 @@ def test_turn_left_slides_the_picture_right(world):
         return held_slide(session.frame, [session.step(action) for _ in range(FRAMES)])
 
     assert_turns_the_right_way([held(-HOLD, s) for s in SEEDS], [held(HOLD, s) for s in SEEDS], "WorldSession")
+
+
+def test_python_api_plays_what_the_player_plays(world):
+    """``neuralworld.load(path).start()`` plays the ``fast`` preset on the fastest exact backend
+    (ONNX Runtime where it is installed, as ``neuralworld play``), and its repr says so;
+    ``quality`` is one argument away."""
+    s = world.start()
+    want = "onnx" if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx") else "eager"
+    assert s.backend.name == want and fastest_exact(world) == want
+    assert f"sampler fast (euler, {world.distilled_steps} step" in repr(s) and f"backend {want}," in repr(s), repr(s)
+    assert s.dynamics is world.distilled and s.step(world.spec.make(forward=1)).shape == (*world.resolution, 3)
+    q = world.start(sampler="quality")
+    assert q.sampler.calls == 15 and q.dynamics is world.dynamics
+    assert "sampler quality (heun, 8 steps)" in repr(q) and f"backend {want}," in repr(q), repr(q)
+    assert q.step(world.spec.noop()).shape == (*world.resolution, 3)
+
+
+def test_auto_backend_falls_back_to_eager(world, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed: importing it fails
+    s = world.start()
+    assert s.backend.name == "eager" and "backend eager," in repr(s)
+    monkeypatch.undo()
+    unet = SimpleNamespace(dynamics=torch.nn.Conv2d(3, 3, 1))  # a world ONNX does not export (the U-Net baseline)
+    assert fastest_exact(unet) == "eager"
 
 
 # ---------------------------------------------------------------------------

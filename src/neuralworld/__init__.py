@@ -1,7 +1,12 @@
 """neuralworld: worlds that exist only as a neural network.
 
-The public face: ``ActionSpec`` (a world's controls) and, as they arrive,
-``load(path)`` for a trained world and ``WorldSession`` to play it.
+The public face: ``ActionSpec`` (a world's controls), ``load(path)`` for a trained
+world and ``WorldSession`` to play it::
+
+    world = neuralworld.load("worlds/freedoom-map01")
+    session = world.start()                            # what the player plays: fast, fastest exact backend
+    frame = session.step(world.spec.make(forward=1))   # uint8 (H, W, 3)
+    world.start(sampler="quality")                     # the 8-step Heun sampler: 15 network calls a frame, not 1
 """
 
 from typing import TYPE_CHECKING

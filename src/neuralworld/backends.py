@@ -8,7 +8,7 @@ A backend has four calls, all the session needs per frame:
     decode(latent) -> frames (B, 3, H, W) float          normalised latent -> pixels
 
 Names (``PATHS``, what ``neuralworld bench --paths`` measures):
-    eager     fp32 PyTorch, the reference (the session's default)
+    eager     fp32 PyTorch, the reference (``WorldSession``'s default: what evaluation measures)
     bf16      PyTorch under CPU bfloat16 autocast, bfloat16 cache
     compiled  ``torch.compile`` of the pure step (``Dynamics.step_with_cache_tensors``) and decoder
     onnx      ONNX Runtime on the exported graphs (``onnx_export.OnnxBackend``)
@@ -16,6 +16,10 @@ Names (``PATHS``, what ``neuralworld bench --paths`` measures):
 
 ``eager``, ``compiled`` and ``onnx`` compute the same float32 function (tested to
 ~1e-6); ``bf16`` and ``onnx_int8`` trade exactness for speed.
+
+``"auto"`` (``fastest_exact``) is what a player gets (``World.start``, ``neuralworld
+play``): ``onnx`` where ONNX Runtime is installed and the world exports to ONNX
+(a transformer world on the CPU), else ``eager``.
 
 Noise, the sampler and the order of calls stay in the session, so every backend
 plays the same rollout loop (STYLE habit 3).
@@ -28,11 +32,13 @@ from typing import Any
 
 import torch
 
-from neuralworld.model.dynamics import DynamicsCache, DynamicsOutput
+from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput
 
 PATHS = ("eager", "bf16", "compiled", "onnx", "onnx_int8")
 EXACT_PATHS = ("eager", "compiled", "onnx")
 """Paths that compute the reference float32 function (to rounding)."""
+AUTO = "auto"
+"""Not a path: the fastest exact one for the world at hand (``fastest_exact``)."""
 
 
 class TorchBackend:
@@ -90,12 +96,28 @@ class TorchBackend:
             return self._decode_eager(latent).float()
 
 
+def fastest_exact(world: Any) -> str:
+    """The fastest path in ``EXACT_PATHS`` that plays ``world`` here (as ``neuralworld bench``
+    measures it on a CPU): ``onnx`` where ``onnx`` and ``onnxruntime`` are installed and the
+    world is a transformer world on the CPU; else ``eager`` (the U-Net baseline, a GPU, no
+    ONNX Runtime). ``compiled`` is never picked: it compiles a while before its first frame."""
+    dynamics = world.dynamics
+    if not isinstance(dynamics, Dynamics) or dynamics.pos_embed.device.type != "cpu":
+        return "eager"
+    try:
+        import onnx  # noqa: F401  (the export)
+        import onnxruntime  # noqa: F401  (the runtime)
+    except ImportError:
+        return "eager"
+    return "onnx"
+
+
 def make_backend(backend: Any, world: Any, batch_size: int) -> Any:
-    """A backend from its name in ``PATHS`` (``"torch"`` is ``"eager"``), or any object
-    with the four calls, as is."""
+    """A backend from its name in ``PATHS`` (``"torch"`` is ``"eager"``; ``"auto"`` is
+    ``fastest_exact(world)``), or any object with the four calls, as is."""
     if not isinstance(backend, str):
         return backend
-    name = "eager" if backend == "torch" else backend
+    name = "eager" if backend == "torch" else fastest_exact(world) if backend == AUTO else backend
     if name == "eager":
         return TorchBackend(world)
     if name == "bf16":
@@ -106,4 +128,4 @@ def make_backend(backend: Any, world: Any, batch_size: int) -> Any:
         from neuralworld.onnx_export import OnnxBackend
 
         return OnnxBackend.from_world(world, batch_size, int8=name == "onnx_int8")
-    raise ValueError(f"unknown backend {backend!r}; choose from {PATHS} or pass a backend object")
+    raise ValueError(f"unknown backend {backend!r}; choose from {PATHS}, {AUTO!r} or pass a backend object")

@@ -91,11 +91,17 @@ class World:
         """The network kind (``MODEL_KINDS``): "world" or "unet-baseline"."""
         return BASELINE_KIND if isinstance(self.config, BaselineConfig) else "world"
 
-    def start(self, frames: Any = None, **kw: Any) -> Any:
-        """A new ``WorldSession`` from dataset frames or one image (see session.py)."""
-        from neuralworld.session import WorldSession
+    def start(self, frames: Any = None, *, sampler: Any = "fast", backend: Any = "auto", **kw: Any) -> Any:
+        """A new ``WorldSession`` (session.py) from dataset frames, one image or None, playing
+        what the player plays: the ``fast`` preset (the distilled student; ``euler2`` on a
+        world without one) on the fastest exact backend (``backends.fastest_exact``: ONNX
+        Runtime where it is installed and the world exports to ONNX, else eager PyTorch;
+        ONNX exports the graphs once per session, in seconds). The slow, sharper sampler is
+        ``start(sampler="quality")``; the reference path ``backend="eager"``. Other
+        arguments (``actions``, ``batch_size``, ``seed``, ``device``) as ``WorldSession``'s."""
+        from neuralworld.session import WorldSession  # the session sits below: it never loads bundles
 
-        return WorldSession(self, frames, **kw)
+        return WorldSession(self, frames, sampler=sampler, backend=backend, **kw)
 
 
 def build_networks(config: WorldConfig | BaselineConfig) -> tuple[Any, Any]:

@@ -108,13 +108,15 @@ class WorldSession:
     """One (or B parallel) playthroughs of a world.
 
     Args:
-        world: a loaded ``World`` (``neuralworld.load``) or the path of a bundle.
+        world: a loaded ``World`` (``neuralworld.load``). ``World.start`` makes a
+            session with what the player plays (``fast`` on ``backend="auto"``).
         frames: where the playthrough starts (see ``reset``): ``None`` for a
             mid-grey frame, one image (H, W, 3) of any size, dataset frames
             (T, H, W, 3), or one context per batch element (B, T, H, W, 3).
-        sampler: ``"quality"``, ``"fast"``, ``"euler2"`` (see ``model.sampler.SAMPLERS``)
-            or a ``SamplerPreset``. ``fast`` drives the world's distilled network
-            where it has one, and is ``euler2`` where it has none.
+        sampler: ``"fast"`` (the default, what the player plays), ``"quality"``,
+            ``"euler2"`` (see ``model.sampler.SAMPLERS``) or a ``SamplerPreset``.
+            ``fast`` drives the world's distilled network where it has one, and is
+            ``euler2`` where it has none.
         batch_size: parallel playthroughs. None: B of 5-d frames, else 1. Frames
             without a batch axis are shared by every element.
         seed: seeds the session's noise generator; same seed, same frames.
@@ -123,8 +125,11 @@ class WorldSession:
         actions: the actions that led to ``frames`` (T, A) or (B, T, A), in the
             ActionSpec's units; None: no-ops (the usual case for an image).
         backend: how the networks run (``backends.PATHS``): ``"torch"``/``"eager"``
-            (fp32, the reference), ``"bf16"``, ``"compiled"``, ``"onnx"`` (ONNX
-            Runtime), or a backend object. The rollout is the same for all.
+            (fp32, the reference and the default: evaluation, training's validation
+            and the bench's FLOP count construct sessions and measure this path),
+            ``"bf16"``, ``"compiled"``, ``"onnx"`` (ONNX Runtime), ``"auto"`` (the
+            fastest exact path, ``backends.fastest_exact``), or a backend object.
+            The rollout is the same for all.
 
     A session made with 5-d frames or ``batch_size > 1`` is *batched*: ``step``
     returns (B, H, W, 3) and takes (A,) (same action for all) or (B, A). Otherwise
@@ -136,18 +141,17 @@ class WorldSession:
         world: Any,
         frames: np.ndarray | None = None,
         *,
-        sampler: str | SamplerPreset = "quality",
+        sampler: str | SamplerPreset = "fast",
         batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         actions: np.ndarray | None = None,
         backend: str | Any = "torch",
     ):
-        if isinstance(world, (str, os.PathLike)):
-            from neuralworld.bundle import load_bundle
-
-            world = load_bundle(world)
+        if isinstance(world, (str, os.PathLike)):  # the bundle sits above: it makes sessions (World.start)
+            raise SessionError(f"WorldSession takes a loaded world: neuralworld.load({str(world)!r}).start(...)")
         self.sampler = resolve_sampler(sampler, world)
+        self.sampler_name = sampler if isinstance(sampler, str) else None  # as asked ("fast"), for the repr
         world = world.network(self.sampler.network)  # the student, for a distilled preset
         self.world = world
         self.spec: ActionSpec = world.spec
@@ -382,7 +386,11 @@ class WorldSession:
 
     def __repr__(self) -> str:
         name = getattr(self.world, "name", "") or "world"
+        p = self.sampler
+        preset = f"{p.method}, {p.steps} step{'s' if p.steps > 1 else ''}" + (", distilled" if p.network == "distilled" else "")
+        sampler = f"{self.sampler_name} ({preset})" if self.sampler_name else preset
+        backend = getattr(self.backend, "name", type(self.backend).__name__)
         return (
             f"WorldSession({name!r}, {self.resolution[0]}x{self.resolution[1]}, batch {self.batch_size}, "
-            f"sampler {self.sampler.method}x{self.sampler.steps}, step {self.step_index}, device {self.device})"
+            f"sampler {sampler}, backend {backend}, step {self.step_index}, device {self.device})"
         )
