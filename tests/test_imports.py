@@ -18,12 +18,6 @@ import neuralworld
 ROOT = Path(neuralworld.__file__).parent
 PACKAGE = "neuralworld"
 
-KNOWN_CIRCLES: set[frozenset[str]] = {
-    # being opened in play/ by another change of issue 17; remove this entry when it lands
-    frozenset({"neuralworld.play.export", "neuralworld.play.server"}),
-}
-
-
 def module_name(path: Path, root: Path = ROOT) -> str:
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -129,5 +123,5 @@ def test_a_function_level_import_counts(tmp_path):
 
 
 def test_no_import_circles():
-    found = [c for c in circles(import_graph()) if frozenset(c) not in KNOWN_CIRCLES]
+    found = circles(import_graph())
     assert not found, "import circles (arrows must point down only): " + "; ".join(" <-> ".join(c) for c in found)
