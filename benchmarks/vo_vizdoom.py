@@ -4,7 +4,7 @@ Renders walks through Freedoom's MAP01 (no monsters, 160x120, no HUD or weapon
 unless --hud) with a persistent explorer: it holds a turn rate and walks or
 stands for a random while, then picks again. The player's true heading comes
 from GameVariable.ANGLE; the estimate comes from the pixels alone
-(``neuralworld.record.motion.estimate_camera_motion`` with ViZDoom's 90°
+(``neuralworld.record.odometry.estimate_camera_motion`` with ViZDoom's 90°
 horizontal field of view).
 
 Prints per-walk figures and, last, one JSON line:
@@ -32,7 +32,7 @@ from collections import Counter
 import numpy as np
 import vizdoom as vzd
 
-from neuralworld.record.motion import estimate_camera_motion
+from neuralworld.record.odometry import estimate_camera_motion
 
 
 def render_walk(frames: int, seed: int, *, hud: bool, strafe: bool, frame_skip: int) -> dict[str, np.ndarray]:

@@ -23,12 +23,12 @@ from neuralworld.record.motion import (
     ImuLog,
     MotionError,
     PoseLog,
-    estimate_camera_motion,
     euler_to_matrix,
     matrix_to_euler,
     motion_from_log,
     read_motion_log,
 )
+from neuralworld.record.odometry import estimate_camera_motion
 from neuralworld.record.video import VideoError, import_video
 
 

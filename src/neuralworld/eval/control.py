@@ -3,7 +3,7 @@
 The yaw between consecutive generated frames is measured two ways and set beside the
 commanded turn:
 
-* **odometry**: the project's own visual odometry (``record.motion.VisualOdometry``,
+* **odometry**: the project's own visual odometry (``record.odometry.VisualOdometry``,
   verified on ViZDoom against the engine's true heading, benchmarks/vo_vizdoom.py):
   features tracked between frames, a rotation fitted. Exact on sharp frames; on blurry
   generated frames it finds too few features and reads ~0;
@@ -41,7 +41,7 @@ import numpy as np
 
 from neuralworld.data.store import Dataset
 from neuralworld.eval.inputs import TurnAxis
-from neuralworld.record.motion import VisualOdometry
+from neuralworld.record.odometry import VisualOdometry
 
 VO_WIDTH = 256
 """Frames are upscaled to at least this width before odometry."""

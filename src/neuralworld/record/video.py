@@ -58,14 +58,8 @@ import numpy as np
 
 from neuralworld.actions import ActionSpec, camera_motion_spec
 from neuralworld.data.store import Dataset, DatasetError, DatasetWriter
-from neuralworld.record.motion import (
-    POSE_NAMES,
-    CameraMotion,
-    VisualOdometry,
-    motion_from_log,
-    motion_from_pairs,
-    read_motion_log,
-)
+from neuralworld.record.motion import POSE_NAMES, CameraMotion, motion_from_log, read_motion_log
+from neuralworld.record.odometry import VisualOdometry, motion_from_pairs
 
 GAME_VARIABLES = ("motion_reliable",)
 MAX_DEFAULT_FPS = 30.0
