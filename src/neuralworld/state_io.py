@@ -63,14 +63,6 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise StateError(f"{what} {path} is damaged (not valid JSON: {e})") from None
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------
 # nested state ↔ flat tensors + JSON skeleton
 # ---------------------------------------------------------------------------
