@@ -38,7 +38,6 @@ class StaticServer:
     def __init__(self, folder: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0, isolated: bool = False):
         handler = functools.partial(FolderHandler, directory=str(folder), isolated=isolated)
         self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -82,10 +81,6 @@ class FolderHandler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         super().end_headers()
-
-    def list_directory(self, path: str | os.PathLike[str]) -> None:
-        self.send_error(HTTPStatus.NOT_FOUND, "File not found")
-        return None
 
     def resolve(self, url_path: str) -> str:
         """The request's path -> the real path of a regular file under the folder; BadPath
