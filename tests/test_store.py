@@ -74,10 +74,10 @@ def test_append_refuses_other_spec_or_resolution(store, tmp_path):
     write_episode(store, 3)
     other = ActionSpec(buttons=("forward",), fps=10)
     with pytest.raises(DatasetError, match="ActionSpec differs"):
-        DatasetWriter.open_or_create(tmp_path / "d", other, RES, source="x", game_variables=("health",))
+        DatasetWriter.create(tmp_path / "d", other, RES, source="x", game_variables=("health",), exist_ok=True)
     with pytest.raises(DatasetError, match="resolution is 16x24, not 32x32"):
-        DatasetWriter.open_or_create(tmp_path / "d", SPEC, (32, 32), source="x", game_variables=("health",))
-    ok = DatasetWriter.open_or_create(tmp_path / "d", SPEC, RES, source="x", game_variables=("health",))
+        DatasetWriter.create(tmp_path / "d", SPEC, (32, 32), source="x", game_variables=("health",), exist_ok=True)
+    ok = DatasetWriter.create(tmp_path / "d", SPEC, RES, source="x", game_variables=("health",), exist_ok=True)
     assert ok.next_ids(1) == ["000001"]
     assert Dataset(tmp_path / "d").num_frames == 3  # nothing lost
 
@@ -187,9 +187,9 @@ def test_split_with_two_episodes_has_both_sides(store, tmp_path):
 def test_fsspec_url_store():
     # the same code writes to object storage: fsspec's in-memory filesystem stands in for s3://
     url = "memory://neuralworld-test/d"
-    w = DatasetWriter.open_or_create(url, SPEC, RES, source="t", game_variables=("health",))
+    w = DatasetWriter.create(url, SPEC, RES, source="t", game_variables=("health",), exist_ok=True)
     write_episode(w, 40)
-    w2 = DatasetWriter.open_or_create(url, SPEC, RES, source="t", game_variables=("health",))
+    w2 = DatasetWriter.create(url, SPEC, RES, source="t", game_variables=("health",), exist_ok=True)
     assert w2.next_ids(1) == ["000001"]
     write_episode(w2, 5, save=False)  # an unfinished episode stays invisible there too
     ds = Dataset(url)

@@ -30,13 +30,14 @@ reset, not per frame.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,27 +62,23 @@ STEP_INPUTS = (
 STEP_OUTPUTS = ("velocity", "reward", "termination", "new_full_k", "new_full_v", "new_pooled_k", "new_pooled_v")
 
 
-class _StepGraph(nn.Module):
-    """Dynamics.step_with_cache_tensors as a module's forward (what the exporter traces)."""
+class TracedCall(nn.Module):
+    """A call on a network's tensors as a module's forward, which is what the exporter traces:
+    ``TracedCall(dynamics, dynamics.step_with_cache_tensors)``. ``network`` is held as a
+    submodule so its weights become the graph's."""
 
-    def __init__(self, dynamics: Dynamics):
+    def __init__(self, network: nn.Module, call: Callable[..., Any]):
         super().__init__()
-        self.dynamics = dynamics
+        self.network = network
+        self.call = call
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.dynamics.step_with_cache_tensors(*inputs)
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.call(*inputs)
 
 
-class _DecoderGraph(nn.Module):
+def decode_latent(autoencoder: Autoencoder, latent: torch.Tensor) -> torch.Tensor:
     """Normalised latent (B, C, h, w) -> frame (B, 3, H, W): denormalise, then decode."""
-
-    def __init__(self, autoencoder: Autoencoder):
-        super().__init__()
-        self.autoencoder = autoencoder
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        ae = self.autoencoder
-        return ae.decode(ae.denormalize_latents(latent))
+    return autoencoder.decode(autoencoder.denormalize_latents(latent))
 
 
 def example_step_inputs(dynamics: Dynamics, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -121,11 +118,11 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             # dynamo=False: the TorchScript exporter gives a plain, fixed-shape graph in seconds
             torch.onnx.export(
-                _StepGraph(dynamics), step_inputs, str(out / STEP_FILE), input_names=list(STEP_INPUTS),
+                TracedCall(dynamics, dynamics.step_with_cache_tensors), step_inputs, str(out / STEP_FILE), input_names=list(STEP_INPUTS),
                 output_names=list(STEP_OUTPUTS), opset_version=opset, dynamo=False,
             )  # fmt: skip
             torch.onnx.export(
-                _DecoderGraph(autoencoder), (latent,), str(out / DECODER_FILE), input_names=["latent"],
+                TracedCall(autoencoder, functools.partial(decode_latent, autoencoder)), (latent,), str(out / DECODER_FILE), input_names=["latent"],
                 output_names=["frame"], opset_version=opset, dynamo=False,
             )  # fmt: skip
     finally:

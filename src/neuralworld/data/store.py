@@ -30,7 +30,7 @@ recording loses at most the episodes in progress; a new writer removes their
 remains and appends. Episodes come from many processes at once without locks:
 the process that starts a recording hands out the ids.
 
-Writer API: ``DatasetWriter.create(...)`` or ``DatasetWriter.open(...)`` →
+Writer API: ``DatasetWriter.create(..., exist_ok=...)`` or ``DatasetWriter.open(...)`` →
 ``writer.episode(id)`` → ``ep.add_frame(...)`` ... → ``ep.save()``.
 Reader API: ``Dataset(path)`` → ``.episode(i)``, ``.split()``, ``WindowSampler``.
 """
@@ -173,8 +173,15 @@ class DatasetWriter:
         source: str,
         pose_names: Sequence[str] = DEFAULT_POSE_NAMES,
         game_variables: Sequence[str] = (),
+        exist_ok: bool = False,
     ) -> "DatasetWriter":
-        """Create a new store at ``path`` (which must not hold anything)."""
+        """Create a new store at ``path`` (which must not hold anything). ``exist_ok``: append
+        to the store already at ``path`` instead (refusing a different ActionSpec, resolution,
+        pose or game-variable layout), as a recording into an existing ``--out`` does."""
+        if exist_ok and ((Path(path) / "zarr.json").exists() if not _is_url(path) else _url_exists(path)):
+            writer = cls.open(path)
+            writer.check_compatible(spec, resolution, pose_names=pose_names, game_variables=game_variables)
+            return writer
         where = str(path)
         h, w = (int(v) for v in resolution)
         if h <= 0 or w <= 0:
@@ -214,26 +221,6 @@ class DatasetWriter:
         if "episodes" not in root:
             raise DatasetError(f"{path}: dataset has no episodes group (damaged)")
         return cls(root, info, str(path))
-
-    @classmethod
-    def open_or_create(
-        cls,
-        path: str | os.PathLike,
-        spec: ActionSpec,
-        resolution: tuple[int, int],
-        *,
-        source: str,
-        pose_names: Sequence[str] = DEFAULT_POSE_NAMES,
-        game_variables: Sequence[str] = (),
-    ) -> "DatasetWriter":
-        """Append to the store at ``path`` if it exists (refusing a different
-        ActionSpec, resolution, pose or game-variable layout), else create it."""
-        exists = (Path(path) / "zarr.json").exists() if not _is_url(path) else _url_exists(path)
-        if not exists:
-            return cls.create(path, spec, resolution, source=source, pose_names=pose_names, game_variables=game_variables)
-        w = cls.open(path)
-        w.check_compatible(spec, resolution, pose_names=pose_names, game_variables=game_variables)
-        return w
 
     def check_compatible(
         self,

@@ -48,10 +48,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from neuralworld.model.autoencoder import Autoencoder, frames_to_tensor
-from neuralworld.onnx_export import DECODER_FILE, META_FILE, OPSET, STEP_FILE, STEP_INT8_FILE, export_onnx, quantize_step
+from neuralworld.model.autoencoder import frames_to_tensor
+from neuralworld.onnx_export import (
+    DECODER_FILE, META_FILE, OPSET, STEP_FILE, STEP_INT8_FILE, TracedCall, export_onnx, quantize_step,
+)  # fmt: skip
 from neuralworld.play.static_server import StaticServer  # noqa: F401  (the export's server; re-exported for callers)
 from neuralworld.play.worlds import PlayError, resolve_world
 
@@ -76,18 +77,6 @@ class ExportError(Exception):
     """An export that cannot be made as asked; the message says what to do."""
 
 
-class _EncoderGraph(nn.Module):
-    """Frame (B, 3, H, W) in [-1, 1] -> normalised latent (B, C, h, w), as a session primes."""
-
-    def __init__(self, autoencoder: Autoencoder):
-        super().__init__()
-        self.autoencoder = autoencoder
-
-    def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        ae = self.autoencoder
-        return ae.normalize_latents(ae.encode(frame))
-
-
 def export_encoder(world: Any, out_dir: str | os.PathLike, *, opset: int = OPSET) -> Path:
     """Write ``encoder.onnx`` (batch 1) for ``world``; returns its path."""
     path = Path(out_dir) / ENCODER_FILE
@@ -99,8 +88,9 @@ def export_encoder(world: Any, out_dir: str | os.PathLike, *, opset: int = OPSET
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
             torch.onnx.export(
-                _EncoderGraph(ae), (torch.zeros(1, 3, H, W),), str(path), input_names=["frame"],
-                output_names=["latent"], opset_version=opset, dynamo=False,
+                # frame (B, 3, H, W) in [-1, 1] -> normalised latent (B, C, h, w), as a session primes
+                TracedCall(ae, lambda frame: ae.normalize_latents(ae.encode(frame))), (torch.zeros(1, 3, H, W),), str(path),
+                input_names=["frame"], output_names=["latent"], opset_version=opset, dynamo=False,
             )  # fmt: skip
     finally:
         ae.to(device)

@@ -275,8 +275,8 @@ def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True) 
     except ImportError:
         raise DatasetError("ViZDoom is not installed: pip install 'neuralworld[doom]' (or run ./setup.sh)") from None
     spec = doom_action_spec(cfg.frame_skip)
-    writer = DatasetWriter.open_or_create(
-        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES
+    writer = DatasetWriter.create(
+        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES, exist_ok=True
     )
     removed = writer.remove_incomplete()
     ids = writer.next_ids(cfg.episodes)

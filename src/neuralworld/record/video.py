@@ -429,8 +429,8 @@ def _write(
 ) -> list[dict[str, Any]]:
     """Write every decoded video as episodes; on any failure undo this import."""
     pre_existing_folder = Path(out).is_dir() if "://" not in str(out) else False
-    writer = DatasetWriter.open_or_create(
-        out, spec, resolution, source="video", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES
+    writer = DatasetWriter.create(
+        out, spec, resolution, source="video", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES, exist_ok=True
     )
     plans = [_episode_bounds(len(d.times), max_episode_frames) for d in decoded]
     ids = iter(writer.next_ids(sum(len(p) for p in plans)))
