@@ -84,7 +84,7 @@ def doom32(tmp_path_factory):
 def trained_idm(doom32, tmp_path_factory):
     train, held = doom32.split(0.2)
     cache = tmp_path_factory.mktemp("idm")
-    idm = idm_mod.train_idm(doom32, train, steps=400, seconds=60, batch_size=64, cache_dir=cache)
+    idm = idm_mod.train_idm(doom32, train, idm_mod.IDMTraining(steps=400, seconds=60, batch_size=64), cache_dir=cache)
     return idm, train, held, cache
 
 
@@ -108,10 +108,10 @@ def test_idm_is_saved_without_pickle_and_reused(doom32, trained_idm):
     key = idm.meta["key"]
     assert files == [f"idm-{key}.json", f"idm-{key}.safetensors"]
     assert json.loads((Path(cache) / f"idm-{key}.json").read_text())["steps_done"] == idm.meta["steps_done"]
-    again = idm_mod.train_idm(doom32, train, steps=400, seconds=60, batch_size=64, cache_dir=cache)  # loads, trains nothing
+    again = idm_mod.train_idm(doom32, train, idm_mod.IDMTraining(steps=400, seconds=60, batch_size=64), cache_dir=cache)  # loads, trains nothing
     f0, f1, _ = idm_mod.real_pairs(doom32, train[:1], max_pairs=50)
     assert np.array_equal(again.predict(f0, f1), idm.predict(f0, f1))
-    other = idm_mod.train_idm(doom32, train[:-1], steps=2, seconds=60, batch_size=8, cache_dir=cache)  # other data: other key
+    other = idm_mod.train_idm(doom32, train[:-1], idm_mod.IDMTraining(steps=2, seconds=60, batch_size=8), cache_dir=cache)  # other data: other key
     assert other.meta["key"] != key and other.meta["steps_done"] == 2
 
 

@@ -30,9 +30,11 @@ Which controls were readable is reported beside the number.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,28 +141,28 @@ def _training_pairs(ds: Dataset, episodes: list[int], max_pairs: int, seed: int)
     return all_frames, s, a
 
 
-def train_idm(
-    ds: Dataset,
-    episodes: list[int],
-    *,
-    steps: int = 1500,
-    seconds: float = 180.0,
-    batch_size: int = 64,
-    max_pairs: int = 20000,
-    width: int = 32,
-    lr: float = 2e-3,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    log: Any = None,
-) -> IDM:
-    """Train (or load from ``cache_dir``) an IDM on real pairs of ``episodes``.
+@dataclass(frozen=True)
+class IDMTraining:
+    """How an IDM is trained; all of it is part of the cache key (another budget, another IDM).
+    Training stops after ``steps`` or ``seconds``, whichever comes first: a time budget makes
+    the result depend on the machine's speed, so the steps actually taken are in its JSON."""
 
-    Stops after ``steps`` or ``seconds``, whichever comes first (a time budget makes
-    the result depend on the machine's speed; the cache key holds both, and the
-    steps actually taken are in the JSON)."""
+    steps: int = 1500
+    seconds: float = 180.0
+    batch_size: int = 64
+    max_pairs: int = 20000  # real pairs sampled from the episodes
+    width: int = 32  # channels of the CNN's first layer
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def train_idm(
+    ds: Dataset, episodes: list[int], training: IDMTraining = IDMTraining(), *, cache_dir: str | Path | None = None, log: Any = None
+) -> IDM:
+    """Train (or load from ``cache_dir``) an IDM on real pairs of ``episodes``."""
     spec = ds.spec
-    settings = {"steps": steps, "seconds": seconds, "batch_size": batch_size, "max_pairs": max_pairs,
-                "width": width, "lr": lr, "seed": seed}  # fmt: skip
+    settings = dataclasses.asdict(training)
+    steps, seconds, batch_size, lr, seed = training.steps, training.seconds, training.batch_size, training.lr, training.seed
     key = dataset_key(ds, episodes, settings)
     if cache_dir is not None:
         path = Path(cache_dir) / f"idm-{key}.safetensors"
@@ -170,7 +172,7 @@ def train_idm(
             except (StateError, EvalError):
                 pass  # damaged or from another version: train again
     torch.manual_seed(seed)
-    frames, starts, actions = _training_pairs(ds, episodes, max_pairs, seed)
+    frames, starts, actions = _training_pairs(ds, episodes, training.max_pairs, seed)
     nb, na = len(spec.buttons), len(spec.axes)
     half = np.array([(ax.high - ax.low) / 2 for ax in spec.axes], np.float32)
     mid = np.array([(ax.high + ax.low) / 2 for ax in spec.axes], np.float32)
@@ -180,7 +182,7 @@ def train_idm(
     # balance pressed against released (balanced accuracy is what is scored): a rare button's
     # presses count more, a button held most of the time (forward) counts its presses less
     pos_weight = ((1 - pos) / pos.clamp_min(1e-3)).clamp(0.1, 10.0)
-    net = InverseDynamics(nb, na, width)
+    net = InverseDynamics(nb, na, training.width)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.1)
     rng = np.random.default_rng(seed)

@@ -22,7 +22,7 @@ import numpy as np
 
 from neuralworld.bundle import World, load_bundle
 from neuralworld.data.store import Dataset, DatasetError
-from neuralworld.session import WorldSession, resolve_sampler
+from neuralworld.session import WorldSession
 from neuralworld.state_io import StateError, read_json
 
 DEFAULT_HELD_OUT = 0.1  # TrainConfig.held_out's default: used when no run.json says otherwise
@@ -190,22 +190,28 @@ def real_windows(inputs: EvalInputs, context: int, horizon: int, per_episode: in
     return win
 
 
-def open_loop(
-    world: World,
-    win: Windows,
-    context: int,
-    *,
-    actions: np.ndarray | None = None,
-    sampler: Any = "fast",
-    seed: int = 0,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Rollouts:
+    """How every part of the suite plays a world: from ``context`` real frames of held-out
+    windows, with one sampler preset and noise seed (the same for every world compared)."""
+
+    context: int
+    sampler: Any = "fast"
+    seed: int = 0
+
+    def start(self, world: World, frames: np.ndarray, led_to: np.ndarray) -> WorldSession:
+        """A (batched) session primed with real ``frames`` (B, context, H, W, 3) and the
+        actions that led to them (B, context, A)."""
+        return WorldSession(world, frames, actions=led_to, sampler=self.sampler, seed=self.seed)
+
+
+def open_loop(world: World, win: Windows, rollouts: Rollouts, *, actions: np.ndarray | None = None) -> np.ndarray:
     """Generated frames (B, T, H, W, 3): each window's first ``context`` real frames,
     then ``actions`` (B, T, A) — by default the recorded ones, ``win.led_to[:, context:]``."""
+    c = rollouts.context
     if actions is None:
-        actions = win.led_to[:, context:]
-    session = WorldSession(world, win.frames[:, :context], actions=win.led_to[:, :context],
-                           sampler=resolve_sampler(sampler, world), seed=seed)  # fmt: skip
-    return session.rollout(actions)
+        actions = win.led_to[:, c:]
+    return rollouts.start(world, win.frames[:, :c], win.led_to[:, :c]).rollout(actions)
 
 
 def default_context(world: World, wanted: int | None = None) -> int:

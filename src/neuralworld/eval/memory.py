@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 from neuralworld.data.store import Dataset
-from neuralworld.eval.inputs import EvalInputs, real_windows, turn_axis
+from neuralworld.eval.inputs import EvalInputs, Rollouts, real_windows, turn_axis
 from neuralworld.eval.metrics import psnr, ssim
-from neuralworld.session import WorldSession, resolve_sampler
 
 
 def _sim(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -94,25 +93,16 @@ def random_pairs(ds: Dataset, episodes: list[int], count: int = 200, seed: int =
     return np.stack(a), np.stack(b)
 
 
-def run_memory(
-    world: Any,
-    inputs: EvalInputs,
-    *,
-    context: int,
-    starts: int = 8,
-    walk: int = 16,
-    sampler: Any = "fast",
-    seed: int = 0,
-    references: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Round trips from ``starts`` held-out contexts; ``references`` (from ``memory_references``)
-    are added as they are, so several worlds share one set."""
+def run_memory(world: Any, inputs: EvalInputs, rollouts: Rollouts, *, starts: int = 8, walk: int = 16) -> dict[str, Any]:
+    """Round trips (a 360° turn; ``walk`` frames forward and as many back) from ``starts``
+    held-out contexts; ``memory_references`` gives the scale their figures sit on."""
     spec = world.spec
+    context = rollouts.context
     win = real_windows(inputs, context, 1, per_episode=max(1, math.ceil(starts / len(inputs.held_episodes))), max_windows=starts)
     ctx, ctx_actions = win.frames[:, :context], win.led_to[:, :context]
     left = ctx[:, -1]  # (B, H, W, 3): the view left behind
     result: dict[str, Any] = {"starts": int(len(ctx)), "memory_frames": int(world.config.dynamics.memory_frames)}
-    session = WorldSession(world, ctx, actions=ctx_actions, sampler=resolve_sampler(sampler, world), seed=seed)
+    session = rollouts.start(world, ctx, ctx_actions)
     axis = turn_axis(spec)
     if axis is None:
         result["turn"] = {"skipped": "the world has no turn or yaw axis"}
@@ -127,7 +117,7 @@ def run_memory(
         }  # fmt: skip
         result["_turn_frames"] = gen
     if "forward" in spec.buttons and "back" in spec.buttons:
-        session.reset(ctx, actions=ctx_actions, seed=seed)
+        session.reset(ctx, actions=ctx_actions, seed=rollouts.seed)
         acts = np.repeat(spec.noop()[None], 2 * walk, 0)
         acts[:walk, spec.index("forward")] = 1.0
         acts[walk:, spec.index("back")] = 1.0
@@ -137,8 +127,6 @@ def run_memory(
     else:
         result["walk"] = {"skipped": "the world has no forward and back buttons"}
     result["_left"] = left
-    if references is not None:
-        result["references"] = references
     return result
 
 

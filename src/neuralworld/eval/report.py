@@ -55,8 +55,8 @@ from neuralworld.eval import plots as plot
 from neuralworld.eval import stability as stab
 from neuralworld.eval.fidelity import DEFAULT_HORIZONS, evaluate
 from neuralworld.eval.inputs import (
-    EvalError, EvalInputs, Windows, as_world, check_fits, default_context, open_inputs, open_loop, real_windows,
-    sample_real_frames, turn_axis,
+    EvalError, EvalInputs, Rollouts, Windows, as_world, check_fits, default_context, open_inputs, open_loop,
+    real_windows, sample_real_frames, turn_axis,
 )  # fmt: skip
 from neuralworld.eval.markdown import render_markdown
 from neuralworld.state_io import atomic_write_bytes, atomic_write_json
@@ -83,9 +83,7 @@ class _Suite:
     inputs: EvalInputs
     worlds: list[tuple[str, World, str]]  # (label, world, path as given); the evaluated one first
     out: Path
-    context: int
-    sampler: str
-    seed: int
+    rollouts: Rollouts  # context frames, sampler and seed: the same for every world and part
     log: Callable[[str], None]
     plots: dict[str, str] = field(default_factory=dict)
 
@@ -133,7 +131,7 @@ def run_report(
         except EvalError as e:
             raise EvalError(f"baseline {b}: {e}") from None
         worlds.append((_world_label(b, taken), w, str(b)))
-    suite = _Suite(inputs, worlds, out, default_context(inputs.world, context), sampler, seed, log)
+    suite = _Suite(inputs, worlds, out, Rollouts(default_context(inputs.world, context), sampler, seed), log)
     metrics: dict[str, Any] = {
         "world": worlds[0][0],
         "worlds": {name: {"path": p, "resolution": list(w.resolution), "memory_frames": int(w.config.dynamics.memory_frames)}
@@ -142,7 +140,7 @@ def run_report(
         "data": inputs.data_path,
         "held_out": {"fraction": inputs.held_out_fraction, "source": inputs.held_out_source,
                      "episodes": [ds.ids[e] for e in inputs.held_episodes]},
-        "sampler": sampler, "seed": seed, "context_frames": suite.context, "skipped": list(skip),
+        "sampler": sampler, "seed": seed, "context_frames": suite.rollouts.context, "skipped": list(skip),
     }  # fmt: skip
     if "fidelity" not in skip:
         metrics["fidelity"] = _fidelity(suite, horizons, episodes)
@@ -166,10 +164,11 @@ def run_report(
 # the parts: each returns its section of metrics.json and adds its plots to suite.plots
 def _fidelity(s: _Suite, horizons: Sequence[int], episodes: int | None) -> dict[str, Any]:
     result = {}
+    ro = s.rollouts
     for i, (name, _, path) in enumerate(s.worlds):
         s.log(f"fidelity: {name}")
         r = evaluate(path, s.inputs.data_path, out=s.out / "fidelity" / name, horizons=horizons, episodes=episodes,
-                     context=s.context, sampler=s.sampler, held_out=s.inputs.held_out_fraction, seed=s.seed, video=(i == 0))  # fmt: skip
+                     context=ro.context, sampler=ro.sampler, held_out=s.inputs.held_out_fraction, seed=ro.seed, video=(i == 0))  # fmt: skip
         result[name] = r
         if i == 0 and r.get("video"):
             shutil.copyfile(r["video"], s.out / "rollout.mp4")
@@ -178,10 +177,10 @@ def _fidelity(s: _Suite, horizons: Sequence[int], episodes: int | None) -> dict[
 
 
 def _control(s: _Suite, windows: int, horizon: int, idm_steps: int, idm_seconds: float, idm_max_pairs: int) -> dict[str, Any]:
-    inputs, ds, ctx = s.inputs, s.inputs.data, s.context
+    inputs, ds, ctx = s.inputs, s.inputs.data, s.rollouts.context
     s.log("control: training the inverse-dynamics model on real pairs of the training episodes")
-    idm = idm_mod.train_idm(ds, inputs.train_episodes, steps=idm_steps, seconds=idm_seconds, max_pairs=idm_max_pairs,
-                            seed=s.seed, cache_dir=s.out, log=s.log)  # fmt: skip
+    training = idm_mod.IDMTraining(steps=idm_steps, seconds=idm_seconds, max_pairs=idm_max_pairs, seed=s.rollouts.seed)
+    idm = idm_mod.train_idm(ds, inputs.train_episodes, training, cache_dir=s.out, log=s.log)
     held_pairs = idm_mod.real_pairs(ds, inputs.held_episodes)
     win = real_windows(inputs, ctx, horizon, per_episode=2, max_windows=windows)
     real_future = win.frames[:, ctx:]  # (B, T, H, W, 3)
@@ -199,7 +198,7 @@ def _control(s: _Suite, windows: int, horizon: int, idm_steps: int, idm_seconds:
         }  # fmt: skip
     for name, w, _ in s.worlds:
         s.log(f"control: {name}")
-        gen = open_loop(w, win, ctx, sampler=s.sampler, seed=s.seed)  # (B, T, H, W, 3)
+        gen = open_loop(w, win, s.rollouts)  # (B, T, H, W, 3)
         gen_set = idm_mod.generated_pairs(win.frames[:, ctx - 1], gen, actions)
         cmp = idm_mod.compare(idm, held_pairs, real_same_windows=real_set, generated=gen_set)
         g, r = cmp["generated"]["overall"], cmp["real_same_windows"]["overall"]
@@ -218,13 +217,13 @@ def _control(s: _Suite, windows: int, horizon: int, idm_steps: int, idm_seconds:
 def _turns(s: _Suite, name: str, w: World, win: Windows, gen: np.ndarray, axis: Any, hfov: float) -> dict[str, Any]:
     """The turn read off a world's frames: on its open-loop rollouts of the recorded actions,
     and on scripted turns (still, right, left) at each rate, from the same real starts."""
-    ctx = s.context
+    ctx = s.rollouts.context
     actions = win.led_to[:, ctx:]  # (B, T, A)
     rates = ctl.turn_rates(axis)
     acts, right = ctl.scripted_turn_actions(w.spec, axis, rates)
     pick = np.arange(len(rates)) % len(win.frames)  # a start per rate, reused when the windows are fewer
     starts, led = win.frames[pick], win.led_to[pick]
-    scripted = open_loop(w, Windows(starts, led, [], []), ctx, actions=acts, sampler=s.sampler, seed=s.seed)  # (R, T, H, W, 3)
+    scripted = open_loop(w, Windows(starts, led, [], []), s.rollouts, actions=acts)  # (R, T, H, W, 3)
     recorded, scripted_turn, per_rate = {}, {"rates": rates}, {}
     for measure in ctl.MEASURES:
         c, m, _ = ctl.measure_sequences(win.frames[:, ctx - 1], gen, ctl.commanded_right(actions, axis), hfov, measure)
@@ -243,7 +242,7 @@ def _stability(s: _Suite, frames: int, window: int, random_rollouts: int) -> dic
     inputs, ds = s.inputs, s.inputs.data
     s.log("stability: the real band")
     project = stab.FeatureProjection()
-    reference = sample_real_frames(ds, inputs.train_episodes, 2000, s.seed)
+    reference = sample_real_frames(ds, inputs.train_episodes, 2000, s.rollouts.seed)
     held_seqs, held_acts = [], []
     for e in inputs.held_episodes:
         d = ds.episode(e).load(("frames", "actions"))
@@ -261,8 +260,7 @@ def _stability(s: _Suite, frames: int, window: int, random_rollouts: int) -> dic
     result: dict[str, Any] = {"band": band.to_json(), "real_held_out": real_judged, "worlds": {}}
     for name, w, _ in s.worlds:
         s.log(f"stability: {name}, {frames} frames")
-        r = stab.run_stability(w, inputs, band, frames=frames, random_rollouts=random_rollouts, context=s.context,
-                               sampler=s.sampler, seed=s.seed, log=s.log)  # fmt: skip
+        r = stab.run_stability(w, inputs, band, s.rollouts, frames=frames, random_rollouts=random_rollouts, log=s.log)
         traces, snaps, steps, names = r.pop("_traces"), r.pop("_snapshots"), r.pop("_snapshot_steps"), r.pop("_names")
         _save_npz(s.out / f"stability_{name}.npz", traces=traces, names=names)
         result["worlds"][name] = r
@@ -272,10 +270,10 @@ def _stability(s: _Suite, frames: int, window: int, random_rollouts: int) -> dic
 
 
 def _memory(s: _Suite, starts: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"references": mem.memory_references(s.inputs, s.seed), "worlds": {}}
+    result: dict[str, Any] = {"references": mem.memory_references(s.inputs, s.rollouts.seed), "worlds": {}}
     for name, w, _ in s.worlds:
         s.log(f"memory: {name}")
-        r = mem.run_memory(w, s.inputs, context=s.context, starts=starts, sampler=s.sampler, seed=s.seed)
+        r = mem.run_memory(w, s.inputs, s.rollouts, starts=starts)
         left = r.pop("_left")
         turn_frames, walk_frames = r.pop("_turn_frames", None), r.pop("_walk_frames", None)
         result["worlds"][name] = r

@@ -37,8 +37,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from neuralworld.eval.inputs import EvalInputs, controls_moving, real_windows, turn_axis
-from neuralworld.session import WorldSession, resolve_sampler
+from neuralworld.eval.inputs import EvalInputs, Rollouts, controls_moving, real_windows, turn_axis
 
 FROZEN_CHANGE = 0.5  # mean absolute grey-level change per frame below which a frame counts as unchanged
 FROZEN_RUN = 10  # unchanged frames in a row while moving before they count as frozen
@@ -263,12 +262,10 @@ def run_stability(
     world: Any,
     inputs: EvalInputs,
     band: RealBand,
+    rollouts: Rollouts,
     *,
     frames: int = 10_000,
     random_rollouts: int = 1,
-    context: int,
-    sampler: Any = "fast",
-    seed: int = 0,
     chunk: int = 200,
     snapshots: int = 8,
     patience: int = 3,
@@ -279,11 +276,12 @@ def run_stability(
     spec = world.spec
     names = ["scripted"] + [f"random{k}" for k in range(random_rollouts)]
     B = len(names)
+    context, seed = rollouts.context, rollouts.seed
     win = real_windows(inputs, context, 1, per_episode=B, max_windows=B)
     idx = [i % len(win.frames) for i in range(B)]
     ctx, ctx_actions = win.frames[idx, :context], win.led_to[idx, :context]
     actions = np.stack([scripted_actions(spec, frames)] + [random_actions(spec, frames, seed + 1 + k) for k in range(random_rollouts)])
-    session = WorldSession(world, ctx, actions=ctx_actions, sampler=resolve_sampler(sampler, world), seed=seed)
+    session = rollouts.start(world, ctx, ctx_actions)
     project = FeatureProjection()
     traces = {k: np.zeros((B, frames), np.float32) for k in (*STATS, "luma", "change")}
     feats = np.zeros((B, frames, FEATURE_DIM), np.float32)
