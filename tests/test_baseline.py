@@ -130,7 +130,7 @@ def test_eval_runs_on_the_baseline_bundle(baseline_run, tmp_path):
 
 
 def test_resume_is_exact(baseline_run, tmp_path, monkeypatch):
-    import neuralworld.model.unet as unet
+    import neuralworld.train.baseline as unet  # where the baseline's stage finds its loss
 
     data, _, _ = baseline_run
     straight = tmp_path / "straight"

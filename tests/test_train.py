@@ -100,7 +100,7 @@ def test_kill_9_then_resume_is_exact(tmp_path, data32):
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, data32, monkeypatch):
-    import neuralworld.train as tr
+    import neuralworld.train.stages as tr  # where the dynamics stage finds its loss
 
     real = tr.dynamics_loss
     calls = {"n": 0}
@@ -278,13 +278,24 @@ def test_init_world_starts_every_stage_from_a_trained_world(tmp_path, tiny_world
     assert p.returncode == 2 and "not both" in p.stderr, p.stderr
 
 
-def test_cli_stage_choices_are_the_training_stages():
-    """The CLI keeps torch out of its start-up, so it names the stages itself: the same ones."""
+def test_cli_choices_are_the_librarys_and_cost_no_torch():
+    """The CLI takes its training and sampler choices from train/config.py, which names the
+    sampler presets and model sizes without importing torch: the same names as the model's."""
     import argparse
 
     from neuralworld.cli import build_parser
+    from neuralworld.model.config import PRESETS
+    from neuralworld.model.sampler import SAMPLERS
     from neuralworld.train import STAGES
+    from neuralworld.train.config import PRESET_NAMES, SAMPLER_NAMES
 
+    assert SAMPLER_NAMES == tuple(SAMPLERS) and PRESET_NAMES == tuple(PRESETS)
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     stage = next(a for a in sub.choices["train"]._actions if a.dest == "stage")
     assert tuple(stage.choices) == ("all", *STAGES)
+    for verb in ("eval", "play", "bench", "export"):
+        sampler = next(a for a in sub.choices[verb]._actions if a.dest == "sampler")
+        assert tuple(sampler.choices) == SAMPLER_NAMES, verb
+    code = "import sys, neuralworld.cli, neuralworld.train.config; print('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() == "False", p.stdout + p.stderr

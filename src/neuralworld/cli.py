@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from neuralworld.model.config import PRESETS
+from neuralworld.train.config import MODELS, PRECISIONS, PRESET_NAMES, SAMPLER_NAMES, STAGES, STUDENT_STEPS
 
 
 class UserError(Exception):
@@ -62,7 +62,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from neuralworld.train import STAGES, train, train_config
+    from neuralworld.train import train, train_config
 
     stages = STAGES if args.stage == "all" else (args.stage,)
     cfg = train_config(
@@ -85,7 +85,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps, "distill.steps": args.distill_steps,
            "rollout.steps": args.rollout_steps,
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch,
-           "dynamics.lr": args.dynamics_lr},
+           "dynamics.lr": args.dynamics_lr, "warp.steps": args.warp_steps, "warp.batch_size": args.warp_batch},
+        warp_unroll=args.warp_unroll,
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -255,10 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a world (autoencoder, then dynamics) on a dataset; torchrun for many processes")
     t.add_argument("data", help="dataset folder or URL (from neuralworld record / import-video)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs, and the world bundle in OUT/world")
-    t.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model and training sizes")
-    t.add_argument("--model", default="world", choices=["world", "unet-baseline"],
-                   help="our world, or the DIAMOND-style frame-stacking U-Net baseline (trained with the dynamics' steps and batch)")
-    t.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics", "distill", "rollout"],
+    t.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="model and training sizes")
+    t.add_argument("--model", default="world", choices=MODELS,
+                   help="our latent world, the warp-and-paint world (pixels: flow + mask + paint, adversarial; "
+                        "one stage, --warp-*), or the DIAMOND-style frame-stacking U-Net baseline (trained with the "
+                        "dynamics' steps and batch)")
+    t.add_argument("--stage", default="all", choices=("all", *STAGES),
                    help="train every stage in turn (autoencoder, dynamics, the fast sampler's distilled student, "
                         "that student on its own rollouts), or one")
     t.add_argument("--autoencoder-steps", type=int, default=None, help="override the preset's autoencoder steps")
@@ -270,13 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most frames the student plays itself before the frame it is taught (default 8)")
     t.add_argument("--rollout-real-weight", type=float, default=None,
                    help="rollout stage: weight of the pull towards the recorded frame (default 1; 0: the teacher's frame alone)")
+    t.add_argument("--warp-steps", type=int, default=None, help="--model warp: override the preset's steps")
+    t.add_argument("--warp-batch", type=_positive_int, default=None, help="--model warp: global batch (windows)")
+    t.add_argument("--warp-unroll", type=_positive_int, default=None,
+                   help="--model warp: most frames the generator plays itself per sample (default 4; 1: teacher forcing)")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")
     t.add_argument("--init-autoencoder", default=None, metavar="WORLD",
                    help="start from this trained world's autoencoder (bundle or run folder; same preset): "
                         "--autoencoder-steps then fine-tunes it (0: as it is)")
-    t.add_argument("--distill-calls", type=int, default=None, choices=[1, 2], help="network calls per frame the student is distilled for (default 1)")
+    t.add_argument("--distill-calls", type=int, default=None, choices=STUDENT_STEPS, help="network calls per frame the student is distilled for (default 1)")
     t.add_argument("--autoencoder-batch", type=_positive_int, default=None, help="global autoencoder batch (frames)")
     t.add_argument("--dynamics-batch", type=_positive_int, default=None, help="global dynamics batch (clips)")
     t.add_argument("--dynamics-lr", type=float, default=None,
@@ -286,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
     t.add_argument("--validate-every", type=_positive_int, default=None, help="steps between held-out validations")
     t.add_argument("--log-every", type=_positive_int, default=None, help="steps between logged metrics")
-    t.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"], help="autocast (auto: bf16 where supported)")
+    t.add_argument("--precision", default=None, choices=PRECISIONS, help="autocast (auto: bf16 where supported)")
     t.add_argument("--device", default=None, help="auto, cpu or cuda")
     t.add_argument("--seed", type=int, default=None, help="seed of data order, noise and initialisation")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
@@ -312,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run was trained on)")
     e.add_argument("--out", default=None, help="folder for metrics.json and rollout.mp4 (default: RUN/eval)")
     e.add_argument("--episodes", type=_positive_int, default=None, help="use at most this many held-out episodes")
-    e.add_argument("--sampler", default="quality", choices=["quality", "fast", "euler2"], help="sampler preset")
+    e.add_argument("--sampler", default="quality", choices=SAMPLER_NAMES, help="sampler preset")
     e.add_argument("--horizons", default="1,8,32,128", help="open-loop steps to report, comma-separated")
     e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
@@ -329,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("world", nargs="?", default=None, help="world bundle or run folder (from neuralworld train)")
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 shares it with the network)")
     pl.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    pl.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset of every session")
+    pl.add_argument("--sampler", default="fast", choices=SAMPLER_NAMES, help="sampler preset of every session")
     pl.add_argument("--backend", default="auto", help="execution path: auto (onnx if installed, else eager), eager, bf16, compiled, onnx, onnx_int8")
     pl.add_argument("--pace", default="world", choices=["world", "max"], help="a frame per 1/fps of the world, or as fast as it can")
     pl.add_argument("--max-players", type=_positive_int, default=8, help="WebSocket sessions at once; more are refused")
@@ -357,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
     b.add_argument("--frames", type=_positive_int, default=50, help="timed steps per path and batch size")
     b.add_argument("--warmup", type=int, default=10, help="untimed steps first (fills memory, compiles)")
-    b.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset")
+    b.add_argument("--sampler", default="fast", choices=SAMPLER_NAMES, help="sampler preset")
     b.add_argument("--paths", default="eager,bf16,compiled,onnx,onnx_int8", help="execution paths, comma-separated (onnx_int8 and bf16 approximate the float32 function)")
     b.set_defaults(func=_cmd_bench)
 
@@ -365,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("world", help="world bundle or run folder (from neuralworld train)")
     x.add_argument("out", help="folder to write (absent, empty, or a previous web export)")
     x.add_argument("--web", action="store_true", help="the static web player: ONNX graphs + onnxruntime-web + the player page")
-    x.add_argument("--sampler", default="fast", choices=["fast", "euler2", "quality"], help="sampler preset the page plays with")
+    x.add_argument("--sampler", default="fast", choices=SAMPLER_NAMES, help="sampler preset the page plays with")
     x.add_argument("--force", action="store_true", help="replace OUT even when it holds something else")
     x.add_argument("--int8", action="store_true", help="int8 matmuls in the step graph: 4x smaller, ~1.5x faster in WASM, approximate")
     x.add_argument("--onnxruntime-web", default=None, metavar="DIR", help="onnxruntime-web package or its dist/ (default: $NEURALWORLD_ORT_WEB, else node_modules/)")

@@ -29,13 +29,14 @@ dynamics taught to reach the many-step sampler's frame in 1-2 Euler steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from neuralworld.model.dynamics import Dynamics
-from neuralworld.model.sampler import sample_euler
+from neuralworld.model.dynamics import Dynamics, DynamicsOutput
+from neuralworld.model.memory import Sampler, generate, last_frame_denoiser, noised, prime, remember
+from neuralworld.model.sampler import SamplerPreset
 
 T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # flow loss is also reported per bin of t
 
@@ -78,6 +79,24 @@ def sample_noise_levels(model: Dynamics, batch_size: int, frames: int, device: t
     return t, target
 
 
+def with_heads_loss(loss: torch.Tensor, metrics: dict[str, float], out: DynamicsOutput, batch: LatentClip,
+                    cfg: Any, frames: int) -> torch.Tensor:
+    """``loss`` plus the reward head's MSE and the termination head's BCE over the first
+    ``frames`` frames of the clip (weights from the model config), where the batch has
+    rewards and terminations; their values and the total's go into ``metrics``."""
+    if frames > 0 and batch.rewards is not None:
+        reward = F.mse_loss(out.reward[:, :frames].float(), batch.rewards[:, :frames].float())
+        loss = loss + cfg.reward_weight * reward
+        metrics["reward"] = float(reward.detach())
+    if frames > 0 and batch.terminated is not None:
+        termination = F.binary_cross_entropy_with_logits(out.termination[:, :frames].float(),
+                                                         batch.terminated[:, :frames].float())
+        loss = loss + cfg.termination_weight * termination
+        metrics["termination"] = float(termination.detach())
+    metrics["loss"] = float(loss.detach())
+    return loss
+
+
 def dynamics_loss(model: Dynamics, batch: LatentClip) -> tuple[torch.Tensor, dict[str, float]]:
     """One training loss for a clip batch; returns (loss, metrics as floats).
 
@@ -89,25 +108,14 @@ def dynamics_loss(model: Dynamics, batch: LatentClip) -> tuple[torch.Tensor, dic
     B, T = x0.shape[:2]
     t, target = sample_noise_levels(model, B, T, x0.device)  # (B, T), (B, T)
     noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)  # not randn_like: its values would follow the memory layout
-    tb = t[:, :, None, None, None].to(x0.dtype)  # (B, T, 1, 1, 1)
-    xt = (1 - tb) * x0 + tb * noise  # (B, T, C, h, w)
+    xt = noised(x0, t, noise)  # (B, T, C, h, w)
     out = model(xt, t, batch.actions)
 
     per_frame = (out.velocity.float() - (noise - x0).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     weight = target.float()
     flow = (per_frame * weight).sum() / weight.sum()
-    loss = flow
     metrics: dict[str, float] = {"flow": float(flow.detach())}
-
-    if batch.rewards is not None:
-        reward = F.mse_loss(out.reward.float(), batch.rewards.float())
-        loss = loss + cfg.reward_weight * reward
-        metrics["reward"] = float(reward.detach())
-    if batch.terminated is not None:
-        termination = F.binary_cross_entropy_with_logits(out.termination.float(), batch.terminated.float())
-        loss = loss + cfg.termination_weight * termination
-        metrics["termination"] = float(termination.detach())
-    metrics["loss"] = float(loss.detach())
+    loss = with_heads_loss(flow, metrics, out, batch, cfg, T)
 
     with torch.no_grad():
         for lo, hi in zip(T_BINS[:-1], T_BINS[1:]):
@@ -120,12 +128,22 @@ def dynamics_loss(model: Dynamics, batch: LatentClip) -> tuple[torch.Tensor, dic
 # ---------------------------------------------------------------------------
 # few-step distillation (the ``fast`` sampler's network)
 # ---------------------------------------------------------------------------
+def teacher_frame(teacher: Dynamics, sampler: Sampler, memory: torch.Tensor, levels: torch.Tensor,
+                  actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The teacher's frame (B, C, h, w) after ``memory`` (B, T-1, C, h, w) at ``levels``
+    (B, T-1) under ``actions`` (B, T, A), sampled from ``noise`` as a session samples it:
+    against a KV cache of the memory, so its many calls cost one frame each. No gradient."""
+    with torch.no_grad():
+        cache = prime(teacher, memory, levels, actions[:, :-1])
+        return generate(teacher, sampler, noise, actions[:, -1], cache)  # (B, C, h, w)
+
+
 def distill_loss(
     student: Dynamics,
     teacher: Dynamics,
     batch: LatentClip,
     *,
-    teacher_sampler: Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
+    teacher_sampler: Sampler,
     student_steps: int,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Teach ``student`` to land, in ``student_steps`` Euler steps, where the teacher's
@@ -152,39 +170,16 @@ def distill_loss(
     B, T = x0.shape[:2]
     levels = cfg.context_noise_max * torch.rand(B, T - 1, device=x0.device)  # (B, T-1): memory's noise levels
     noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)  # (B, T, C, h, w)
-    lv = levels[:, :, None, None, None].to(x0.dtype)
-    memory = (1 - lv) * x0[:, :-1] + lv * noise[:, :-1]  # (B, T-1, C, h, w)
-    outputs: list[Any] = []
-
-    def velocity_of(net: Dynamics) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x (B, C, h, w), t (B,)
-            out = net(torch.cat([memory, x[:, None]], 1), torch.cat([levels, t[:, None]], 1), batch.actions)
-            outputs.append(out)
-            return out.velocity[:, -1]  # (B, C, h, w)
-
-        return denoise
-
-    with torch.no_grad():
-        cache = teacher.new_cache(B, device=x0.device, dtype=teacher.pos_embed.dtype)
-        for i in range(T - 1):
-            teacher.append(memory[:, i], levels[:, i], batch.actions[:, i], cache)
-        action = batch.actions[:, -1]  # (B, A): the action that leads to the new frame
-        target = teacher_sampler(lambda x, t: teacher.step(x, t, action, cache).velocity, noise[:, -1])  # (B, C, h, w)
-    frame = sample_euler(velocity_of(student), noise[:, -1], student_steps)  # (B, C, h, w)
+    memory = noised(x0[:, :-1], levels, noise[:, :-1])  # (B, T-1, C, h, w)
+    outputs: list[DynamicsOutput] = []
+    target = teacher_frame(teacher, teacher_sampler, memory, levels, batch.actions, noise[:, -1])  # (B, C, h, w)
+    student_sampler = SamplerPreset("euler", student_steps)
+    frame = student_sampler(last_frame_denoiser(student, memory, levels, batch.actions, outputs), noise[:, -1])
     distill = (frame.float() - target.float()).pow(2).mean()
-    loss = distill
     metrics: dict[str, float] = {"distill": float(distill.detach()),
                                  "teacher_vs_real": float((target.float() - x0[:, -1].float()).pow(2).mean())}
-    last = outputs[-1]  # the student's final call: heads of the memory frames, seen near clean
-    if batch.rewards is not None:
-        reward = F.mse_loss(last.reward[:, :-1].float(), batch.rewards[:, :-1].float())
-        loss = loss + cfg.reward_weight * reward
-        metrics["reward"] = float(reward.detach())
-    if batch.terminated is not None:
-        termination = F.binary_cross_entropy_with_logits(last.termination[:, :-1].float(), batch.terminated[:, :-1].float())
-        loss = loss + cfg.termination_weight * termination
-        metrics["termination"] = float(termination.detach())
-    metrics["loss"] = float(loss.detach())
+    # the student's final call: heads of the memory frames, seen near clean
+    loss = with_heads_loss(distill, metrics, outputs[-1], batch, cfg, T - 1)
     return loss, metrics
 
 
@@ -199,7 +194,7 @@ def rollout_loss(
     student_steps: int,
     context_level: float,
     teacher: Dynamics | None = None,
-    teacher_sampler: Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    teacher_sampler: Sampler | None = None,
     real_weight: float = 1.0,
     teacher_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -233,54 +228,31 @@ def rollout_loss(
     n_real = T - 1 - r  # recorded frames of memory before the student's own
     levels = cfg.context_noise_max * torch.rand(B, n_real, device=x0.device)  # (B, n_real)
     noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)  # (B, T, C, h, w): memory noise, then each frame's draw
-    lv = levels[:, :, None, None, None].to(x0.dtype)
-    memory = [(1 - lv) * x0[:, :n_real] + lv * noise[:, :n_real]]  # (B, n_real, C, h, w)
+    memory = [noised(x0[:, :n_real], levels, noise[:, :n_real])]  # (B, n_real, C, h, w)
     extra = torch.randn(B, r, *x0.shape[2:], dtype=x0.dtype, device=x0.device)  # context noise of the rolled frames
+    student_sampler = SamplerPreset("euler", student_steps)
 
     with torch.no_grad():
-        cache = student.new_cache(B, device=x0.device, dtype=student.pos_embed.dtype)
-        for i in range(n_real):
-            student.append(memory[0][:, i], levels[:, i], batch.actions[:, i], cache)
+        cache = prime(student, memory[0], levels, batch.actions[:, :n_real])
         for j in range(r):
             k = n_real + j  # the frame the student makes now
-            action = batch.actions[:, k]
-            z = sample_euler(lambda x, t: student.step(x, t, action, cache).velocity, noise[:, k], student_steps)
-            z = (1 - context_level) * z + context_level * extra[:, j]
-            student.append(z, context_level, action, cache)
+            z = generate(student, student_sampler, noise[:, k], batch.actions[:, k], cache)  # (B, C, h, w)
+            z, _ = remember(student, z, context_level, batch.actions[:, k], cache, noise=extra[:, j])
             memory.append(z[:, None])
     memory_t = torch.cat(memory, 1).detach()  # (B, T-1, C, h, w)
     all_levels = torch.cat([levels, torch.full((B, r), context_level, device=x0.device)], 1)  # (B, T-1)
-    outputs: list[Any] = []
-
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x (B, C, h, w), t (B,)
-        out = student(torch.cat([memory_t, x[:, None]], 1), torch.cat([all_levels, t[:, None]], 1), batch.actions)
-        outputs.append(out)
-        return out.velocity[:, -1]
-
-    frame = sample_euler(denoise, noise[:, -1], student_steps).float()  # (B, C, h, w)
+    outputs: list[DynamicsOutput] = []
+    frame = student_sampler(last_frame_denoiser(student, memory_t, all_levels, batch.actions, outputs),
+                            noise[:, -1]).float()  # (B, C, h, w)
     to_real = (frame - x0[:, -1].float()).pow(2).mean()
     loss = real_weight * to_real
     metrics: dict[str, float] = {"to_real": float(to_real.detach()), "rolled": float(r)}
     if teacher is not None and teacher_weight > 0:
         if teacher_sampler is None:
             raise ValueError("a teacher needs its sampler")
-        with torch.no_grad():
-            tcache = teacher.new_cache(B, device=x0.device, dtype=teacher.pos_embed.dtype)
-            for i in range(T - 1):
-                teacher.append(memory_t[:, i], all_levels[:, i], batch.actions[:, i], tcache)
-            action = batch.actions[:, -1]
-            target = teacher_sampler(lambda x, t: teacher.step(x, t, action, tcache).velocity, noise[:, -1])
+        target = teacher_frame(teacher, teacher_sampler, memory_t, all_levels, batch.actions, noise[:, -1])
         to_teacher = (frame - target.float()).pow(2).mean()
         loss = loss + teacher_weight * to_teacher
         metrics["to_teacher"] = float(to_teacher.detach())
-    last = outputs[-1]
-    if batch.rewards is not None and n_real > 0:
-        reward = F.mse_loss(last.reward[:, :n_real].float(), batch.rewards[:, :n_real].float())
-        loss = loss + cfg.reward_weight * reward
-        metrics["reward"] = float(reward.detach())
-    if batch.terminated is not None and n_real > 0:
-        termination = F.binary_cross_entropy_with_logits(last.termination[:, :n_real].float(), batch.terminated[:, :n_real].float())
-        loss = loss + cfg.termination_weight * termination
-        metrics["termination"] = float(termination.detach())
-    metrics["loss"] = float(loss.detach())
+    loss = with_heads_loss(loss, metrics, outputs[-1], batch, cfg, n_real)
     return loss, metrics

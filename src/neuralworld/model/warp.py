@@ -165,6 +165,7 @@ WARP_PRESETS: dict[str, WarpNetConfig] = {
     "tiny": WarpNetConfig(channels=(16, 32, 48, 64), cond_dim=64, memory_frames=8, disc_channels=(16, 32, 64)),
     "mini": WarpNetConfig(),
     "small": WarpNetConfig(channels=(32, 64, 128, 192), cond_dim=192, memory_frames=32),
+    "base": WarpNetConfig(channels=(48, 96, 192, 256), cond_dim=256, memory_frames=32, disc_channels=(64, 128, 256)),
 }
 
 

@@ -1,0 +1,308 @@
+"""The warp-and-paint world (model/warp.py): its one stage, a generator and its critic.
+
+One stage trains both networks, alternating per step: the generator plays
+``unroll`` frames from real memory (its own frames fed back, 8-bit-quantised) and
+is scored by L1, the flow's pull to optical flow, the heads and the critic; then
+the critic learns the recorded pairs from the generator's. The schedule is a
+curriculum by step: L1 alone first (the warp learns where pixels go), the critic
+ramps in from ``warp_adv_start``, and the unroll grows from 1 to ``warp_unroll``
+after ``warp_unroll_start`` (a world first learns the next frame, then to go on
+from its own).
+
+The same promises as ``loop.run_stage``: exact resume (the step's data and noise
+come from (seed, stage, step)), EMA of the generator (what the bundle holds),
+atomic checkpoints with both optimizers, metrics and TensorBoard, torchrun (each
+network's loss runs inside its own DDP forward).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from neuralworld.bundle import BundleError, build_networks, load_state_strict
+from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
+from neuralworld.model.unet import PixelCodec
+from neuralworld.model.warp import (
+    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, count_parameters, quantize,
+    warp_discriminator_loss, warp_generator_loss, warp_preset,
+)  # fmt: skip
+from neuralworld.state_io import StateError, flatten_state, load_tensors, save_tensors, unflatten_state
+from neuralworld.train.config import TrainConfig, TrainingError
+from neuralworld.train.data import HELD_OUT_SEED, FrameSource, TrainData, draw, steps_into, windows
+from neuralworld.train.loop import EMA, Dist, RunFolder, _rng, _stage_index, lr_at, mean_psnr
+from neuralworld.train.run import training_run
+
+STAGE = "warp"
+
+
+def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """Train the warp-and-paint world on the dataset; its bundle lands in ``out/world``."""
+    with training_run(data, out, cfg, resume=resume, progress=progress, network_config=warp_preset,
+                      model=MODEL_KIND) as r:
+        torch.manual_seed(cfg.seed + 1)
+        _, net = build_networks(r.world)
+        r.summary["parameters"] = count_parameters(net)
+        net = train_warp_stage(r.world, cfg, r.data, r.d, r.folder, net)
+        r.save_world(PixelCodec(), net, training={
+            "data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
+            "steps": {STAGE: cfg.warp.steps}, "batch_size": cfg.warp.batch_size, "unroll": cfg.warp_unroll})
+    return r.summary
+
+
+class WarpWindows:
+    """Windows of memory + the frames to predict, with the actions that led to each frame, the
+    rewards and terminations of those steps, and OpenCV's flow for the first predicted frame."""
+
+    def __init__(self, ds: Any, episodes: list[int], memory: int, unroll: int, with_flow: bool):
+        self.memory, self.unroll, self.with_flow = memory, unroll, with_flow
+        self.windows = windows(ds, episodes, memory + unroll + 1, "a warp window")  # the step before leads in
+        self.source = FrameSource(ds, self.windows.episodes)
+        self.steps = {e: ds.episode(e).load(("actions", "rewards", "terminated")) for e in self.windows.episodes}
+        self.spec = ds.spec
+
+    def batch(self, rng: np.random.Generator, n: int, unroll: int) -> WarpBatch:
+        k, M = self.memory + unroll, self.memory
+        frames, actions, rewards, terminated, flows = [], [], [], [], []
+        for e, s in draw(self.windows, rng, n):
+            f = np.stack([self.source.frame(e, t) for t in range(s + 1, s + 1 + k)])  # (k, H, W, 3)
+            led = steps_into(s + 1, k)
+            st = self.steps[e]
+            frames.append(f)
+            actions.append(self.spec.normalize(st["actions"][led]))
+            rewards.append(st["rewards"][led][M:])
+            terminated.append(st["terminated"][led][M:])
+            if self.with_flow:
+                flows.append(optical_flow(f[M], f[M - 1]))
+        return WarpBatch(
+            frames=frames_to_tensor(np.stack(frames)),  # (n, k, 3, H, W)
+            actions=torch.from_numpy(np.stack(actions)).float(),  # (n, k, A)
+            rewards=torch.from_numpy(np.stack(rewards)).float(),  # (n, unroll)
+            terminated=torch.from_numpy(np.stack(terminated)).float(),
+            flow=torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous() if flows else None,  # (n, 2, H, W)
+        )
+
+
+def optical_flow(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """(H, W, 2) pixels: where each pixel of ``new`` was in ``old`` (OpenCV Farneback on grey),
+    the warp's backward convention."""
+    g_new, g_old = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY) for x in (new, old))
+    return cv2.calcOpticalFlowFarneback(g_new, g_old, None, 0.5, 3, 9, 3, 5, 1.1, 0)
+
+
+def unroll_at(step: int, cfg: TrainConfig) -> int:
+    """Frames the generator plays itself at ``step``: 1, then growing to ``warp_unroll``."""
+    start = cfg.warp_unroll_start * cfg.warp.steps
+    if cfg.warp_unroll <= 1 or step < start:
+        return 1
+    return min(cfg.warp_unroll, 2 + int((step - start) / max(1.0, cfg.warp.steps - start) * (cfg.warp_unroll - 1)))
+
+
+def adv_at(step: int, cfg: TrainConfig, weight: float) -> float:
+    """The critic's weight at ``step``: 0, then a linear ramp over a tenth of the stage."""
+    start, ramp = cfg.warp_adv_start * cfg.warp.steps, max(1.0, 0.1 * cfg.warp.steps)
+    return weight * min(1.0, max(0.0, (step - start) / ramp))
+
+
+class _GeneratorObjective(torch.nn.Module):
+    """The generator's loss as its forward (DDP runs the whole unroll in one forward). The
+    critic is held outside the module's parameters: the generator's loss never trains it."""
+
+    def __init__(self, net: WarpNet, critic: PatchDiscriminator):
+        super().__init__()
+        self.net = net
+        self._critic = (critic,)
+
+    def forward(self, batch: WarpBatch, unroll: int, adv: float) -> tuple[torch.Tensor, list, dict[str, float]]:
+        critic = self._critic[0]
+        critic.requires_grad_(False)
+        try:
+            return warp_generator_loss(self.net, critic if adv > 0 else None, batch, unroll=unroll, adv_weight=adv)
+        finally:
+            critic.requires_grad_(True)
+
+
+class _CriticObjective(torch.nn.Module):
+    def __init__(self, critic: PatchDiscriminator):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, fakes: list) -> tuple[torch.Tensor, dict[str, float]]:
+        return warp_discriminator_loss(self.critic, fakes)
+
+
+def _save(path: Any, net: WarpNet, critic: PatchDiscriminator, ema: EMA, opt_g: torch.optim.Optimizer,
+          opt_d: torch.optim.Optimizer, step: int) -> None:
+    tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+    tensors.update({f"critic.{k}": v for k, v in critic.state_dict().items()})
+    g_tensors, g_skeleton = flatten_state(opt_g.state_dict(), "opt")
+    d_tensors, d_skeleton = flatten_state(opt_d.state_dict(), "opt_critic")
+    tensors.update(g_tensors)
+    tensors.update(d_tensors)
+    save_tensors(path, tensors, {"step": step, "stage": STAGE, "optimizer": g_skeleton, "optimizer_critic": d_skeleton})
+
+
+def _load(path: Any, net: WarpNet, critic: PatchDiscriminator, ema: EMA, opt_g: torch.optim.Optimizer,
+          opt_d: torch.optim.Optimizer) -> int:
+    try:
+        tensors, meta = load_tensors(path, what="training checkpoint")
+    except StateError as e:
+        raise TrainingError(f"{e}; delete it to restart the warp stage") from None
+    try:
+        load_state_strict(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
+        load_state_strict(critic, {k[7:]: v for k, v in tensors.items() if k.startswith("critic.")}, str(path))
+        for k in ema.shadow:
+            ema.shadow[k] = tensors[f"ema.{k}"].float()
+        opt_g.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
+        opt_d.load_state_dict(unflatten_state(tensors, meta["optimizer_critic"]))
+    except (BundleError, KeyError, StateError, ValueError) as e:
+        raise TrainingError(f"training checkpoint {path} does not fit this run ({e})") from None
+    return int(meta["step"])
+
+
+def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Dist, run: RunFolder,
+                     net: WarpNet) -> WarpNet:
+    """Train generator and critic for ``cfg.warp.steps``; returns the generator holding its EMA weights."""
+    sc, wcfg = cfg.warp, world.dynamics
+    micro_total = d.world_size * cfg.grad_accum
+    if sc.batch_size % micro_total:
+        raise TrainingError(f"warp batch size {sc.batch_size} must divide into {d.world_size} processes x {cfg.grad_accum} accumulation steps")
+    micro = sc.batch_size // micro_total
+    M = wcfg.window
+    train_windows = WarpWindows(data.ds, data.train_episodes, M, cfg.warp_unroll, wcfg.flow_weight > 0)
+    held = WarpWindows(data.ds, data.check_episodes, M, 8, False).batch(np.random.default_rng(HELD_OUT_SEED), 16, 8)
+
+    critic = PatchDiscriminator(wcfg, world.action_size)
+    net.to(d.device)
+    critic.to(d.device)
+    ema = EMA(net, sc.ema_decay)
+    opt_g = torch.optim.AdamW(net.parameters(), lr=sc.lr, betas=(0.5, 0.99), weight_decay=0.0)
+    opt_d = torch.optim.AdamW(critic.parameters(), lr=sc.lr * cfg.warp_critic_lr, betas=(0.5, 0.99), weight_decay=0.0)
+    ckpt = run.path / f"{STAGE}.safetensors"
+    step = 0
+    if ckpt.exists():
+        step = _load(ckpt, net, critic, ema, opt_g, opt_d)
+        if d.main:
+            print(f"[{STAGE}] resuming at step {step}/{sc.steps}", flush=True)
+    gen_obj: torch.nn.Module = _GeneratorObjective(net, critic)
+    critic_obj: torch.nn.Module = _CriticObjective(critic)
+    if d.world_size > 1:
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        gen_obj = torch.nn.parallel.DistributedDataParallel(gen_obj, device_ids=ids)
+        critic_obj = torch.nn.parallel.DistributedDataParallel(critic_obj, device_ids=ids)
+    bar = None
+    if run.progress and d.main and step < sc.steps:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sc.steps, initial=step, desc=STAGE, unit="step", dynamic_ncols=True)
+    t_last, samples_since = time.perf_counter(), 0
+    while step < sc.steps:
+        unroll, adv = unroll_at(step, cfg), adv_at(step, cfg, wcfg.adv_weight)
+        lr = lr_at(step, sc)
+        for g in opt_g.param_groups:
+            g["lr"] = lr
+        for g in opt_d.param_groups:
+            g["lr"] = lr * cfg.warp_critic_lr
+        seeds = _rng(cfg.seed, STAGE, step).integers(2**62, size=micro_total)
+        logs: dict[str, float] = {}
+        finite = True
+        net.train()
+        critic.train()
+        for k in range(cfg.grad_accum):
+            j = d.rank * cfg.grad_accum + k
+            torch.manual_seed(int(np.random.default_rng([cfg.seed, _stage_index(STAGE), step, j]).integers(2**62)))
+            batch = train_windows.batch(np.random.default_rng(seeds[j]), micro, unroll)
+            batch = WarpBatch(*(None if x is None else x.to(d.device) for x in (batch.frames, batch.actions, batch.rewards, batch.terminated, batch.flow)))
+            last = k == cfg.grad_accum - 1 or d.world_size == 1
+            sync_g = gen_obj.no_sync() if (d.world_size > 1 and not last) else nullcontext()
+            with sync_g:
+                loss, fakes, g_logs = gen_obj(batch, unroll, adv)
+                finite &= bool(torch.isfinite(loss))
+                (loss / cfg.grad_accum).backward()
+            if adv > 0:
+                sync_d = critic_obj.no_sync() if (d.world_size > 1 and not last) else nullcontext()
+                with sync_d:
+                    d_loss, d_logs = critic_obj(fakes)
+                    finite &= bool(torch.isfinite(d_loss))
+                    (d_loss / cfg.grad_accum).backward()
+                g_logs.update(d_logs)
+            g_logs["loss"] = float(loss.detach())
+            for key, v in g_logs.items():
+                logs[key] = logs.get(key, 0.0) + v / cfg.grad_accum
+        if not d.all_true(finite):
+            raise TrainingError(f"[{STAGE}] the loss became NaN/inf at step {step}; stopped. "
+                                + ("The last good checkpoint is intact: lower the learning rate and --resume." if ckpt.exists() else "No checkpoint was written yet."))
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        if adv > 0:
+            opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
+        ema.update(net, step)
+        step += 1
+        samples_since += sc.batch_size * unroll
+        if step % cfg.log_every == 0 or step == sc.steps:
+            logs = d.mean(logs)
+            if d.main:
+                dt = time.perf_counter() - t_last
+                logs.update(lr=lr, grad_norm=float(grad_norm), unroll=unroll, adv_weight=adv, frames_per_s=samples_since / max(dt, 1e-9))
+                run.logger.scalars(STAGE, step, logs)
+                t_last, samples_since = time.perf_counter(), 0
+                if bar is not None:
+                    bar.set_postfix(l1=f"{logs.get('l1_0', 0):.4f}", U=unroll, fps=f"{logs['frames_per_s']:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == sc.steps:
+            if d.main:
+                _save(ckpt, net, critic, ema, opt_g, opt_d, step)
+            d.barrier()
+        if d.main and (step % cfg.validate_every == 0 or step == sc.steps):
+            _validate(net, ema, held, run, step, d)
+    if bar is not None:
+        bar.close()
+    ema.copy_to(net)
+    net.eval()
+    return net
+
+
+@torch.no_grad()
+def _validate(net: WarpNet, ema: EMA, held: WarpBatch, run: RunFolder, step: int, d: Dist) -> None:
+    """Held-out, the EMA generator: the next frame from real memory (PSNR beside copy-last,
+    sharpness beside the real frame's), and 8 frames played from its own (PSNR of the last)."""
+    m = copy.deepcopy(net)
+    ema.copy_to(m)
+    m.eval()
+    M, k = m.config.window, m.config.action_frames
+    frames, actions = held.frames.to(d.device), held.actions.to(d.device)
+    gen = torch.Generator(device=d.device).manual_seed(99)
+    memory = quantize(frames[:, :M])
+    played = []
+    for u in range(frames.shape[1] - M):
+        noise = torch.randn(frames[:, 0].shape, generator=gen, device=d.device)
+        out = m(memory, actions[:, M + u - k + 1 : M + u + 1], noise)["frame"]
+        played.append(out)
+        memory = torch.cat([memory[:, 1:], quantize(out)[:, None]], 1)
+    real = tensor_to_frames(frames[:, M])
+    first, last = tensor_to_frames(played[0]), tensor_to_frames(played[-1])
+    run.logger.scalars(STAGE, step, {
+        "next_frame_psnr": mean_psnr(first, real),
+        "copy_last_psnr": mean_psnr(tensor_to_frames(frames[:, M - 1]), real),
+        "next_frame_sharpness_ratio": sharpness(first) / max(sharpness(real), 1e-9),
+        "played_8_psnr": mean_psnr(last, tensor_to_frames(frames[:, -1])),
+        "played_8_sharpness_ratio": sharpness(last) / max(sharpness(tensor_to_frames(frames[:, -1])), 1e-9),
+    }, kind="held_out")
+    run.logger.images(f"{STAGE}/real_next_played8", step, [real[:8], first[:8], last[:8]])
+
+
+def sharpness(frames: np.ndarray) -> float:
+    """Median variance of the Laplacian of (n, H, W, 3) uint8 frames (grey): how much fine detail."""
+    return float(np.median([cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in frames]))
