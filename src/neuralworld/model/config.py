@@ -179,11 +179,7 @@ class WorldConfig:
 
     # -- JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["resolution"] = list(self.resolution)
-        for sub in ("autoencoder", "dynamics"):
-            d[sub] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[sub].items()}
-        return d
+        return config_dict(self, ("autoencoder", "dynamics"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -210,6 +206,15 @@ class WorldConfig:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ConfigError(f"world config is not valid JSON: {e}") from None
+
+
+def config_dict(cfg: Any, parts: tuple[str, ...]) -> dict[str, Any]:
+    """A world config as plain JSON values: tuples become lists, in its ``parts`` too."""
+    d = dataclasses.asdict(cfg)
+    d["resolution"] = list(cfg.resolution)
+    for sub in parts:
+        d[sub] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[sub].items()}
+    return d
 
 
 def _dataclass_from(cls: type, values: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
@@ -278,25 +283,13 @@ TINY_AUTOENCODER = AutoencoderConfig(
 """tiny's and mini's: 64x64 frames <-> 8x8x8 latents (``preset`` hands out deep copies)."""
 
 PRESETS: dict[str, WorldConfig] = {
-    # CI and a first world in minutes on 2 CPU cores: 64x64, 8x8x8 latents, 16 tokens/frame
-    "tiny": WorldConfig(
-        resolution=(64, 64),
-        autoencoder=TINY_AUTOENCODER,
-        dynamics=DynamicsConfig(
-            d_model=128, n_layers=3, n_heads=4, mlp_ratio=3.0, cond_dim=64, full_frames=2, memory_frames=8,
-            prev_frame=True,
-        ),
-    ),
-    # a world trained in hours on 2 CPU cores: tiny's autoencoder at 64x64 (16 tokens/frame), a
-    # ~2M-parameter dynamics with 4 full-resolution frames and 16 frames of memory
-    "mini": WorldConfig(
-        resolution=(64, 64),
-        autoencoder=TINY_AUTOENCODER,
-        dynamics=DynamicsConfig(
-            d_model=192, n_layers=4, n_heads=4, mlp_ratio=3.0, cond_dim=96, full_frames=4, memory_frames=16,
-            prev_frame=True,
-        ),
-    ),
+    # CI and a first world in minutes on 2 CPU cores: 64x64, 8x8x8 latents, 16 tokens/frame;
+    # mini, a world trained in hours on 2 CPU cores: tiny's autoencoder at 64x64 (16 tokens/frame),
+    # a ~2M-parameter dynamics with 4 full-resolution frames and 16 frames of memory
+    **{name: WorldConfig(resolution=(64, 64), autoencoder=TINY_AUTOENCODER, dynamics=DynamicsConfig(
+        d_model=d, n_layers=layers, n_heads=4, mlp_ratio=3.0, cond_dim=cond, full_frames=full, memory_frames=memory,
+        prev_frame=True))
+       for name, d, layers, cond, full, memory in (("tiny", 128, 3, 64, 2, 8), ("mini", 192, 4, 96, 4, 16))},
     # the shipped world on a GPU: 128x128, 16x16x12 latents, 64 tokens/frame, ~5M-parameter dynamics
     "small": WorldConfig(
         resolution=(128, 128),

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -171,8 +171,40 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, N, patch_dim)
 
 
+class CacheRows:
+    """What every network's cache (``DynamicsCache``, the pixel worlds' shift registers) does
+    per batch element: ``reset`` zeroes the tensors named in ``FORGET`` for some rows (all when
+    None: a new episode there), and ``batch_size`` is their first axis."""
+
+    FORGET: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def batch_size(self) -> int:
+        return getattr(self, self.FORGET[0]).shape[0]
+
+    def reset(self, batch_index: int | torch.Tensor | None = None) -> None:
+        index = slice(None) if batch_index is None else batch_index
+        for name in self.FORGET:
+            getattr(self, name)[index] = 0
+
+
+def check_batch(cache: CacheRows, latent: torch.Tensor) -> None:
+    if cache.batch_size != latent.shape[0]:
+        raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {latent.shape[0]}")
+
+
+def run_cached_step(net: Any, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor,
+                    cache: Any) -> tuple[DynamicsOutput, tuple[torch.Tensor, ...]]:
+    """``net.step_with_cache_tensors`` against ``cache`` (any network's: the pure step every
+    backend compiles or exports), split into the frame's outputs and what ``cache.push`` takes."""
+    check_batch(cache, latent)
+    level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(latent.shape[0])  # (B,)
+    velocity, reward, term, *kv = net.step_with_cache_tensors(latent, level, action, *cache.step_inputs())
+    return DynamicsOutput(velocity, reward, term), tuple(kv)
+
+
 @dataclass
-class DynamicsCache:
+class DynamicsCache(CacheRows):
     """Keys/values of past frames for every layer, in two fixed-size rings.
 
     full_*    the last K-1 frames at full token resolution
@@ -197,17 +229,8 @@ class DynamicsCache:
     pooled_next: int = 0
     frames_seen: int = 0  # frames appended so far (informational only: never used by the model)
 
-    @property
-    def batch_size(self) -> int:
-        return self.full_valid.shape[0]
-
-    def reset(self, batch_index: int | torch.Tensor | None = None) -> None:
-        """Forget the past of some batch elements (all when None): a new episode there."""
-        if batch_index is None:
-            batch_index = slice(None)  # type: ignore[assignment]
-        self.full_valid[batch_index] = False
-        self.pooled_valid[batch_index] = False
-        self.prev[batch_index] = 0
+    FORGET: ClassVar[tuple[str, ...]] = ("full_valid", "pooled_valid", "prev")
+    """What ``reset`` clears (the rings' contents stay: invalid slots are masked)."""
 
     def step_inputs(self) -> tuple[Any, ...]:
         """The cache's part of ``Dynamics.step_with_cache_tensors``'s inputs, in its order."""
@@ -480,12 +503,7 @@ class Dynamics(nn.Module):
         return out.velocity[:, 0], out.reward[:, 0], out.termination[:, 0], k_all, v_all, pooled_new_k, pooled_new_v
 
     def _run_step(self, latent, noise_level, action, cache: DynamicsCache) -> tuple[DynamicsOutput, tuple[torch.Tensor, ...]]:
-        B = latent.shape[0]
-        if cache.batch_size != B:
-            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
-        noise_level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(B)  # (B,)
-        velocity, reward, term, *kv = self.step_with_cache_tensors(latent, noise_level, action, *cache.step_inputs())
-        return DynamicsOutput(velocity, reward, term), tuple(kv)
+        return run_cached_step(self, latent, noise_level, action, cache)
 
     def step(
         self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: DynamicsCache

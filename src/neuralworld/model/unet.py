@@ -35,20 +35,18 @@ Shapes: B batch, n context frames, A action size, H x W the frame.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from neuralworld.actions import ActionSpec
-from neuralworld.model.config import ConfigError, _dataclass_from
-from neuralworld.model.dynamics import DynamicsOutput, timestep_embedding
+from neuralworld.model.config import ConfigError
+from neuralworld.model.dynamics import CacheRows, DynamicsOutput, check_batch, run_cached_step, timestep_embedding
+from neuralworld.model.pixel import PixelCodec, PixelWorldConfig, pixel_preset, shift_in  # PixelCodec: re-exported for callers
 
 MODEL_KIND = "unet-baseline"
 """The bundle's ``"model"`` value for this network (absent means the transformer world)."""
@@ -84,6 +82,10 @@ class UNetConfig:
         """Frames the model sees, the new one included (what eval uses as its default context + 1)."""
         return self.context_frames + 1
 
+    def levels(self) -> int:
+        """Halvings of H and W: one per width after the first."""
+        return len(self.channels) - 1
+
     def validate(self) -> "UNetConfig":
         if self.context_frames < 1:
             raise ConfigError(f"unet.context_frames must be >= 1, got {self.context_frames}")
@@ -101,62 +103,12 @@ class UNetConfig:
 
 
 @dataclass
-class BaselineConfig:
-    """What a baseline bundle's config.json holds under "world": the same outer shape as
-    ``WorldConfig`` (resolution, controls) so eval, play and bench read it alike."""
+class BaselineConfig(PixelWorldConfig):
+    """What a baseline bundle's config.json holds under "world" (``PixelWorldConfig``)."""
 
-    resolution: tuple[int, int] = (64, 64)
-    action_size: int = 0
-    action_spec: dict[str, Any] | None = None
     dynamics: UNetConfig = field(default_factory=UNetConfig)
-    """Named ``dynamics`` because it is the part that plays the dynamics' role."""
 
-    @property
-    def spec(self) -> ActionSpec | None:
-        return None if self.action_spec is None else ActionSpec.from_json_dict(self.action_spec)
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        return self.resolution  # pixels are the latents
-
-    @property
-    def latent_channels(self) -> int:
-        return 3
-
-    def for_spec(self, spec: ActionSpec) -> "BaselineConfig":
-        return dataclasses.replace(copy.deepcopy(self), action_spec=spec.to_json_dict(), action_size=spec.size)
-
-    def validate(self) -> "BaselineConfig":
-        self.dynamics.validate()
-        h, w = self.resolution
-        unit = 2 ** (len(self.dynamics.channels) - 1)
-        if h < unit or w < unit or h % unit or w % unit:
-            raise ConfigError(f"resolution {h}x{w} must be a multiple of {unit} ({len(self.dynamics.channels)} U-Net levels)")
-        if self.action_size < 1:
-            raise ConfigError("action_size is 0: bind the config to a dataset's controls with .for_spec(spec)")
-        if self.action_spec is not None and ActionSpec.from_json_dict(self.action_spec).size != self.action_size:
-            raise ConfigError(f"action_size {self.action_size} disagrees with action_spec")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["resolution"] = list(self.resolution)
-        d["dynamics"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["dynamics"].items()}
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BaselineConfig":
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"a baseline config must be a JSON object, got {type(d).__name__}")
-        top = dict(d)
-        unet = _dataclass_from(UNetConfig, top.pop("dynamics", {}), "unet")
-        cfg = _dataclass_from(cls, top, "baseline", skip=("dynamics",))
-        cfg.dynamics = unet
-        cfg.resolution = tuple(int(x) for x in cfg.resolution)  # type: ignore[assignment]
-        return cfg
+    NAME: ClassVar[str] = "baseline"
 
 
 # parameters at 64x64 with Doom's 7 controls, beside our dynamics of the same preset:
@@ -170,49 +122,14 @@ BASELINE_PRESETS: dict[str, UNetConfig] = {
 
 
 def baseline_preset(name: str, spec: ActionSpec | None = None, resolution: tuple[int, int] = (64, 64)) -> BaselineConfig:
-    if name not in BASELINE_PRESETS:
-        raise ConfigError(f"unknown baseline preset {name!r}; choose from {sorted(BASELINE_PRESETS)}")
-    cfg = BaselineConfig(resolution=(int(resolution[0]), int(resolution[1])), dynamics=copy.deepcopy(BASELINE_PRESETS[name]))
-    return cfg.for_spec(spec) if spec is not None else cfg
-
-
-# ---------------------------------------------------------------------------
-# the "autoencoder": pixels are the latents
-# ---------------------------------------------------------------------------
-class PixelCodec(nn.Module):
-    """Identity stand-in for the autoencoder: frames in [-1, 1] are the latents.
-
-    Holds one empty parameter so ``next(codec.parameters()).device`` (how eval finds
-    the autoencoder's device) works; ``encoder`` / ``decoder`` are identities with
-    no parameters (bench counts them)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = nn.Identity()
-        self.decoder = nn.Identity()
-        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
-
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        return frames  # (B, 3, H, W)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.clamp(-1.0, 1.0)  # (B, 3, H, W)
-
-    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return frames  # the reconstruction is exact: eval's "autoencoder" ceiling is infinite PSNR
+    return pixel_preset(BaselineConfig, BASELINE_PRESETS, name, spec, resolution)
 
 
 # ---------------------------------------------------------------------------
 # the memory: a shift register of the last n frames
 # ---------------------------------------------------------------------------
 @dataclass
-class FrameStackCache:
+class FrameStackCache(CacheRows):
     """The last n frames (oldest first), the actions that led to them and their noise levels.
 
     After ``reset`` an element holds nothing; the first frame appended fills every
@@ -225,18 +142,7 @@ class FrameStackCache:
     valid: torch.Tensor  # (B, n) bool
     frames_seen: int = 0
 
-    @property
-    def batch_size(self) -> int:
-        return self.valid.shape[0]
-
-    def reset(self, batch_index: int | torch.Tensor | None = None) -> None:
-        """Forget the past of some batch elements (all when None)."""
-        if batch_index is None:
-            batch_index = slice(None)  # type: ignore[assignment]
-        self.valid[batch_index] = False
-        self.frames[batch_index] = 0
-        self.actions[batch_index] = 0
-        self.levels[batch_index] = 0
+    FORGET: ClassVar[tuple[str, ...]] = ("valid", "frames", "actions", "levels")
 
     def step_inputs(self) -> tuple[torch.Tensor, ...]:
         """The cache's part of ``FrameStackUNet.step_with_cache_tensors``'s inputs."""
@@ -248,11 +154,8 @@ class FrameStackCache:
         backend can push what the pure step returned without knowing the model.)"""
         empty = ~self.valid.any(dim=1)  # (B,): nothing appended since reset
         for ring, new in ((self.frames, latent), (self.actions, action), (self.levels, level)):
-            ring[:, :-1] = ring[:, 1:].clone()
-            ring[:, -1] = new
-            ring[empty] = new[empty].unsqueeze(1).to(ring.dtype)  # fill the whole window
-        self.valid[:, :-1] = self.valid[:, 1:].clone()
-        self.valid[:, -1] = True
+            shift_in(ring, new, empty)
+        shift_in(self.valid, torch.ones_like(empty), torch.zeros_like(empty))  # only the slot really appended
         self.frames_seen += 1
 
 
@@ -435,12 +338,7 @@ class FrameStackUNet(nn.Module):
         return v, zeros, zeros, action, noise_level
 
     def _run_step(self, latent, noise_level, action, cache: FrameStackCache) -> tuple[DynamicsOutput, tuple[torch.Tensor, ...]]:
-        B = latent.shape[0]
-        if cache.batch_size != B:
-            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
-        level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(B)  # (B,)
-        v, r, term, *kv = self.step_with_cache_tensors(latent, level, action, *cache.step_inputs())
-        return DynamicsOutput(v, r, term), tuple(kv)
+        return run_cached_step(self, latent, noise_level, action, cache)
 
     def step(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: FrameStackCache) -> DynamicsOutput:
         """Velocity of the new frame (B, 3, H, W) at ``noise_level`` led to by ``action`` (B, A);
@@ -453,9 +351,8 @@ class FrameStackUNet(nn.Module):
         No network call: a frame stack has no keys/values to compute and the U-Net no heads,
         so where the transformer's append costs a step this costs a copy (the session reads
         only reward and termination from it: zeros, and a zero velocity)."""
+        check_batch(cache, latent)
         B = latent.shape[0]
-        if cache.batch_size != B:
-            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
         level = torch.as_tensor(noise_level, dtype=torch.float32, device=latent.device).expand(B)  # (B,)
         with torch.no_grad():
             cache.push(action, level, latent=latent)

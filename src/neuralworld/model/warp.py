@@ -36,19 +36,17 @@ Shapes: B batch, n full-resolution frames, M memory frames, A action size, H x W
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from neuralworld.actions import ActionSpec
-from neuralworld.model.config import ConfigError, _dataclass_from
-from neuralworld.model.dynamics import DynamicsOutput
+from neuralworld.model.config import ConfigError
+from neuralworld.model.dynamics import CacheRows, DynamicsOutput, check_batch, run_cached_step
+from neuralworld.model.pixel import PixelWorldConfig, pixel_preset, shift_in
 
 MODEL_KIND = "warp"
 """The bundle's ``"model"`` value for this network."""
@@ -85,6 +83,10 @@ class WarpNetConfig:
     """Memory frames are noised by N(0, s^2), s ~ U[0, max], before 8-bit quantisation (GameNGen)."""
     disc_channels: tuple[int, int, int] = (32, 64, 128)
 
+    def levels(self) -> int:
+        """Halvings of H and W: full, 1/2, 1/4, 1/8."""
+        return 3
+
     @property
     def window(self) -> int:
         """Frames of memory a step needs."""
@@ -104,61 +106,10 @@ class WarpNetConfig:
 
 
 @dataclass
-class WarpConfig:
-    """What a warp bundle's config.json holds under "world": the outer shape of
-    ``WorldConfig`` (resolution, controls) so eval, play and bench read it alike."""
-
-    resolution: tuple[int, int] = (64, 64)
-    action_size: int = 0
-    action_spec: dict[str, Any] | None = None
+class WarpConfig(PixelWorldConfig):
+    NAME: ClassVar[str] = "warp world"
     dynamics: WarpNetConfig = field(default_factory=WarpNetConfig)
-
-    @property
-    def spec(self) -> ActionSpec | None:
-        return None if self.action_spec is None else ActionSpec.from_json_dict(self.action_spec)
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        return self.resolution  # pixels are the latents
-
-    @property
-    def latent_channels(self) -> int:
-        return 3
-
-    def for_spec(self, spec: ActionSpec) -> "WarpConfig":
-        return dataclasses.replace(copy.deepcopy(self), action_spec=spec.to_json_dict(), action_size=spec.size)
-
-    def validate(self) -> "WarpConfig":
-        self.dynamics.validate()
-        h, w = self.resolution
-        unit = 8  # three halvings
-        if h < unit or w < unit or h % unit or w % unit:
-            raise ConfigError(f"resolution {h}x{w} must be a multiple of {unit}")
-        if self.action_size < 1:
-            raise ConfigError("action_size is 0: bind the config to a dataset's controls with .for_spec(spec)")
-        if self.action_spec is not None and ActionSpec.from_json_dict(self.action_spec).size != self.action_size:
-            raise ConfigError(f"action_size {self.action_size} disagrees with action_spec")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["resolution"] = list(self.resolution)
-        d["dynamics"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["dynamics"].items()}
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WarpConfig":
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"a warp world config must be a JSON object, got {type(d).__name__}")
-        top = dict(d)
-        net = _dataclass_from(WarpNetConfig, top.pop("dynamics", {}), "warp")
-        cfg = _dataclass_from(cls, top, "warp world", skip=("dynamics",))
-        cfg.dynamics = net
-        cfg.resolution = tuple(int(x) for x in cfg.resolution)  # type: ignore[assignment]
-        return cfg
+    """A warp bundle's config.json holds ``PixelWorldConfig``'s fields, with this network."""
 
 
 WARP_PRESETS: dict[str, WarpNetConfig] = {
@@ -170,10 +121,7 @@ WARP_PRESETS: dict[str, WarpNetConfig] = {
 
 
 def warp_preset(name: str, spec: ActionSpec | None = None, resolution: tuple[int, int] = (64, 64)) -> WarpConfig:
-    if name not in WARP_PRESETS:
-        raise ConfigError(f"unknown warp preset {name!r}; choose from {sorted(WARP_PRESETS)}")
-    cfg = WarpConfig(resolution=(int(resolution[0]), int(resolution[1])), dynamics=copy.deepcopy(WARP_PRESETS[name]))
-    return cfg.for_spec(spec) if spec is not None else cfg
+    return pixel_preset(WarpConfig, WARP_PRESETS, name, spec, resolution)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -197,7 +145,7 @@ def backward_warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 # the memory: a shift register of the last frames and actions
 # ---------------------------------------------------------------------------
 @dataclass
-class WarpCache:
+class WarpCache(CacheRows):
     """The last ``window`` frames (oldest first, 8-bit-quantised), the actions that led to
     them, and the heads of the last ``step``. After ``reset`` an element holds nothing;
     the first frame appended fills every slot (a world that stood still before it)."""
@@ -209,17 +157,7 @@ class WarpCache:
     termination: torch.Tensor  # (B,)
     frames_seen: int = 0
 
-    @property
-    def batch_size(self) -> int:
-        return self.valid.shape[0]
-
-    def reset(self, batch_index: int | torch.Tensor | None = None) -> None:
-        """Forget the past of some batch elements (all when None)."""
-        if batch_index is None:
-            batch_index = slice(None)  # type: ignore[assignment]
-        for t in (self.frames, self.actions, self.reward, self.termination):
-            t[batch_index] = 0
-        self.valid[batch_index] = False
+    FORGET: ClassVar[tuple[str, ...]] = ("valid", "frames", "actions", "reward", "termination")
 
     def step_inputs(self) -> tuple[torch.Tensor, ...]:
         """The cache's part of ``WarpNet.step_with_cache_tensors``'s inputs."""
@@ -229,12 +167,9 @@ class WarpCache:
         """Shift in one frame (B, 3, H, W), quantised, with the action (B, A) that led to it.
         (The signature is ``DynamicsCache.push``'s, so a backend can push without knowing the model.)"""
         empty = ~self.valid.any(dim=1)  # (B,)
-        for ring, new in ((self.frames, quantize(latent)), (self.actions, action)):
-            ring[:, :-1] = ring[:, 1:].clone()
-            ring[:, -1] = new.to(ring.dtype)
-            ring[empty] = new[empty].unsqueeze(1).to(ring.dtype)
-        self.valid[:, :-1] = self.valid[:, 1:].clone()
-        self.valid[:, -1] = True
+        shift_in(self.frames, quantize(latent), empty)
+        shift_in(self.actions, action, empty)
+        shift_in(self.valid, torch.ones_like(empty), torch.zeros_like(empty))  # only the slot really appended
         self.frames_seen += 1
 
 
@@ -363,19 +298,14 @@ class WarpNet(nn.Module):
     def step(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: WarpCache) -> DynamicsOutput:
         """One call: the new frame led to by ``action`` (B, A), as a velocity from the noise
         ``latent`` (B, 3, H, W). The cache is read; only its record of the heads changes."""
-        B = latent.shape[0]
-        if cache.batch_size != B:
-            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
-        v, r, term = self.step_with_cache_tensors(latent, torch.ones(B), action, *cache.step_inputs())
-        cache.reward, cache.termination = r.detach().float(), term.detach().float()
-        return DynamicsOutput(v, r, term)
+        out, _ = run_cached_step(self, latent, noise_level, action, cache)
+        cache.reward, cache.termination = out.reward.detach().float(), out.termination.detach().float()
+        return out
 
     def append(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: WarpCache) -> DynamicsOutput:
         """The frame (B, 3, H, W), led to by ``action`` (B, A), joins memory, 8-bit-quantised.
         No network call: the heads are the last ``step``'s (zeros for real frames observed)."""
-        B = latent.shape[0]
-        if cache.batch_size != B:
-            raise ValueError(f"cache is for batch {cache.batch_size}, latent has batch {B}")
+        check_batch(cache, latent)
         out = DynamicsOutput(torch.zeros_like(latent), cache.reward.clone(), cache.termination.clone())
         with torch.no_grad():
             cache.push(action, latent=latent)

@@ -152,15 +152,29 @@ def lr_at(step: int, cfg: StageConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def save_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer, step: int, extra: dict[str, Any]) -> None:
+Companions = dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
+"""Networks trained beside a stage's own, each with its optimizer (the warp world's critic),
+kept in the same checkpoint under their name."""
+
+
+def save_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer, step: int, extra: dict[str, Any],
+                    companions: Companions | None = None) -> None:
     tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     opt_tensors, opt_skeleton = flatten_state(opt.state_dict(), "opt")
     tensors.update(opt_tensors)
-    save_tensors(path, tensors, {"step": step, "optimizer": opt_skeleton, "torch_rng": torch.get_rng_state().tolist(), **extra})
+    skeletons = {}
+    for name, (other, other_opt) in (companions or {}).items():
+        tensors.update({f"{name}.{k}": v for k, v in other.state_dict().items()})
+        other_tensors, skeletons[name] = flatten_state(other_opt.state_dict(), f"opt_{name}")
+        tensors.update(other_tensors)
+    companion_meta = {"companion_optimizers": skeletons} if skeletons else {}
+    save_tensors(path, tensors, {"step": step, "optimizer": opt_skeleton, "torch_rng": torch.get_rng_state().tolist(),
+                                 **companion_meta, **extra})
 
 
-def load_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer | None) -> dict[str, Any]:
+def load_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer | None,
+                    companions: Companions | None = None) -> dict[str, Any]:
     try:
         tensors, meta = load_tensors(path, what="training checkpoint")
     except StateError as e:
@@ -171,6 +185,10 @@ def load_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.op
             ema.shadow[k] = tensors[f"ema.{k}"].float()
         if opt is not None:
             opt.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
+        for name, (other, other_opt) in (companions or {}).items():
+            n = len(name) + 1
+            load_state_strict(other, {k[n:]: v for k, v in tensors.items() if k.startswith(f"{name}.")}, str(path))
+            other_opt.load_state_dict(unflatten_state(tensors, meta["companion_optimizers"][name]))
     except (BundleError, KeyError, StateError, ValueError) as e:
         raise TrainingError(f"training checkpoint {path} does not fit this run ({e})") from None
     return meta

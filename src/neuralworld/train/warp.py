@@ -27,17 +27,16 @@ import cv2
 import numpy as np
 import torch
 
-from neuralworld.bundle import BundleError, build_networks, load_state_strict
+from neuralworld.bundle import build_networks
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.unet import PixelCodec
 from neuralworld.model.warp import (
     MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, count_parameters, quantize,
     warp_discriminator_loss, warp_generator_loss, warp_preset,
 )  # fmt: skip
-from neuralworld.state_io import StateError, flatten_state, load_tensors, save_tensors, unflatten_state
 from neuralworld.train.config import TrainConfig, TrainingError
 from neuralworld.train.data import HELD_OUT_SEED, FrameSource, TrainData, draw, steps_into, windows
-from neuralworld.train.loop import EMA, Dist, RunFolder, _rng, _stage_index, lr_at, mean_psnr
+from neuralworld.train.loop import EMA, Dist, RunFolder, _rng, _stage_index, load_checkpoint, lr_at, mean_psnr, save_checkpoint
 from neuralworld.train.run import training_run
 
 STAGE = "warp"
@@ -139,36 +138,6 @@ class _CriticObjective(torch.nn.Module):
         return warp_discriminator_loss(self.critic, fakes)
 
 
-def _save(path: Any, net: WarpNet, critic: PatchDiscriminator, ema: EMA, opt_g: torch.optim.Optimizer,
-          opt_d: torch.optim.Optimizer, step: int) -> None:
-    tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
-    tensors.update({f"critic.{k}": v for k, v in critic.state_dict().items()})
-    g_tensors, g_skeleton = flatten_state(opt_g.state_dict(), "opt")
-    d_tensors, d_skeleton = flatten_state(opt_d.state_dict(), "opt_critic")
-    tensors.update(g_tensors)
-    tensors.update(d_tensors)
-    save_tensors(path, tensors, {"step": step, "stage": STAGE, "optimizer": g_skeleton, "optimizer_critic": d_skeleton})
-
-
-def _load(path: Any, net: WarpNet, critic: PatchDiscriminator, ema: EMA, opt_g: torch.optim.Optimizer,
-          opt_d: torch.optim.Optimizer) -> int:
-    try:
-        tensors, meta = load_tensors(path, what="training checkpoint")
-    except StateError as e:
-        raise TrainingError(f"{e}; delete it to restart the warp stage") from None
-    try:
-        load_state_strict(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
-        load_state_strict(critic, {k[7:]: v for k, v in tensors.items() if k.startswith("critic.")}, str(path))
-        for k in ema.shadow:
-            ema.shadow[k] = tensors[f"ema.{k}"].float()
-        opt_g.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
-        opt_d.load_state_dict(unflatten_state(tensors, meta["optimizer_critic"]))
-    except (BundleError, KeyError, StateError, ValueError) as e:
-        raise TrainingError(f"training checkpoint {path} does not fit this run ({e})") from None
-    return int(meta["step"])
-
-
 def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Dist, run: RunFolder,
                      net: WarpNet) -> WarpNet:
     """Train generator and critic for ``cfg.warp.steps``; returns the generator holding its EMA weights."""
@@ -190,7 +159,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     ckpt = run.path / f"{STAGE}.safetensors"
     step = 0
     if ckpt.exists():
-        step = _load(ckpt, net, critic, ema, opt_g, opt_d)
+        step = int(load_checkpoint(ckpt, net, ema, opt_g, {"critic": (critic, opt_d)})["step"])
         if d.main:
             print(f"[{STAGE}] resuming at step {step}/{sc.steps}", flush=True)
     gen_obj: torch.nn.Module = _GeneratorObjective(net, critic)
@@ -263,7 +232,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
             bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == sc.steps:
             if d.main:
-                _save(ckpt, net, critic, ema, opt_g, opt_d, step)
+                save_checkpoint(ckpt, net, ema, opt_g, step, {"stage": STAGE}, {"critic": (critic, opt_d)})
             d.barrier()
         if d.main and (step % cfg.validate_every == 0 or step == sc.steps):
             _validate(net, ema, held, run, step, d)
