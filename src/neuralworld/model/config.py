@@ -122,8 +122,15 @@ class DynamicsConfig:
             raise ConfigError("dynamics.autoregressive_prob and context_noise_max must be in [0, 1]")
 
 
+class JsonConfig:
+    """``to_json`` of a config whose ``to_dict`` gives plain JSON values."""
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)  # type: ignore[attr-defined]
+
+
 @dataclass
-class WorldConfig:
+class WorldConfig(JsonConfig):
     """Everything needed to rebuild a world's networks: resolution, controls, both halves."""
 
     resolution: tuple[int, int] = (128, 128)
@@ -180,9 +187,6 @@ class WorldConfig:
     # -- JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return config_dict(self, ("autoencoder", "dynamics"))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "WorldConfig":

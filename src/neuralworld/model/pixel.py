@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from neuralworld.actions import ActionSpec
-from neuralworld.model.config import ConfigError, _dataclass_from, config_dict
+from neuralworld.model.config import ConfigError, JsonConfig, _dataclass_from, config_dict
 
 
 class PixelCodec(nn.Module):
@@ -51,7 +50,7 @@ class PixelCodec(nn.Module):
 
 
 @dataclass
-class PixelWorldConfig:
+class PixelWorldConfig(JsonConfig):
     """What a pixel-space bundle's config.json holds under "world": the outer shape of
     ``WorldConfig`` (resolution, controls) so eval, play and bench read it alike. A
     subclass names its network's config (``dynamics``) and how many halvings it makes."""
@@ -98,9 +97,6 @@ class PixelWorldConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return config_dict(self, ("dynamics",))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PixelWorldConfig":
