@@ -36,11 +36,12 @@ from neuralworld.model.autoencoder import Autoencoder
 from neuralworld.model.config import ConfigError, WorldConfig
 from neuralworld.model.dynamics import Dynamics
 from neuralworld.model.unet import MODEL_KIND as BASELINE_KIND, BaselineConfig, FrameStackUNet, PixelCodec
+from neuralworld.model.warp import MODEL_KIND as WARP_KIND, WarpConfig, WarpNet
 from neuralworld.state_io import StateError, atomic_write_json, load_tensors, read_json, save_tensors
 
 FORMAT = "neuralworld-bundle"
 VERSION = 1
-MODEL_KINDS = ("world", BASELINE_KIND)
+MODEL_KINDS = ("world", BASELINE_KIND, WARP_KIND)
 """Values of config.json's "model": which networks a bundle holds."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -54,8 +55,8 @@ class BundleError(Exception):
 class World:
     """A loaded world: its config, controls and networks (in eval mode)."""
 
-    config: WorldConfig | BaselineConfig
-    autoencoder: Autoencoder | PixelCodec  # PixelCodec: the baseline's frames are its latents
+    config: WorldConfig | BaselineConfig | WarpConfig
+    autoencoder: Autoencoder | PixelCodec  # PixelCodec: pixel-space worlds' frames are their latents
     dynamics: Dynamics | FrameStackUNet
     name: str = ""
     path: str = ""
@@ -89,7 +90,7 @@ class World:
     @property
     def model(self) -> str:
         """The network kind (``MODEL_KINDS``): "world" or "unet-baseline"."""
-        return BASELINE_KIND if isinstance(self.config, BaselineConfig) else "world"
+        return _kind_of(self.config)
 
     def start(self, frames: Any = None, *, sampler: Any = "fast", backend: Any = "auto", **kw: Any) -> Any:
         """A new ``WorldSession`` (session.py) from dataset frames, one image or None, playing
@@ -104,12 +105,18 @@ class World:
         return WorldSession(self, frames, sampler=sampler, backend=backend, **kw)
 
 
-def build_networks(config: WorldConfig | BaselineConfig) -> tuple[Any, Any]:
+def _kind_of(config: Any) -> str:
+    return BASELINE_KIND if isinstance(config, BaselineConfig) else WARP_KIND if isinstance(config, WarpConfig) else "world"
+
+
+def build_networks(config: WorldConfig | BaselineConfig | WarpConfig) -> tuple[Any, Any]:
     """(autoencoder, dynamics) for a config: ``Autoencoder`` + ``Dynamics`` for a world,
     ``PixelCodec`` + ``FrameStackUNet`` for the baseline."""
     config.validate()
     if isinstance(config, BaselineConfig):
         return PixelCodec(), FrameStackUNet.from_world(config)
+    if isinstance(config, WarpConfig):
+        return PixelCodec(), WarpNet.from_world(config)
     return Autoencoder(config.autoencoder), Dynamics.from_world(config)
 
 
@@ -154,7 +161,7 @@ def save_bundle(
         tensors["start.actions"] = torch.from_numpy(np.ascontiguousarray(actions))
     try:
         sha = save_tensors(path / WEIGHTS_FILE, tensors, {"format": FORMAT})
-        kind = {"model": BASELINE_KIND} if isinstance(config, BaselineConfig) else {}  # a world's config stays as it was
+        kind = {"model": _kind_of(config)} if _kind_of(config) != "world" else {}  # a world's config stays as it was
         atomic_write_json(path / CONFIG_FILE, {
             "format": FORMAT,
             "version": VERSION,
@@ -196,7 +203,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     if kind not in MODEL_KINDS:
         raise BundleError(f"{path / CONFIG_FILE}: unknown model {kind!r}; this neuralworld plays {list(MODEL_KINDS)}")
     try:
-        config_cls = BaselineConfig if kind == BASELINE_KIND else WorldConfig
+        config_cls = {BASELINE_KIND: BaselineConfig, WARP_KIND: WarpConfig}.get(kind, WorldConfig)
         config = config_cls.from_dict(meta["world"]).validate()
     except (KeyError, ConfigError, ValueError, TypeError) as e:
         raise BundleError(f"{path / CONFIG_FILE}: bad world config ({e})") from None

@@ -55,6 +55,7 @@ from neuralworld.actions import ActionError, ActionSpec
 from neuralworld.backends import make_backend
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.dynamics import DynamicsCache
+from neuralworld.model import memory
 from neuralworld.model.sampler import SAMPLERS, SamplerPreset
 
 GREY = 128
@@ -70,7 +71,8 @@ class SessionError(ValueError):
 def resolve_sampler(sampler: str | SamplerPreset, world: Any = None) -> SamplerPreset:
     """A preset name from ``SAMPLERS`` or a ``SamplerPreset`` as is; given the ``world``,
     what the preset means there: ``fast`` takes the steps its student was distilled for,
-    and becomes ``euler2`` on a world trained without distillation."""
+    and becomes ``euler2`` on a world trained without distillation; a one-step generator
+    plays every preset as its single call."""
     if isinstance(sampler, SamplerPreset):
         preset = sampler
     else:
@@ -78,6 +80,10 @@ def resolve_sampler(sampler: str | SamplerPreset, world: Any = None) -> SamplerP
             preset = SAMPLERS[sampler]
         except (KeyError, TypeError):
             raise SessionError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)} or pass a SamplerPreset") from None
+    if getattr(getattr(world, "dynamics", None), "one_step", False):
+        # a one-step generator (model.warp): every preset is its one call, and memory is
+        # fed back 8-bit-quantised instead of noised
+        return SamplerPreset("euler", steps=1, context_level=0.0)
     if world is None or preset.network != "distilled":
         return preset
     if getattr(world, "distilled", None) is None:
@@ -262,12 +268,7 @@ class WorldSession:
         """
         a = self._action_tensor(action, "step")  # (B, A) normalised
         noise = torch.randn(self._latent_shape, generator=self.generator, device=self.device)  # (B, C, h, w)
-        backend, cache = self.backend, self.cache
-
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return backend.step(x, t, a, cache).velocity  # (B, C, h, w)
-
-        latent = self.sampler(denoise, noise)  # (B, C, h, w)
+        latent = memory.generate(self.backend, self.sampler, noise, a, self.cache)  # (B, C, h, w)
         if remember:
             self._remember(latent, a)
         self._latent = latent
@@ -370,12 +371,9 @@ class WorldSession:
         self._frame = np.ascontiguousarray(context[:, -1])  # (B, H, W, 3)
 
     def _remember(self, latent: torch.Tensor, action: torch.Tensor) -> None:
-        """Append a finished latent (B, C, h, w) to memory at the preset's context level."""
-        level = self.sampler.context_level
-        if level > 0:
-            eps = torch.randn(self._latent_shape, generator=self.generator, device=self.device)
-            latent = (1.0 - level) * latent + level * eps  # training's context noise, at a known level
-        out = self.backend.append(latent, level, action, self.cache)
+        """Append a finished latent (B, C, h, w) to memory at the preset's context level
+        (``model.memory.remember``: its noise is one draw from the session's generator)."""
+        _, out = memory.remember(self.backend, latent, self.sampler.context_level, action, self.cache, generator=self.generator)
         self._reward = out.reward.float().cpu().numpy()  # (B,)
         self._termination = torch.sigmoid(out.termination.float()).cpu().numpy()  # (B,)
         self._remembered += 1

@@ -161,8 +161,8 @@ class Hub:
         # built once and shared: a backend holds no per-session state (each session owns its cache)
         from neuralworld.session import resolve_sampler
 
-        self.backend_name = resolve_backend(config.backend)
         network = resolve_sampler(config.sampler, world).network  # the distilled student for "fast"
+        self.backend_name = resolve_backend(config.backend, world.network(network))
         self.backend = make_backend(self.backend_name, world.network(network), 1)
         self.pool = ThreadPoolExecutor(max_workers=config.max_players + 1, thread_name_prefix="neuralworld-play")
         self.decode_pool = ThreadPoolExecutor(max_workers=config.max_image_decodes, thread_name_prefix="neuralworld-image")
@@ -421,7 +421,7 @@ def serve(
     if announce is not None:
         H, W = loaded.resolution
         announce(f"neuralworld play: {loaded.name} ({H}x{W} @ {loaded.spec.fps:g} fps, {config.sampler}, "
-                 f"{resolve_backend(config.backend)}) at {url}  (Ctrl+C stops)")
+                 f"{resolve_backend(config.backend, loaded)}) at {url}  (Ctrl+C stops)")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, (url,)).start()
     server.run(sockets=[sock])

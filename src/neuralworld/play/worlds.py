@@ -36,11 +36,15 @@ def resolve_world(world: str | None) -> Path:
     raise PlayError(f"{world}: no such world")
 
 
-def resolve_backend(name: str) -> str:
-    """"auto" -> ONNX Runtime when it is installed (the fastest exact path measured on a
-    2-core CPU), else eager PyTorch; any other name must be one of ``backends.PATHS``."""
-    from neuralworld.backends import PATHS
+def resolve_backend(name: str, world: object | None = None) -> str:
+    """"auto" -> given the ``world``, ``backends.fastest_exact`` (what plays it fastest and
+    exactly here); without one, ONNX Runtime when it is installed (the fastest exact path
+    measured on a 2-core CPU), else eager PyTorch. Any other name must be one of
+    ``backends.PATHS``."""
+    from neuralworld.backends import PATHS, fastest_exact
 
+    if name == "auto" and world is not None:
+        return fastest_exact(world)
     if name == "auto":
         try:
             import onnxruntime  # noqa: F401
