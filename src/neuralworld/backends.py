@@ -19,7 +19,7 @@ Names (``PATHS``, what ``neuralworld bench --paths`` measures):
 
 ``"auto"`` (``fastest_exact``) is what a player gets (``World.start``, ``neuralworld
 play``): ``onnx`` where ONNX Runtime is installed and the world exports to ONNX
-(a transformer world on the CPU), else ``eager``.
+(a transformer or warp world on the CPU), else ``eager``.
 
 Noise, the sampler and the order of calls stay in the session, so every backend
 plays the same rollout loop (STYLE habit 3).
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput
+from neuralworld.model.warp import WarpNet
 
 PATHS = ("eager", "bf16", "compiled", "onnx", "onnx_int8")
 EXACT_PATHS = ("eager", "compiled", "onnx")
@@ -99,10 +100,10 @@ class TorchBackend:
 def fastest_exact(world: Any) -> str:
     """The fastest path in ``EXACT_PATHS`` that plays ``world`` here (as ``neuralworld bench``
     measures it on a CPU): ``onnx`` where ``onnx`` and ``onnxruntime`` are installed and the
-    world is a transformer world on the CPU; else ``eager`` (the U-Net baseline, a GPU, no
-    ONNX Runtime). ``compiled`` is never picked: it compiles a while before its first frame."""
+    world is a transformer or warp world on the CPU; else ``eager`` (the U-Net baseline, a GPU,
+    no ONNX Runtime). ``compiled`` is never picked: it compiles a while before its first frame."""
     dynamics = world.dynamics
-    if not isinstance(dynamics, Dynamics) or dynamics.pos_embed.device.type != "cpu":
+    if not isinstance(dynamics, (Dynamics, WarpNet)) or dynamics.pos_embed.device.type != "cpu":
         return "eager"
     try:
         import onnx  # noqa: F401  (the export)

@@ -19,6 +19,19 @@
              the frame's own keys/values; the host writes them into its rings and keeps the
              appended latent as the next ``prev_latent`` (``DynamicsCache.push``).
 
+A warp world (``model.warp``, ``"model": "warp"`` in onnx.json) exports one graph:
+
+``dynamics_step.onnx``  ``WarpNet.step_with_cache_tensors``
+    inputs   latent (B, 3, H, W) f32 (the noise the frame is made from), action (B, A) f32,
+             frames (B, M, 3, H, W) f32 (the last M frames, 8-bit-quantised, oldest first),
+             actions (B, M, A) f32 (the actions that led to them); noise_level is not an
+             input (a one-step generator reads none: the exporter drops it)
+    outputs  velocity (B, 3, H, W) (frame = latent - velocity), reward (B,), termination (B,)
+
+and no ``decoder.onnx``: its frames are their latents, clamped to [-1, 1] (``PixelCodec``);
+onnx.json says so with ``"decoder": {"file": null, "clamp": [-1, 1]}``. Its rings are
+``WarpCache``'s shift register, pushed on the host without a network call.
+
 The graphs are exported for one batch size (fixed shapes let ONNX Runtime plan
 every buffer once; a browser plays batch 1). ``OnnxBackend`` runs them with the
 same interface as ``backends.TorchBackend`` so ``WorldSession`` drives either:
@@ -44,7 +57,8 @@ import torch
 import torch.nn as nn
 
 from neuralworld.model.autoencoder import Autoencoder
-from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput
+from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput, check_batch
+from neuralworld.model.warp import MODEL_KIND as WARP_KIND, WarpCache, WarpNet, quantize
 
 FORMAT = "neuralworld-onnx"
 OPSET = 17
@@ -60,6 +74,9 @@ STEP_INPUTS = (
 )  # fmt: skip
 """Names of ``step_with_cache_tensors``'s arguments: the frame's, then ``DynamicsCache.step_inputs()``."""
 STEP_OUTPUTS = ("velocity", "reward", "termination", "new_full_k", "new_full_v", "new_pooled_k", "new_pooled_v")
+WARP_STEP_INPUTS = ("latent", "noise_level", "action", "frames", "actions")
+"""``WarpNet.step_with_cache_tensors``'s arguments: the frame's, then ``WarpCache.step_inputs()``."""
+WARP_STEP_OUTPUTS = ("velocity", "reward", "termination")
 
 
 class TracedCall(nn.Module):
@@ -99,11 +116,14 @@ def example_step_inputs(dynamics: Dynamics, batch_size: int, seed: int = 0) -> t
 
 def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, opset: int = OPSET) -> Path:
     """Write ``dynamics_step.onnx``, ``decoder.onnx`` and ``onnx.json`` for ``world``
-    (a loaded ``World``) at ``batch_size``; returns the folder."""
+    (a loaded ``World``) at ``batch_size``; returns the folder. A warp world has no
+    ``decoder.onnx`` (``export_warp_onnx``); the U-Net baseline is refused."""
+    if isinstance(world.dynamics, WarpNet):
+        return export_warp_onnx(world, out_dir, batch_size=batch_size, opset=opset)
     if not isinstance(world.dynamics, Dynamics):
         raise ValueError(
             f"{getattr(world, 'name', '') or 'this world'} is a {getattr(world, 'model', type(world.dynamics).__name__)}: "
-            "the ONNX export and the onnx backends play transformer worlds only; use the eager, bf16 or compiled backend"
+            "the ONNX export and the onnx backends play warp and transformer worlds only; use the eager, bf16 or compiled backend"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +175,96 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
     return out
 
 
+def example_warp_step_inputs(net: WarpNet, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs of the right shapes for ``WarpNet.step_with_cache_tensors`` (noise, random
+    8-bit memory frames and actions): what the warp export traces with."""
+    g = torch.Generator().manual_seed(seed)
+    cache = net.new_cache(batch_size, device="cpu")
+    latent = torch.randn(batch_size, net.latent_channels, *net.latent_size, generator=g)  # (B, 3, H, W)
+    frames = quantize(torch.rand(cache.frames.shape, generator=g) * 2 - 1)  # (B, M, 3, H, W)
+    actions = torch.rand(cache.actions.shape, generator=g) * 2 - 1  # (B, M, A)
+    return (latent, torch.ones(batch_size), torch.zeros(batch_size, net.action_size), frames, actions)
+
+
+def float64_to_float32(path: Path) -> int:
+    """Make the float64 constants and casts in the graph at ``path`` float32; returns how many.
+
+    The TorchScript exporter's ``linspace`` ignores its dtype (it builds the range from
+    Python floats, so float64), and ONNX Runtime has no float64 ``GridSample``: the warp's
+    sampling grid comes out float64 and the flow is cast up to meet it. Nothing in our
+    networks means float64, so the graph computes what PyTorch does in float32."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(path))
+    changed = 0
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.DOUBLE:
+                attr.i = TensorProto.FLOAT
+                changed += 1
+            elif node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == TensorProto.DOUBLE:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+                changed += 1
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.DOUBLE:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+            changed += 1
+    for info in model.graph.value_info:
+        if info.type.tensor_type.elem_type == TensorProto.DOUBLE:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+    if changed:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return changed
+
+
+def export_warp_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, opset: int = OPSET) -> Path:
+    """A warp world's ``dynamics_step.onnx`` and ``onnx.json`` (no decoder graph: see the module
+    docstring); returns the folder. ``export_onnx`` calls it for a warp world."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net: WarpNet = world.dynamics
+    device = net.pos_embed.device
+    net.cpu().eval()
+    step_inputs = example_warp_step_inputs(net, batch_size)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                TracedCall(net, net.step_with_cache_tensors), step_inputs, str(out / STEP_FILE), input_names=list(WARP_STEP_INPUTS),
+                output_names=list(WARP_STEP_OUTPUTS), opset_version=opset, dynamo=False,
+            )  # fmt: skip
+    finally:
+        net.to(device)
+    float64_to_float32(out / STEP_FILE)
+    import onnx
+
+    in_graph = {i.name for i in onnx.load(str(out / STEP_FILE), load_external_data=False).graph.input}
+    cfg = net.config
+    meta = {
+        "format": FORMAT,
+        "model": WARP_KIND,
+        "opset": opset,
+        "batch_size": batch_size,
+        "resolution": list(world.config.resolution),
+        "latent_shape": [net.latent_channels, *net.latent_size],
+        "action_size": net.action_size,
+        "action_spec": world.config.action_spec,
+        "window": cfg.window,
+        "full_frames": cfg.full_frames,
+        "memory_frames": cfg.memory_frames,
+        "action_frames": cfg.action_frames,
+        "step_inputs": {
+            n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(WARP_STEP_INPUTS, step_inputs) if n in in_graph
+        },
+        "step_outputs": list(WARP_STEP_OUTPUTS),
+        "decoder": {"file": None, "clamp": [-1.0, 1.0]},  # frame = latent clamped (PixelCodec.decode); no graph
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    return out
+
+
 def quantize_step(folder: str | os.PathLike) -> Path:
     """Write ``dynamics_step.int8.onnx`` beside ``dynamics_step.onnx``: int8 weights, activations
     quantised per call (ONNX Runtime's dynamic quantisation; no calibration data needed).
@@ -173,21 +283,37 @@ def quantize_step(folder: str | os.PathLike) -> Path:
     return folder / STEP_INT8_FILE
 
 
+def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """``onnx.json`` of an export folder (``ValueError`` where it is not ours)."""
+    path = Path(folder) / META_FILE
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a neuralworld ONNX export")
+    return meta
+
+
 class OnnxBackend:
     """``WorldSession``'s network calls on ONNX Runtime (CPU), one batch size.
 
     Same interface as ``backends.TorchBackend``: ``new_cache``, ``step``, ``append``
     (torch tensors in and out, so the session's sampler math is untouched) and
-    ``decode``. The cache is a ``DynamicsCache`` of numpy arrays.
+    ``decode``. The cache is a ``DynamicsCache`` of numpy arrays. A warp world's export
+    opens as a ``WarpOnnxBackend`` (``OnnxBackend(folder)`` picks it from onnx.json).
     """
+
+    INPUTS = STEP_INPUTS
+    """The step graph's inputs in ``step_with_cache_tensors``'s order (the graph may lack some)."""
+
+    def __new__(cls, folder: str | os.PathLike, **kw: Any) -> "OnnxBackend":
+        if cls is OnnxBackend and read_meta(folder).get("model") == WARP_KIND:
+            cls = WarpOnnxBackend
+        return super().__new__(cls)
 
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, int8: bool = False):
         import onnxruntime as ort
 
         folder = Path(folder)
-        self.meta = json.loads((folder / META_FILE).read_text())
-        if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{folder / META_FILE} is not a neuralworld ONNX export")
+        self.meta = read_meta(folder)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
@@ -199,7 +325,8 @@ class OnnxBackend:
         self.name = "onnx_int8" if int8 else "onnx"
         step_file = folder / (STEP_INT8_FILE if int8 else STEP_FILE)
         self.step_session = ort.InferenceSession(str(step_file), opts, providers=providers)
-        self.decoder_session = ort.InferenceSession(str(folder / DECODER_FILE), opts, providers=providers)
+        decoder = self.meta["decoder"].get("file", DECODER_FILE)  # None: a pixel world's frame is its latent
+        self.decoder_session = ort.InferenceSession(str(folder / decoder), opts, providers=providers) if decoder else None
         self.batch_size = int(self.meta["batch_size"])
         self.memory_frames = int(self.meta["memory_frames"])
 
@@ -238,9 +365,9 @@ class OnnxBackend:
             np.ascontiguousarray(latent.float().cpu().numpy()),
             np.ascontiguousarray(level.cpu().numpy()),
             np.ascontiguousarray(action.float().cpu().numpy()),
-            *cache.step_inputs(),
+            *(x.numpy() if isinstance(x, torch.Tensor) else x for x in cache.step_inputs()),  # WarpCache: host tensors
         )
-        feed = {n: x for n, x in zip(STEP_INPUTS, inputs) if n in self.meta["step_inputs"]}
+        feed = {n: x for n, x in zip(self.INPUTS, inputs) if n in self.meta["step_inputs"]}
         return self.step_session.run(outputs, feed)
 
     def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
@@ -256,3 +383,46 @@ class OnnxBackend:
         """Normalised latents (B, C, h, w) -> frames (B, 3, H, W) float."""
         (frame,) = self.decoder_session.run(["frame"], {"latent": np.ascontiguousarray(latent.float().cpu().numpy())})
         return torch.from_numpy(frame)
+
+
+class WarpOnnxBackend(OnnxBackend):
+    """A warp world's step on ONNX Runtime (``OnnxBackend(folder)`` opens a warp export as one).
+
+    As ``WarpNet`` does: the cache is a ``WarpCache`` (torch tensors on the host: its ``push``
+    quantises the frame exactly as eager play does); ``step`` runs the graph and records the
+    heads in the cache; ``append`` pushes the frame and action with no network call and hands
+    back the last step's heads; ``decode`` clamps (``PixelCodec.decode``)."""
+
+    INPUTS = WARP_STEP_INPUTS
+
+    def new_cache(self, batch_size: int, device: Any = None) -> WarpCache:
+        if batch_size != self.batch_size:
+            raise ValueError(f"this ONNX export is for batch {self.batch_size}, not {batch_size}")
+        shapes = {n: tuple(s) for n, (s, _) in self.meta["step_inputs"].items()}
+        B = self.batch_size
+        return WarpCache(
+            frames=torch.zeros(shapes["frames"]),  # (B, M, 3, H, W)
+            actions=torch.zeros(shapes["actions"]),  # (B, M, A)
+            valid=torch.zeros(B, shapes["frames"][1], dtype=torch.bool),
+            reward=torch.zeros(B),
+            termination=torch.zeros(B),
+        )
+
+    def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: WarpCache) -> DynamicsOutput:
+        check_batch(cache, latent)
+        velocity, reward, term = self._run(latent, noise_level, action, cache, list(WARP_STEP_OUTPUTS))
+        out = DynamicsOutput(torch.from_numpy(velocity), torch.from_numpy(reward), torch.from_numpy(term))
+        cache.reward, cache.termination = out.reward.clone(), out.termination.clone()
+        return out
+
+    def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: WarpCache) -> DynamicsOutput:
+        check_batch(cache, latent)
+        out = DynamicsOutput(torch.zeros_like(latent), cache.reward.clone(), cache.termination.clone())
+        cache.push(action.float().cpu(), latent=latent.float().cpu())
+        cache.reward.zero_()
+        cache.termination.zero_()
+        return out
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Frames in [-1, 1] are the latents (B, 3, H, W): clamped, as ``PixelCodec.decode``."""
+        return latent.float().cpu().clamp(-1.0, 1.0)
