@@ -11,10 +11,14 @@ with every other request refused, then measure
 Worlds: random weights (speed does not depend on training) of the tiny preset at 32x32
 (the test world's shape) and 64x64 (a first world), and the ``small`` preset at 128x128 (the shipped
 world's shape), each with a random distilled student (so ``fast`` is the shipped
-world's 1-step sampler); or bundles given on the command line.
-Each is exported with the float step graph and with ``--int8``. Last line: JSON.
+world's 1-step sampler); warp-and-paint worlds (model/warp.py) named ``warp-PRESET``
+in ``--random`` (its output layer perturbed, so frames are not copies of the last); or
+bundles given on the command line.
+Each transformer world is exported with the float step graph and with ``--int8``; a warp
+world with the float graph only (its step is convolutions, which int8 leaves float). Last line: JSON.
 
     .venv/bin/python benchmarks/web_export_fps.py [--frames 30] [--sampler fast] [BUNDLE ...]
+    .venv/bin/python benchmarks/web_export_fps.py --random warp-mini@64x64
 """
 
 from __future__ import annotations
@@ -54,6 +58,25 @@ def random_world(root: Path, preset_name: str, resolution: tuple[int, int]) -> P
     return save_bundle(root / name, cfg, ae, dyn, name=name, distilled=student, distilled_steps=1)
 
 
+def random_warp_world(root: Path, preset_name: str, resolution: tuple[int, int]) -> Path:
+    """A warp-world bundle with random weights; the zero-initialised output layer (flow, mask,
+    paint) perturbed so the generator does real work."""
+    import torch
+
+    from neuralworld.actions import ActionSpec, Axis
+    from neuralworld.bundle import build_networks, save_bundle
+    from neuralworld.model.warp import warp_preset
+
+    spec = ActionSpec(buttons=("forward", "back", "left", "right", "attack", "use"), axes=(Axis("turn", -15, 15, "deg/frame"),), fps=17.5)
+    torch.manual_seed(0)
+    cfg = warp_preset(preset_name, spec=spec, resolution=resolution)
+    codec, net = build_networks(cfg)
+    with torch.no_grad():
+        net.out.weight.normal_(0.0, 0.05)
+    name = f"random-warp-{preset_name}-{resolution[0]}x{resolution[1]}"
+    return save_bundle(root / name, cfg, codec, net, name=name)
+
+
 def measure(page_url: str, action_size: int, noop: list[float], frames: int, profile: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -83,7 +106,10 @@ def measure(page_url: str, action_size: int, noop: list[float], frames: int, pro
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("bundles", nargs="*", help="world bundles (default: random tiny 32x32 and small 128x128)")
+    ap.add_argument("bundles", nargs="*", help="world bundles (default: the random worlds of --random)")
+    ap.add_argument("--random", default="tiny@32x32,tiny@64x64,small@128x128",
+                    help="random worlds to measure when no bundle is given: PRESET@HxW, comma-separated; "
+                         "warp-PRESET for a warp-and-paint world (e.g. warp-mini@64x64)")
     ap.add_argument("--frames", type=int, default=30, help="frames in the timed rollout")
     ap.add_argument("--sampler", default="fast", help="sampler preset of the page (fast, euler2, quality)")
     ap.add_argument("--isolated", action="store_true",
@@ -96,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="nw-web-bench-") as tmp:
         root = Path(tmp)
-        bundles = [Path(b) for b in args.bundles] or [
-            random_world(root, "tiny", (32, 32)), random_world(root, "tiny", (64, 64)), random_world(root, "small", (128, 128))
-        ]
+        bundles = [Path(b) for b in args.bundles]
+        for item in ([] if bundles else args.random.split(",")):
+            name, size = item.strip().split("@")
+            resolution = tuple(int(x) for x in size.split("x"))
+            make = random_warp_world if name.startswith("warp-") else random_world
+            bundles.append(make(root, name.removeprefix("warp-"), resolution))
         for bundle, int8 in [(b, q) for b in bundles for q in (False, True)]:
             world = load_bundle(bundle)
+            if int8 and world.model != "world":
+                continue  # a warp world's step is convolutions: int8 (MatMul/Gemm only) would change nothing
             key = world.name + (" int8" if int8 else "")
             out = export_web(bundle, root / f"site-{bundle.name}-{int8}", sampler=args.sampler, int8=int8)
             manifest = json.loads((out / "world.json").read_text())

@@ -19,6 +19,12 @@ with no server and no network.
       ort/                   onnxruntime-web's WebAssembly (CPU) build only: ort.wasm.min.mjs,
                              ort-wasm-simd-threaded.{mjs,wasm}, its LICENSE
 
+A warp world (model/warp.py) ships the same folder without ``decoder.onnx`` and
+``encoder.onnx``: its frames are its latents (in [-1, 1], so start.bin holds the start
+frames themselves), and the manifest's ``graphs.decoder`` and ``graphs.encoder`` are null;
+its step graph reads the last frames and actions (``onnx_export``), which the page keeps
+in a shift register (world-worker.js's ``WarpMemory``). The U-Net baseline does not export.
+
 Why it looks like this
     * The page is the server player's page. It asks for ``world.json`` first: this one
       says ``"format": "neuralworld-web"``, so it plays locally; under ``neuralworld play
@@ -50,6 +56,7 @@ import numpy as np
 import torch
 
 from neuralworld.model.autoencoder import frames_to_tensor
+from neuralworld.model.warp import MODEL_KIND as WARP_KIND
 from neuralworld.onnx_export import (
     DECODER_FILE, META_FILE, OPSET, STEP_FILE, STEP_INT8_FILE, TracedCall, export_onnx, quantize_step,
 )  # fmt: skip
@@ -156,9 +163,24 @@ def build_manifest(
     (T, *latent_shape), (_, A) = start_shapes
     latent_bytes = T * int(np.prod(latent_shape)) * 4
     step_inputs = onnx_meta["step_inputs"]
+    kind = onnx_meta.get("model", "world")
+    if kind == WARP_KIND:  # a shift register of frames; frames are latents: no decoder or encoder graph
+        memory = {k: onnx_meta[k] for k in ("window", "full_frames", "memory_frames", "action_frames")}
+        decoder = encoder = None
+    else:
+        memory = {
+            "memory_frames": onnx_meta["memory_frames"],
+            "full_frames": onnx_meta["full_frames"],
+            "full_slots": step_inputs["full_k"][0][3],  # K-1
+            "pooled_slots": step_inputs["pooled_k"][0][3],  # M-1
+            "prev_frame": "prev_latent" in step_inputs,
+        }
+        decoder = {"file": DECODER_FILE, "inputs": {"latent": [[1, *latent_shape], "float32"]}, "outputs": ["frame"]}
+        encoder = {"file": ENCODER_FILE, "inputs": {"frame": [[1, 3, *world.config.resolution], "float32"]}, "outputs": ["latent"]}
     return {
         "format": FORMAT,
         "version": VERSION,
+        "model": kind,
         "name": world.name,
         "resolution": list(world.config.resolution),
         "fps": spec.fps,
@@ -175,17 +197,11 @@ def build_manifest(
             "flow_times": flow_times(sampler.preset.steps, sampler.preset.shift),
         },  # fmt: skip
         "latent_shape": list(latent_shape),
-        "memory": {
-            "memory_frames": onnx_meta["memory_frames"],
-            "full_frames": onnx_meta["full_frames"],
-            "full_slots": step_inputs["full_k"][0][3],  # K-1
-            "pooled_slots": step_inputs["pooled_k"][0][3],  # M-1
-            "prev_frame": "prev_latent" in step_inputs,
-        },
+        "memory": memory,
         "graphs": {
             "step": {"file": STEP_INT8_FILE if int8 else STEP_FILE, "int8": int8, "inputs": step_inputs, "outputs": onnx_meta["step_outputs"]},
-            "decoder": {"file": DECODER_FILE, "inputs": {"latent": [[1, *latent_shape], "float32"]}, "outputs": ["frame"]},
-            "encoder": {"file": ENCODER_FILE, "inputs": {"frame": [[1, 3, *world.config.resolution], "float32"]}, "outputs": ["latent"]},
+            "decoder": decoder,
+            "encoder": encoder,
         },
         "start": {
             "file": START_FILE, "frames": T,
@@ -252,8 +268,8 @@ def export_web(
         world = load_bundle(resolve_world(str(world_path)))
     except (BundleError, PlayError) as e:
         raise ExportError(str(e)) from None
-    if getattr(world, "model", "world") != "world":
-        raise ExportError(f"{world_path} is a {world.model} bundle: only transformer worlds export to the web")
+    if getattr(world, "model", "world") not in ("world", WARP_KIND):
+        raise ExportError(f"{world_path} is a {world.model} bundle: only transformer and warp worlds export to the web")
     preset = _Sampler(sampler, world)
     world = preset.world
 
@@ -261,7 +277,8 @@ def export_web(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         onnx_meta = json.loads((export_onnx(world, tmp, batch_size=1) / META_FILE).read_text())
-        export_encoder(world, tmp)
+        if onnx_meta.get("model") != WARP_KIND:  # a warp world's encoder is the identity
+            export_encoder(world, tmp)
         if int8:
             quantize_step(tmp)
             (tmp / STEP_FILE).unlink()  # the page loads one step graph; don't ship 4x its size unused

@@ -17,7 +17,9 @@ export async function openLocal(manifest, base, handlers) {
   const workerThreads = self.crossOriginIsolated ? Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) >> 1)) : 1;
   const url = new URL("world-worker.js", import.meta.url);
   const worker = new Worker(url, { type: "module" });
-  const pipelined = params.has("pipeline") ? params.get("pipeline") !== "0" : (navigator.hardwareConcurrency || 1) >= 2;
+  // (a world without a decoder graph, the warp world, only rounds pixels: nothing to overlap)
+  const pipelined = params.has("pipeline") ? params.get("pipeline") !== "0"
+    : (navigator.hardwareConcurrency || 1) >= 2 && !!manifest.graphs.decoder;
   const decoder = pipelined ? new Worker(url, { type: "module" }) : null;
   const [H, W] = manifest.resolution;
   let recorder = null, recording = null, ready = false, decoderReady = !decoder, threads = 1;

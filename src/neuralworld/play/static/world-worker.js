@@ -7,6 +7,11 @@
 //   frame:  noise -> sampler (Euler/Heun over flow_times, calling the step graph) ->
 //           context noise -> append -> decode -> RGBA
 // The rings are DynamicsCache.push (model/dynamics.py) over typed arrays.
+// A warp world (manifest "model": "warp", model/warp.py) runs the same loop with its own memory
+// (WarpMemory: WarpCache's shift register of 8-bit frames and actions): one Euler step, frame =
+// noise - velocity, the step's heads kept; append pushes the frame, quantised, and its action
+// without a network call; the first push after a reset fills every slot. Its frames are its
+// latents: no decoder or encoder graph (decode clamps and rounds, as PixelCodec).
 // Noise: a seeded 32-bit generator (mulberry32) + Box-Muller, drawn in session.py's order;
 // tests/test_web_export.py mirrors it in Python to check frames against PyTorch.
 //
@@ -96,6 +101,12 @@ class Memory {
     return f;
   }
 
+  /** One sampler call (Dynamics.step): the velocity at (z, t), the rings read, not changed. */
+  async velocity(z, t, act) { return (await runStep(z, t, act, ["velocity"])).velocity.data; }
+
+  /** Dynamics.append: the step graph on the remembered latent, its keys/values into the rings. */
+  async append(z, level, act) { this.push(await runStep(z, level, act, M.graphs.step.outputs), z); }
+
   /** Forget everything (DynamicsCache.reset): slots invalid, no previous frame. The rings also
    *  start over at slot 0 (DynamicsCache keeps its place): the attention sums then run in the
    *  same order after every reset, so a seed gives the same frames bit for bit. */
@@ -131,16 +142,76 @@ class Memory {
   }
 }
 
+// ---- memory: WarpCache, a shift register of 8-bit frames -------------------------------------
+const f32 = Math.fround;
+
+/** model/warp.py's quantize in float32, as torch computes it: clamp, (x + 1) * 127.5 rounded
+ *  half to even, / 127.5 - 1; so the frames remembered here are PyTorch's bit for bit. */
+function quantize(x) {
+  const v = f32(f32(Math.max(-1, Math.min(1, x)) + 1) * 127.5);
+  let r = Math.round(v);
+  if (r - v === 0.5 && r % 2 !== 0) r -= 1;  // a tie: to even, as torch.round
+  return f32(f32(r / 127.5) - 1);
+}
+
+class WarpMemory {
+  constructor(manifest) {
+    const inputs = manifest.graphs.step.inputs;
+    this.frameShape = inputs.frames[0];  // (1, M, 3, H, W)
+    this.actionShape = inputs.actions[0];  // (1, M, A)
+    this.slots = this.frameShape[1];
+    this.frames = new Float32Array(numel(this.frameShape));
+    this.actions = new Float32Array(numel(this.actionShape));
+    this.tensors = {
+      frames: new ort.Tensor("float32", this.frames, this.frameShape),
+      actions: new ort.Tensor("float32", this.actions, this.actionShape),
+    };
+    this.empty = true;
+    this.reward = 0;       // the last step's heads, as WarpCache keeps them for append
+    this.termination = 0;
+  }
+
+  feeds() { return this.tensors; }
+
+  reset() { this.empty = true; this.reward = 0; this.termination = 0; }
+
+  /** WarpNet.step: one call; the heads are kept (append hands them back in Python). */
+  async velocity(z, t, act) {
+    const out = await runStep(z, t, act, M.graphs.step.outputs);
+    this.reward = out.reward.data[0];
+    this.termination = out.termination.data[0];
+    return out.velocity.data;
+  }
+
+  /** WarpNet.append (WarpCache.push): roll one slot towards the past, the frame (quantised)
+   *  and its action last; after a reset the first one fills every slot. No network call. */
+  async append(z, level, act) {
+    const n = this.frames.length / this.slots, A = act.length;
+    const frame = new Float32Array(n);
+    for (let j = 0; j < n; j++) frame[j] = quantize(z[j]);
+    if (this.empty) {
+      for (let s = 0; s < this.slots; s++) { this.frames.set(frame, s * n); this.actions.set(act, s * A); }
+      this.empty = false;
+    } else {
+      this.frames.copyWithin(0, n);
+      this.frames.set(frame, (this.slots - 1) * n);
+      this.actions.copyWithin(0, A);
+      this.actions.set(act, (this.slots - 1) * A);
+    }
+  }
+}
+
 // ---- the world ---------------------------------------------------------------------------
 function latentShape() { return [1, ...M.latent_shape]; }
 
 async function runStep(latent, level, act, fetches) {
   const feeds = {
     latent: new ort.Tensor("float32", latent, latentShape()),
-    noise_level: new ort.Tensor("float32", Float32Array.of(level), [1]),
     action: new ort.Tensor("float32", act, [1, act.length]),
     ...mem.feeds(),
   };
+  // a one-step generator's graph reads no noise level (the exporter drops the input)
+  if ("noise_level" in M.graphs.step.inputs) feeds.noise_level = new ort.Tensor("float32", Float32Array.of(level), [1]);
   return graphs.step.run(feeds, fetches);
 }
 
@@ -148,7 +219,7 @@ async function runStep(latent, level, act, fetches) {
 async function sample(noise, act) {
   const { method, flow_times: ts } = M.sampler;
   const x = Float32Array.from(noise), n = x.length;
-  const velocity = async (z, t) => (await runStep(z, t, act, ["velocity"])).velocity.data;
+  const velocity = (z, t) => mem.velocity(z, t, act);
   for (let i = 0; i + 1 < ts.length; i++) {
     const t = ts[i], tn = ts[i + 1], dt = tn - t;
     const v = await velocity(x, t);
@@ -173,13 +244,15 @@ async function remember(latent, act) {
     z = new Float32Array(latent.length);
     for (let j = 0; j < z.length; j++) z[j] = (1 - level) * latent[j] + level * eps[j];
   }
-  mem.push(await runStep(z, level, act, M.graphs.step.outputs), z);
+  await mem.append(z, level, act);
 }
 
-/** Normalised latent -> RGBA pixels (H*W*4), as tensor_to_frames rounds them. */
+/** Normalised latent -> RGBA pixels (H*W*4), as tensor_to_frames rounds them. A world without
+ *  a decoder graph (warp: pixels are its latents) only clamps and rounds. */
 async function decode(latent) {
-  const out = await graphs.decoder.run({ latent: new ort.Tensor("float32", latent, latentShape()) });
-  const f = out.frame.data, [H, W] = M.resolution, hw = H * W;
+  const f = graphs.decoder
+    ? (await graphs.decoder.run({ latent: new ort.Tensor("float32", latent, latentShape()) })).frame.data : latent;
+  const [H, W] = M.resolution, hw = H * W;
   const px = new Uint8ClampedArray(hw * 4);
   for (let i = 0; i < hw; i++) {
     for (let c = 0; c < 3; c++) px[i * 4 + c] = Math.round((Math.max(-1, Math.min(1, f[c * hw + i])) + 1) * 127.5);
@@ -236,8 +309,8 @@ async function imageContext(pixels) {
   const [H, W] = M.resolution, hw = H * W;
   const x = new Float32Array(3 * hw);
   for (let i = 0; i < hw; i++) for (let c = 0; c < 3; c++) x[c * hw + i] = pixels[i * 4 + c] / 127.5 - 1;
-  const out = await graphs.encoder.run({ frame: new ort.Tensor("float32", x, [1, 3, H, W]) });
-  return { latents: [Float32Array.from(out.latent.data)], actions: [Float32Array.from(M.action.noop)] };
+  const latent = graphs.encoder ? (await graphs.encoder.run({ frame: new ort.Tensor("float32", x, [1, 3, H, W]) })).latent.data : x;
+  return { latents: [Float32Array.from(latent)], actions: [Float32Array.from(M.action.noop)] };
 }
 
 // ---- the loop ----------------------------------------------------------------------------
@@ -325,7 +398,7 @@ async function init(msg) {
   ort.env.wasm.numThreads = msg.threads;
   ort.env.wasm.proxy = false;  // this worker already keeps the page free
   const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
-  const open = async g => ort.InferenceSession.create(
+  const open = async g => M.graphs[g] && ort.InferenceSession.create(  // null: no such graph (warp's codec)
     new Uint8Array(await (await fetch(new URL(M.graphs[g].file, msg.base))).arrayBuffer()), options);
   if (msg.role === "decoder") {
     graphs = { decoder: await open("decoder") };
@@ -333,7 +406,7 @@ async function init(msg) {
     return;
   }
   graphs = { step: await open("step"), decoder: await open("decoder"), encoder: await open("encoder") };
-  mem = new Memory(M);
+  mem = M.model === "warp" ? new WarpMemory(M) : new Memory(M);
   rng = makeRng(msg.seed);
   action = Float32Array.from(M.action.noop);
   context = await loadStart(msg.base);
