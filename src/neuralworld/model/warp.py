@@ -79,6 +79,11 @@ class WarpNetConfig:
     """Weight of the generator's hinge loss against the patch discriminator (0: L1 alone)."""
     flow_weight: float = 0.1
     """Weight of the flow's L1 to optical flow (OpenCV) on real pairs; 0 switches it off."""
+    rollout_lowpass: int = 4
+    """Frames the generator played from its own memory are pulled to the record only through
+    their 1/rollout_lowpass-resolution average (layout, colour, motion): the record's fine
+    detail is not what a rollout that drifted should regress to (that is blur); the critic
+    asks for detail instead. 1: full-resolution L1 on every frame."""
     context_noise_max: float = 0.05
     """Memory frames are noised by N(0, s^2), s ~ U[0, max], before 8-bit quantisation (GameNGen)."""
     disc_channels: tuple[int, int, int] = (32, 64, 128)
@@ -99,6 +104,8 @@ class WarpNetConfig:
             raise ConfigError(f"warp.action_frames must be in [1, {self.window + 1}], got {self.action_frames}")
         if len(self.channels) != 4 or min(self.channels) < 1 or any(c % self.groups for c in self.channels):
             raise ConfigError(f"warp.channels must be 4 widths divisible by groups={self.groups}, got {list(self.channels)}")
+        if self.rollout_lowpass < 1:
+            raise ConfigError(f"warp.rollout_lowpass must be >= 1, got {self.rollout_lowpass}")
         for name in ("l1_weight", "adv_weight", "flow_weight", "context_noise_max", "max_flow"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"warp.{name} must be >= 0")
@@ -398,7 +405,10 @@ def warp_generator_loss(
         noise = torch.randn(frames[:, 0].shape, generator=generator, device=frames.device)
         out = net(memory, acts, noise)
         target = frames[:, M + u]
-        l1 = (out["frame"] - target).abs().mean()
+        if u > 0 and cfg.rollout_lowpass > 1:
+            l1 = (F.avg_pool2d(out["frame"], cfg.rollout_lowpass) - F.avg_pool2d(target, cfg.rollout_lowpass)).abs().mean()
+        else:
+            l1 = (out["frame"] - target).abs().mean()
         loss = cfg.l1_weight * l1
         logs[f"l1_{u}"] = float(l1.detach())
         if u == 0:
