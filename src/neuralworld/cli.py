@@ -145,22 +145,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--horizons must be whole numbers separated by commas, got {args.horizons!r}") from None
     if args.report is not None:
+        from neuralworld.eval.bars import format_bars
         from neuralworld.eval.report import run_report
 
         skip = [s for s in (args.skip or "").split(",") if s]
         try:
             m = run_report(args.world, args.data, report_dir=args.report, baselines=args.baseline or (), skip=skip,
-                           sampler=args.sampler, seed=args.seed, context=args.context, horizons=horizons,
+                           sampler=args.sampler or "fast", seed=args.seed, context=args.context, horizons=horizons,
                            episodes=args.episodes, stability_frames=args.stability_frames, bench_json=args.bench_json,
                            idm_steps=args.idm_steps, idm_seconds=args.idm_seconds, log=lambda s: print(s, file=sys.stderr))
         except (EvalError, BundleError) as e:
             raise UserError(str(e)) from None
+        print(format_bars(m["bars"]))
         print(json.dumps({"report": str(Path(args.report) / "report.md"), "metrics": str(Path(args.report) / "metrics.json"),
                           "seconds": m["seconds"]}))
         return 0
     try:
         result = evaluate(args.world, args.data, out=args.out, horizons=horizons, episodes=args.episodes,
-                          context=args.context, sampler=args.sampler, seed=args.seed)
+                          context=args.context, sampler=args.sampler or "quality", seed=args.seed)
     except (EvalError, BundleError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(summarize(result)))
@@ -319,14 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run was trained on)")
     e.add_argument("--out", default=None, help="folder for metrics.json and rollout.mp4 (default: RUN/eval)")
     e.add_argument("--episodes", type=_positive_int, default=None, help="use at most this many held-out episodes")
-    e.add_argument("--sampler", default="quality", choices=SAMPLER_NAMES, help="sampler preset")
+    e.add_argument("--sampler", default=None, choices=SAMPLER_NAMES,
+                   help="sampler preset (default: quality; with --report fast, the player's, which the bars are defined with)")
     e.add_argument("--horizons", default="1,8,32,128", help="open-loop steps to report, comma-separated")
     e.add_argument("--context", type=_positive_int, default=None, help="real frames before predicting (default: the model's memory)")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    e.add_argument("--report", default=None, help="write the full suite (fidelity, control, stability, memory, speed) as DIR/report.md + plots + metrics.json")
+    e.add_argument("--report", default=None, help="write the full suite (fidelity, control, stability, memory, speed, probes) and the bars of issue 15 (✓/✗) as DIR/report.md + plots + metrics.json")
     e.add_argument("--baseline", action="append", default=None, help="another world (run folder or bundle) measured beside it; repeat for more (with --report)")
     e.add_argument("--stability-frames", type=_positive_int, default=10_000, help="length of the stability rollouts (with --report)")
-    e.add_argument("--skip", default="", help="parts to leave out of the report, comma-separated: fidelity,control,stability,memory,speed")
+    e.add_argument("--skip", default="", help="parts to leave out of the report, comma-separated: fidelity,control,stability,memory,speed,probes")
     e.add_argument("--bench-json", default=None, help="a file whose last JSON line is neuralworld bench's output: used instead of a short bench run")
     e.add_argument("--idm-steps", type=_positive_int, default=1500, help="training steps of the inverse-dynamics model (with --report)")
     e.add_argument("--idm-seconds", type=float, default=180.0, help="time budget of the inverse-dynamics model's training (with --report)")

@@ -9,6 +9,9 @@
 ``control``  the turn measured by visual odometry vs the commanded turn
 ``stability`` long rollouts inside the real frames' band; collapse detection
 ``memory``   turn 360° / walk there and back, beside real returns and random pairs
+``probes``   the world played as the player plays it from its start frames: held turn,
+             held forward and sharpness, beside the recorded engine's own figures
+``bars``     issue 15's bars read off the report's metrics: each measure with ✓ / ✗
 ``report``   ``run_report``: all of it (and baselines) -> report.md + plots + metrics.json,
              drawn by ``plots`` and rendered by ``markdown`` (from metrics.json alone)
 

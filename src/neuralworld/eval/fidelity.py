@@ -6,7 +6,9 @@
   generates the next one (``step(action, remember=False)``), then ``observe``-s the
   real one. PSNR/SSIM against the real next frame, beside *copy-last-frame* (the
   real previous frame) and the *autoencoder* reconstruction (the ceiling the
-  dynamics cannot beat, whatever it learns);
+  dynamics cannot beat, whatever it learns); and sharpness (``metrics.sharpness``):
+  the generated frames' median over the real next frames' median (PSNR rewards blur,
+  this does not);
 * **open-loop rollout** — start from real context frames, then ``step`` with the
   recorded actions and never look at the real frames again. PSNR/SSIM at t = 1,
   8, 32, 128 (those the episodes are long enough for), beside copy-last-frame
@@ -38,7 +40,7 @@ import torch
 from neuralworld.bundle import World
 from neuralworld.data.view import write_video
 from neuralworld.eval.inputs import EvalError, cut_windows, open_inputs
-from neuralworld.eval.metrics import psnr, ssim
+from neuralworld.eval.metrics import psnr, sharpness, ssim
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.sampler import SamplerPreset
 from neuralworld.session import WorldSession, resolve_sampler
@@ -77,7 +79,8 @@ def evaluate(
         {"world", "data", "out", "held_out": {"fraction", "source", "episodes"},
          "sampler": {...}, "context_frames", "windows", "frames_per_window",
          "teacher_forced": {"psnr", "ssim", "copy_last_psnr", "copy_last_ssim",
-                            "autoencoder_psnr", "autoencoder_ssim", "pairs"},
+                            "autoencoder_psnr", "autoencoder_ssim", "sharpness", "real_sharpness",
+                            "sharpness_ratio", "pairs"},
          "rollout": {"horizons": {"1": {"psnr", "ssim", "copy_last_psnr", "copy_last_ssim"}, ...},
                      "skipped_horizons": {"128": "why"}, "psnr_curve", "copy_last_psnr_curve"},
          "seconds", "generated_frames_per_second", "video"}
@@ -128,6 +131,7 @@ def evaluate(
     tf_psnr, tf_ssim = psnr(forced, real), ssim(forced, real)  # (B, T)
     ro_psnr, ro_ssim = psnr(rollout, real), ssim(rollout, real)
     cp_psnr, cp_ssim = psnr(held_last, real), ssim(held_last, real)
+    tf_sharp, real_sharp = float(np.median(sharpness(forced))), float(np.median(sharpness(real)))
 
     result: dict[str, Any] = {
         "world": str(loc.bundle),
@@ -147,6 +151,9 @@ def evaluate(
             "copy_last_ssim": _mean(ssim(previous, real)),
             "autoencoder_psnr": _mean(psnr(recon, real)),
             "autoencoder_ssim": _mean(ssim(recon, real)),
+            "sharpness": round(tf_sharp, 3),
+            "real_sharpness": round(real_sharp, 3),
+            "sharpness_ratio": round(tf_sharp / real_sharp, 4) if real_sharp > 0 else None,
             "pairs": int(tf_psnr.size),
         },
         "rollout": {
@@ -227,6 +234,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "teacher_forced_psnr": tf["psnr"],
         "copy_last_psnr": tf["copy_last_psnr"],
         "autoencoder_psnr": tf["autoencoder_psnr"],
+        "teacher_forced_sharpness_ratio": tf["sharpness_ratio"],
         "rollout_psnr": {h: v["psnr"] for h, v in result["rollout"]["horizons"].items()},
         "rollout_copy_last_psnr": {h: v["copy_last_psnr"] for h, v in result["rollout"]["horizons"].items()},
         "skipped_horizons": sorted(result["rollout"]["skipped_horizons"], key=int),

@@ -1,9 +1,10 @@
 """report.md, rendered from the report's metrics alone (so metrics.json re-renders it).
 
-``render_markdown(metrics)`` writes a verdict first (a few plain sentences, good
-or bad), then one section per part of the suite that ran (fidelity, control,
-stability, memory, speed): tables with a column or rows per world, and the
-pictures ``plots.py`` drew, linked by the names in ``metrics["plots"]``.
+``render_markdown(metrics)`` writes the bars of issue 15 first (bars.py: each measure
+with ✓ / ✗), then a verdict (a few plain sentences, good or bad), then one section per
+part of the suite that ran (fidelity, control, stability, memory, speed, probes): tables
+with a column or rows per world, and the pictures ``plots.py`` drew, linked by the
+names in ``metrics["plots"]``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from neuralworld.eval import control as ctl
 from neuralworld.eval import idm
+from neuralworld.eval.bars import bar_rows, markdown_table
 
 
 def _f(v: Any, digits: int = 2) -> str:
@@ -45,6 +47,9 @@ def render_markdown(m: dict[str, Any]) -> str:
     if m["baselines"]:
         L.append(f"Baselines: {', '.join(f'`{b}`' for b in m['baselines'])} (same data, split, sampler and measurements).")
     L.append("")
+    L += ["## Bars (issue 15)", "", "✓ met, ✗ missed, – not measured here (the note says why). Probes: the world played from its "
+          "start frames as the player plays it; the real figures are measured on the dataset's recorded frames.", ""]
+    L += [*markdown_table(m.get("bars") or bar_rows(m)), ""]
     L += _verdicts(m)
 
     if "fidelity" in m:
@@ -55,7 +60,8 @@ def render_markdown(m: dict[str, Any]) -> str:
         tf = [r["teacher_forced"] for r in fid.values()]
         t0 = tf[0]
         rows = [["teacher-forced PSNR (dB)", *[t["psnr"] for t in tf], t0["copy_last_psnr"], t0["autoencoder_psnr"]],
-                ["teacher-forced SSIM", *[t["ssim"] for t in tf], t0["copy_last_ssim"], t0["autoencoder_ssim"]]]
+                ["teacher-forced SSIM", *[t["ssim"] for t in tf], t0["copy_last_ssim"], t0["autoencoder_ssim"]],
+                ["teacher-forced sharpness / real", *[t.get("sharpness_ratio") for t in tf], "—", "—"]]
         for h in hs:
             rows.append([f"open-loop PSNR at t={h}", *[r["rollout"]["horizons"][h]["psnr"] for r in fid.values()],
                          next(iter(fid.values()))["rollout"]["horizons"][h]["copy_last_psnr"], "—"])
@@ -171,6 +177,20 @@ def render_markdown(m: dict[str, Any]) -> str:
             else:
                 rows.append([n, r["path"], r["fps_batch1"], r["latency_ms_mean"], r["latency_ms_p95"],
                              None if r["flops_per_frame"] is None else r["flops_per_frame"] / 1e9, str(r["load_average"])])
+        L += [_table(head, rows), ""]
+    if "probes" in m:
+        p, real = m["probes"], m["probes"]["real"]
+        L += ["## Probes", "", f"Each world played as the player plays it ({', '.join(sorted({w['session'] for w in p['worlds'].values()}))}), "
+              "restarted from its start frames for each probe. Real references from the dataset's recorded frames: "
+              f"slide {_f(real['slide_px_per_deg'], 3)} px per degree turned right ({real['turn_pairs']} pairs turning in place, degrees "
+              f"from the {real['degrees_from']}), forward {_f(real['forward_px'])} px/frame of radial flow ({real['forward_pairs']} pairs), "
+              f"sharpness median {_f(real['sharpness'], 1)}.", ""]
+        head = ["world", "turn right 1–12 / 13–24 (px/frame)", "turn left 1–12 / 13–24", "forward (px/frame)", "sharpness, first frames"]
+        rows = []
+        for n, w in p["worlds"].items():
+            t, fw, sh = w["turn"], w["forward"], w["sharpness"]
+            turns = [f"{t[d]['first_px']:.2f} / {t[d]['second_px']:.2f} (real {t[d]['real_px']})" if d in t else "—" for d in ("right", "left")]
+            rows.append([n, *turns, f"{fw['px']:.2f} (real {fw['real_px']})" if "px" in fw else "—", f"{sh['median']:.1f} ({sh['ratio']}× real)"])
         L += [_table(head, rows), ""]
     L += [f"All figures: [metrics.json](metrics.json). Took {m.get('seconds', 0)} s.", ""]
     return "\n".join(L)

@@ -1,4 +1,4 @@
-"""Image fidelity metrics on uint8 frames: PSNR and SSIM, per frame.
+"""Image fidelity metrics on uint8 frames: PSNR, SSIM and sharpness, per frame.
 
 Both take two arrays of frames (..., H, W, 3) uint8 and return one value per
 frame (...,) as float64, so callers average however they need (over pairs, per
@@ -6,11 +6,13 @@ horizon). No downloaded networks: SSIM is the formula of Wang et al. 2004
 ("Image Quality Assessment: From Error Visibility to Structural Similarity"),
 with their 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, L = 255,
 evaluated where the window fits inside the image ("valid", as their reference
-code does), per RGB channel, then averaged.
+code does), per RGB channel, then averaged. Sharpness is the variance of the
+Laplacian of the grey frame (blur lowers it; the issue-15 bars compare it to real frames').
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,3 +81,11 @@ def _ssim_chunk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     cov = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(1, 2, 3)).numpy()  # (N,)
+
+
+def sharpness(frames: np.ndarray) -> np.ndarray:
+    """Variance of the Laplacian of each grey frame: (..., H, W, 3) uint8 -> (...,) float32."""
+    frames = np.asarray(frames)
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = [cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F).var() for f in flat]
+    return np.array(out, np.float32).reshape(frames.shape[:-3])

@@ -8,7 +8,13 @@ markdown a person reads, plots a person looks at, and metrics.json a program rea
                scripted and recorded turns (control.py)
 ``stability``  long rollouts, per-frame statistics inside the real band (stability.py)
 ``memory``     turn 360° / walk there and back (memory.py)
-``speed``      a short bench run (bench.py), or the figures of a bench JSON given
+``speed``      a short bench run (bench.py) on the fastest exact backend, or the
+               figures of a bench JSON given
+``probes``     the world played as the player plays it, from its start frames: held
+               turn, held forward, sharpness, against the recorded engine (probes.py)
+
+Then the bars of issue 15 (bars.py): each measure with ✓ / ✗, at the top of report.md
+and under "bars" in metrics.json.
 
 Baselines are any other worlds (run folders or bundles) that fit the same dataset;
 each runs through the same ``WorldSession`` and the same measurements, on the
@@ -20,7 +26,7 @@ from the metrics alone; this module runs the parts and writes the files.
 Output::
 
     DIR/
-      report.md                 tables, verdicts, links to everything below
+      report.md                 the bars, tables, verdicts, links to everything below
       metrics.json              every figure (the markdown's numbers come from here)
       psnr_vs_horizon.png       open-loop PSNR per step: each world vs copy-last
       stability_<world>.png     traces over the long rollout, the real band shaded
@@ -52,16 +58,18 @@ from neuralworld.eval import control as ctl
 from neuralworld.eval import idm as idm_mod
 from neuralworld.eval import memory as mem
 from neuralworld.eval import plots as plot
+from neuralworld.eval import probes as prb
 from neuralworld.eval import stability as stab
 from neuralworld.eval.fidelity import DEFAULT_HORIZONS, evaluate
+from neuralworld.eval.bars import bar_rows
 from neuralworld.eval.inputs import (
-    EvalError, EvalInputs, Rollouts, Windows, as_world, check_fits, default_context, open_inputs, open_loop,
-    real_windows, sample_real_frames, turn_axis,
+    EvalError, EvalInputs, Rollouts, Windows, WorldLocation, as_world, check_fits, default_context, open_inputs,
+    open_loop, real_windows, sample_real_frames, turn_axis,
 )  # fmt: skip
 from neuralworld.eval.markdown import render_markdown
 from neuralworld.state_io import atomic_write_bytes, atomic_write_json
 
-PARTS = ("fidelity", "control", "stability", "memory", "speed")
+PARTS = ("fidelity", "control", "stability", "memory", "speed", "probes")
 
 
 def _world_label(path: str | os.PathLike, taken: set[str]) -> str:
@@ -85,6 +93,7 @@ class _Suite:
     out: Path
     rollouts: Rollouts  # context frames, sampler and seed: the same for every world and part
     log: Callable[[str], None]
+    real: prb.RealMotion | None = None  # the recorded engine's motion and sharpness (probes, stability's bar)
     plots: dict[str, str] = field(default_factory=dict)
 
 
@@ -95,7 +104,7 @@ def run_report(
     report_dir: str | os.PathLike,
     baselines: Sequence[str | os.PathLike] = (),
     skip: Sequence[str] = (),
-    sampler: str = "quality",
+    sampler: str = "fast",
     seed: int = 0,
     context: int | None = None,
     horizons: Sequence[int] = DEFAULT_HORIZONS,
@@ -134,14 +143,19 @@ def run_report(
     suite = _Suite(inputs, worlds, out, Rollouts(default_context(inputs.world, context), sampler, seed), log)
     metrics: dict[str, Any] = {
         "world": worlds[0][0],
-        "worlds": {name: {"path": p, "resolution": list(w.resolution), "memory_frames": int(w.config.dynamics.memory_frames)}
-                   for name, w, p in worlds},
+        "worlds": {name: {"path": p, "model": w.model, "resolution": list(w.resolution),
+                          "memory_frames": int(w.config.dynamics.memory_frames)} for name, w, p in worlds},
         "baselines": [name for name, _, _ in worlds[1:]],
         "data": inputs.data_path,
         "held_out": {"fraction": inputs.held_out_fraction, "source": inputs.held_out_source,
                      "episodes": [ds.ids[e] for e in inputs.held_episodes]},
         "sampler": sampler, "seed": seed, "context_frames": suite.rollouts.context, "skipped": list(skip),
     }  # fmt: skip
+    metrics["training"] = _training_time(inputs.location, inputs.world)
+    if not {"probes", "stability"} <= set(skip):
+        log("real references: the recorded engine's slide, forward flow and sharpness")
+        held = inputs.held_episodes
+        suite.real = prb.real_motion(ds, held, sample_real_frames(ds, held, 2000, seed))
     if "fidelity" not in skip:
         metrics["fidelity"] = _fidelity(suite, horizons, episodes)
     if "control" not in skip:
@@ -152,9 +166,12 @@ def run_report(
         metrics["memory"] = _memory(suite, memory_starts)
     if "speed" not in skip:
         metrics["speed"] = _speed(worlds, bench_json, sampler, bench_frames, log)
+    if "probes" not in skip:
+        metrics["probes"] = _probes(suite)
 
     metrics["plots"] = {k: Path(v).name for k, v in suite.plots.items() if v}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics["bars"] = bar_rows(_jsonable(metrics))
     atomic_write_json(out / "metrics.json", _jsonable(metrics))
     atomic_write_bytes(out / "report.md", render_markdown(metrics).encode())
     return metrics
@@ -262,6 +279,8 @@ def _stability(s: _Suite, frames: int, window: int, random_rollouts: int) -> dic
         s.log(f"stability: {name}, {frames} frames")
         r = stab.run_stability(w, inputs, band, s.rollouts, frames=frames, random_rollouts=random_rollouts, log=s.log)
         traces, snaps, steps, names = r.pop("_traces"), r.pop("_snapshots"), r.pop("_snapshot_steps"), r.pop("_names")
+        if s.real is not None and (end := stab.end_of_drives(traces, names, s.real.sharpness)) is not None:
+            r["end"] = end  # the long-rollout bar
         _save_npz(s.out / f"stability_{name}.npz", traces=traces, names=names)
         result["worlds"][name] = r
         s.plots[f"stability_{name}"] = plot.plot_stability(traces, names, band, r, s.out / f"stability_{name}.png", name)
@@ -281,6 +300,39 @@ def _memory(s: _Suite, starts: int) -> dict[str, Any]:
     return result
 
 
+def _probes(s: _Suite) -> dict[str, Any]:
+    """Each world played from its start frames as the player plays it (World.start), with the
+    report's sampler; a world without start frames starts from a held-out real window."""
+    assert s.real is not None
+    result: dict[str, Any] = {"real": s.real.to_json(), "worlds": {}}
+    for name, w, _ in s.worlds:
+        s.log(f"probes: {name}")
+        start = None
+        if w.start_frames is None:
+            win = real_windows(s.inputs, s.rollouts.context, 1, per_episode=1, max_windows=1)
+            start = (win.frames[0, : s.rollouts.context], win.led_to[0, : s.rollouts.context])
+        result["worlds"][name] = prb.run_probes(w, s.real, start=start, sampler=s.rollouts.sampler, seed=s.rollouts.seed)
+    return result
+
+
+def _training_time(loc: WorldLocation, world: World) -> dict[str, Any]:
+    """How long the world trained, where it is written down: the bundle's training record,
+    else the run's summary.json (its last session where the run was resumed)."""
+    training = world.meta.get("training", {})
+    for key, scale in (("seconds", 1), ("minutes", 60), ("hours", 3600)):
+        if isinstance(training.get(key), (int, float)):
+            return {"seconds": float(training[key]) * scale, "source": f"the bundle's config.json training.{key}"}
+    summary = loc.run / "summary.json" if loc.run is not None else None
+    if summary is not None and summary.is_file():
+        try:
+            seconds = json.loads(summary.read_text()).get("seconds")
+        except (OSError, ValueError):
+            seconds = None
+        if isinstance(seconds, (int, float)):
+            return {"seconds": float(seconds), "source": f"{summary} (the run's last session, if it was resumed)"}
+    return {"seconds": None, "source": "not recorded: neither the bundle's config.json nor a run's summary.json says"}
+
+
 def _speed(worlds: list, bench_json: str | os.PathLike | None, sampler: str, frames: int, log: Callable) -> dict[str, Any]:
     if bench_json is not None:
         lines = [ln for ln in Path(bench_json).read_text().splitlines() if ln.strip().startswith("{")]
@@ -288,13 +340,16 @@ def _speed(worlds: list, bench_json: str | os.PathLike | None, sampler: str, fra
             raise EvalError(f"{bench_json} holds no bench JSON line (neuralworld bench prints it last)")
         b = json.loads(lines[-1])
         return {"source": str(bench_json), "worlds": {worlds[0][0]: _bench_summary(b)}}
+    from neuralworld.backends import fastest_exact
     from neuralworld.bench import run_bench
 
-    res = {"source": f"neuralworld.bench.run_bench: eager, batch 1, {frames} steps, 2 threads (a short run; use neuralworld bench for the full table)", "worlds": {}}
+    res = {"source": f"neuralworld.bench.run_bench: the fastest exact backend, batch 1, {frames} steps, 2 threads "
+                     "(a short run; use neuralworld bench for the full table)", "worlds": {}}  # fmt: skip
     for name, w, _ in worlds:
         log(f"speed: {name}")
         try:
-            b = run_bench(w, threads=2, batches=(1,), frames=frames, warmup=3, sampler=sampler, paths=("eager",), log=lambda s: None)
+            b = run_bench(w, threads=2, batches=(1,), frames=frames, warmup=3, sampler=sampler, paths=(fastest_exact(w),),
+                          log=lambda s: None)  # fmt: skip
         except Exception as e:  # a world the bench can't time is reported, not fatal
             res["worlds"][name] = {"error": f"{type(e).__name__}: {e}"}
             continue
@@ -303,7 +358,9 @@ def _speed(worlds: list, bench_json: str | os.PathLike | None, sampler: str, fra
 
 
 def _bench_summary(b: dict[str, Any]) -> dict[str, Any]:
-    r1 = [r for r in b.get("results", []) if r.get("batch") == 1]
+    from neuralworld.backends import EXACT_PATHS
+
+    r1 = [r for r in b.get("results", []) if r.get("batch") == 1 and r.get("path") in EXACT_PATHS]
     best = max(r1, key=lambda r: r["fps"]) if r1 else {}
     return {
         "path": best.get("path"), "fps_batch1": best.get("fps"),

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from neuralworld.eval.inputs import EvalInputs, Rollouts, controls_moving, real_windows, turn_axis
+from neuralworld.eval.metrics import sharpness
 
 FROZEN_CHANGE = 0.5  # mean absolute grey-level change per frame below which a frame counts as unchanged
 FROZEN_RUN = 10  # unchanged frames in a row while moving before they count as frozen
@@ -54,7 +55,7 @@ def frame_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """Frames (N, H, W, 3) uint8 -> each of STATS plus ``luma`` (N,) float32."""
     f = frames.astype(np.float32)
     grey = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in frames]).astype(np.float32)  # (N, H, W)
-    sharp = np.array([cv2.Laplacian(g, cv2.CV_32F).var() for g in grey], np.float32)
+    sharp = sharpness(frames)
     mean, std = f.mean(axis=(1, 2)), f.std(axis=(1, 2))  # (N, 3)
     return {
         "sharpness": sharp,
@@ -322,3 +323,22 @@ def run_stability(
         "_snapshot_steps": snap_at,
         "_names": names,
     }
+
+
+def end_of_drives(traces: dict[str, np.ndarray], names: list[str], real_sharpness: float, last: int = 200) -> dict[str, Any] | None:
+    """What the long-rollout bar reads off the random drives' traces (B, frames): the lowest
+    median sharpness of their ``last`` frames over ``real_sharpness``, and how many of their
+    frames were black, white or frozen (this module's definitions). None without a random drive."""
+    rows = [b for b, n in enumerate(names) if n.startswith("random")]
+    if not rows:
+        return None
+    n = min(last, traces["sharpness"].shape[1])
+    sharp = min(float(np.median(traces["sharpness"][b, -n:])) for b in rows)
+    luma = traces["luma"][rows]
+    return {
+        "drives": len(rows), "last_frames": n, "sharpness": round(sharp, 3),
+        "sharpness_ratio": round(sharp / real_sharpness, 4) if real_sharpness > 0 else None,
+        "black_frames": int((luma < BLACK_LUMA).sum()), "white_frames": int((luma > WHITE_LUMA).sum()),
+        "frozen_frames": int(traces["frozen"][rows].sum()),
+        "black_below": BLACK_LUMA, "white_above": WHITE_LUMA, "frozen_run": FROZEN_RUN, "frozen_change": FROZEN_CHANGE,
+    }  # fmt: skip
