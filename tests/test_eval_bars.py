@@ -258,6 +258,36 @@ def test_report_renders_the_bars_table_first():
     assert len(printed) == len(m["bars"]) and printed[0].startswith("✗ ") and printed[-1].startswith("✓ ")
 
 
+def test_long_rollout_figures_from_the_stability_traces():
+    from neuralworld.eval.stability import BLACK_LUMA, end_of_drives
+
+    frames = 500
+    traces = {"sharpness": np.full((2, frames), 50.0, np.float32), "luma": np.full((2, frames), 100.0, np.float32),
+              "frozen": np.zeros((2, frames), np.float32)}  # fmt: skip
+    traces["sharpness"][1, -200:] = 20.0  # the random drive blurs at the end
+    traces["luma"][1, 10:13] = BLACK_LUMA - 1  # three black frames
+    traces["luma"][0, :50] = 0.0  # the scripted drive's black frames do not count: the bar is about random play
+    traces["frozen"][1, 100:110] = 1.0
+    end = end_of_drives(traces, ["scripted", "random0"], real_sharpness=100.0)
+    assert end["drives"] == 1 and end["sharpness_ratio"] == pytest.approx(0.2)
+    assert (end["black_frames"], end["white_frames"], end["frozen_frames"]) == (3, 0, 10)
+    assert end_of_drives(traces, ["scripted", "tour"], real_sharpness=100.0) is None
+
+
+def test_training_time_from_the_bundle_or_the_run(tmp_path):
+    from types import SimpleNamespace
+
+    from neuralworld.eval.inputs import WorldLocation
+    from neuralworld.eval.report import _training_time
+
+    world = SimpleNamespace(meta={"training": {"minutes": 90}})
+    assert _training_time(WorldLocation(tmp_path, None, None), world)["seconds"] == 5400
+    (tmp_path / "summary.json").write_text(json.dumps({"seconds": 1234.5}))
+    t = _training_time(WorldLocation(tmp_path / "world", tmp_path, {}), SimpleNamespace(meta={"training": {"steps": {}}}))
+    assert t["seconds"] == 1234.5 and "summary.json" in t["source"]
+    assert _training_time(WorldLocation(tmp_path, None, None), SimpleNamespace(meta={}))["seconds"] is None
+
+
 # ---------------------------------------------------------------------------
 # every world kind plays the probes through its session
 @pytest.mark.parametrize("kind", ["world", "unet-baseline", "warp"])
