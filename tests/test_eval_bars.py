@@ -209,7 +209,7 @@ def marks(m: dict) -> dict:
 
 def test_marks_flip_exactly_at_each_bar():
     at = marks(metrics(unet=19.5))
-    assert [r["key"] for r in bars.bar_rows(metrics())] == [k for k in bars.BARS if k not in ("tf_over_copy", "play_fps_128")]
+    assert [r["key"] for r in bars.bar_rows(metrics())] == list(bars.BARS)
     assert {k: v for k, v in at.items() if k != "browser_fps"} == {k: "✓" for k in at if k != "browser_fps"}
     assert at["browser_fps"] == "–"
     below = {"sharp_start": 0.799, "sharp_long": 0.699, "turn": 0.7499, "forward": 0.7499, "tf": 25.99, "tf_sharp": 0.799,
@@ -224,6 +224,7 @@ def test_marks_flip_exactly_at_each_bar():
     assert marks(metrics(ol=19.0, unet=18.0))["open_loop"] == "✗"  # not above copy-last
     assert marks(metrics())["open_loop"] == "–"  # above copy-last, but no U-Net baseline to compare with
     assert marks(metrics(res=[128, 128], fps=30.0))["play_fps"] == "✓"
+    assert marks(metrics(res=[128, 128], fps=29.9))["play_fps"] == "✗"
 
 
 def test_unmeasured_bars_say_why():
@@ -325,7 +326,7 @@ def test_cli_bars_on_the_shipped_world(synthetic_data, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     lines = p.stdout.strip().splitlines()
     assert json.loads(lines[-1])["report"].endswith("report.md")
-    assert sum(ln[:1] in "✓✗–" for ln in lines[:-1]) == len(bars.BARS) - 2
+    assert sum(ln[:1] in "✓✗–" for ln in lines[:-1]) == len(bars.BARS)
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [r["key"] for r in saved["bars"]][:1] == ["sharpness_start"]
     assert saved["probes"]["real"]["turn_pairs"] > 50 and saved["probes"]["real"]["forward_pairs"] > 50
