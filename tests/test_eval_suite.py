@@ -229,6 +229,13 @@ def test_report_figures_are_consistent(report):
     refs = m["memory"]["references"]
     assert refs["random_pairs"]["pairs"] == 200
     assert m["speed"]["worlds"][names[0]]["fps_batch1"] > 0
+    # the bars: every row, marked; the probes for every world; the long-rollout figures off the random drive
+    from neuralworld.eval.bars import BARS
+
+    assert [r["key"] for r in m["bars"]] == list(BARS) and all(r["mark"] in "✓✗–" for r in m["bars"])
+    assert set(m["probes"]["worlds"]) == set(names) and m["probes"]["real"]["turn_pairs"] >= 0
+    assert st["end"]["drives"] == 1 and st["end"]["last_frames"] == 120
+    assert "## Bars (issue 15)" in (out / "report.md").read_text()
 
 
 def test_cli_report_and_errors(tiny_world_run, tmp_path):
