@@ -8,8 +8,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 # The two lanes (README): `pytest -m "not slow"` is the fast lane, `pytest` the whole suite.
-# A test is slow when it records with ViZDoom, trains, or opens a browser; it is marked here,
-# once, by what it uses, never test by test.
+# A test is slow when it records with ViZDoom, trains, opens a browser or runs a real command
+# for minutes; it is marked here, once, by what it uses, never test by test.
 RECORDS_OR_TRAINS = {"tiny_world_run", "data32", "doom32"}
 """Fixtures that record a dataset with ViZDoom or train a world for real (directly or through
 another fixture: a test that needs one of these, at any depth, is slow)."""
@@ -21,8 +21,10 @@ SLOW_TESTS = {
         "test_kill_9_keeps_finished_episodes_and_appends", "test_append_with_other_resolution_is_refused",
     },
     "test_shipped_world.py": {"test_turn_left_on_the_play_page", "test_turn_left_on_the_exported_page"},  # Chromium
+    "test_eval_bars.py": {"test_cli_bars_on_the_shipped_world"},  # `neuralworld eval --report` on data/ship64: minutes
 }
-"""Tests that record or open a browser with no fixture to tell: by module, by function name."""
+"""Tests that record, open a browser or run a real command for minutes with no fixture to
+tell: by module, by function name."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

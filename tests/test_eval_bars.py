@@ -314,7 +314,6 @@ def test_probes_play_every_world_kind(kind, real, tmp_path):
     json.dumps(p)  # metrics.json takes it as it is
 
 
-@pytest.mark.slow
 def test_cli_bars_on_the_shipped_world(synthetic_data, tmp_path):
     """The real command on the shipped world, the probes alone (the data only has to fit its controls)."""
     shipped = Path(__file__).parents[1] / "worlds" / "freedoom-map01"
