@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warp-steps", type=int, default=None, help="--model warp: override the preset's steps")
     t.add_argument("--warp-batch", type=_positive_int, default=None, help="--model warp: global batch (windows)")
     t.add_argument("--warp-unroll", type=_positive_int, default=None,
-                   help="--model warp: most frames the generator plays itself per sample (default 4; 1: teacher forcing)")
+                   help="--model warp: most frames the generator plays itself per sample (default 6; 1: teacher forcing)")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")

@@ -75,7 +75,7 @@ class WarpNetConfig:
     groups: int = 8
     # -- training objective ----------------------------------------------------------------
     l1_weight: float = 1.0
-    adv_weight: float = 0.02
+    adv_weight: float = 0.1
     """Weight of the generator's hinge loss against the patch discriminator (0: L1 alone)."""
     flow_weight: float = 0.1
     """Weight of the flow's L1 to optical flow (OpenCV) on real pairs; 0 switches it off."""

@@ -92,11 +92,11 @@ class TrainConfig:
     "warp" trains the warp-and-paint world's one stage (``warp``)."""
     warp: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 8, 5e-4))
     """The warp-and-paint world's generator (and critic, at ``warp_critic_lr`` x its rate)."""
-    warp_unroll: int = 4
+    warp_unroll: int = 6
     """Most frames the warp generator plays itself in one training sample (1: teacher forcing only)."""
-    warp_unroll_start: float = 0.3
+    warp_unroll_start: float = 0.1
     """Fraction of the warp stage trained on the next frame alone before the unroll grows."""
-    warp_adv_start: float = 0.1
+    warp_adv_start: float = 0.02
     """Fraction of the warp stage before the critic ramps in (over a further tenth)."""
     warp_critic_lr: float = 0.4
     """The critic's learning rate as a fraction of the generator's."""

@@ -17,11 +17,10 @@ network's loss runs inside its own DDP forward).
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -36,7 +35,9 @@ from neuralworld.model.warp import (
 )  # fmt: skip
 from neuralworld.train.config import TrainConfig, TrainingError
 from neuralworld.train.data import HELD_OUT_SEED, FrameSource, TrainData, draw, steps_into, windows
-from neuralworld.train.loop import EMA, Dist, RunFolder, _rng, _stage_index, load_checkpoint, lr_at, mean_psnr, save_checkpoint
+from neuralworld.train.loop import (
+    EMA, Dist, RunFolder, _ema_copy, _rng, _stage_index, load_checkpoint, lr_at, mean_psnr, save_checkpoint,
+)  # fmt: skip
 from neuralworld.train.run import training_run
 
 STAGE = "warp"
@@ -50,10 +51,13 @@ def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig
         torch.manual_seed(cfg.seed + 1)
         _, net = build_networks(r.world)
         r.summary["parameters"] = count_parameters(net)
-        net = train_warp_stage(r.world, cfg, r.data, r.d, r.folder, net)
-        r.save_world(PixelCodec(), net, training={
-            "data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
-            "steps": {STAGE: cfg.warp.steps}, "batch_size": cfg.warp.batch_size, "unroll": cfg.warp_unroll})
+        record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
+                  "batch_size": cfg.warp.batch_size, "unroll": cfg.warp_unroll}
+
+        def save(generator: WarpNet, step: int, seconds: float) -> None:  # the world as it is at ``step``
+            r.save_world(PixelCodec(), generator, training={**record, "steps": {STAGE: step}, "seconds": round(seconds, 1)})
+
+        net = train_warp_stage(r.world, cfg, r.data, r.d, r.folder, net, save_world=save)
     return r.summary
 
 
@@ -139,8 +143,12 @@ class _CriticObjective(torch.nn.Module):
 
 
 def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Dist, run: RunFolder,
-                     net: WarpNet) -> WarpNet:
-    """Train generator and critic for ``cfg.warp.steps``; returns the generator holding its EMA weights."""
+                     net: WarpNet, save_world: Callable[[WarpNet, int, float], None] | None = None) -> WarpNet:
+    """Train generator and critic for ``cfg.warp.steps``; returns the generator holding its EMA weights.
+
+    ``save_world(generator, step, seconds)`` is called with the EMA generator at every validation
+    and at the end (rank 0), so the run's bundle can be played while it trains; ``seconds`` is
+    the stage's training time so far, resumes included (kept in the checkpoint)."""
     sc, wcfg = cfg.warp, world.dynamics
     micro_total = d.world_size * cfg.grad_accum
     if sc.batch_size % micro_total:
@@ -157,9 +165,10 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     opt_g = torch.optim.AdamW(net.parameters(), lr=sc.lr, betas=(0.5, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(critic.parameters(), lr=sc.lr * cfg.warp_critic_lr, betas=(0.5, 0.99), weight_decay=0.0)
     ckpt = run.path / f"{STAGE}.safetensors"
-    step = 0
+    step, seconds_before = 0, 0.0
     if ckpt.exists():
-        step = int(load_checkpoint(ckpt, net, ema, opt_g, {"critic": (critic, opt_d)})["step"])
+        meta = load_checkpoint(ckpt, net, ema, opt_g, {"critic": (critic, opt_d)})
+        step, seconds_before = int(meta["step"]), float(meta.get("seconds", 0.0))
         if d.main:
             print(f"[{STAGE}] resuming at step {step}/{sc.steps}", flush=True)
     gen_obj: torch.nn.Module = _GeneratorObjective(net, critic)
@@ -174,6 +183,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
 
         bar = tqdm(total=sc.steps, initial=step, desc=STAGE, unit="step", dynamic_ncols=True)
     t_last, samples_since = time.perf_counter(), 0
+    t_start = time.perf_counter() - seconds_before
     while step < sc.steps:
         unroll, adv = unroll_at(step, cfg), adv_at(step, cfg, wcfg.adv_weight)
         lr = lr_at(step, sc)
@@ -232,14 +242,19 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
             bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == sc.steps:
             if d.main:
-                save_checkpoint(ckpt, net, ema, opt_g, step, {"stage": STAGE}, {"critic": (critic, opt_d)})
+                save_checkpoint(ckpt, net, ema, opt_g, step, {"stage": STAGE, "seconds": time.perf_counter() - t_start},
+                                {"critic": (critic, opt_d)})
             d.barrier()
         if d.main and (step % cfg.validate_every == 0 or step == sc.steps):
             _validate(net, ema, held, run, step, d)
+            if save_world is not None and step < sc.steps:
+                save_world(_ema_copy(net, ema), step, time.perf_counter() - t_start)
     if bar is not None:
         bar.close()
     ema.copy_to(net)
     net.eval()
+    if save_world is not None and d.main:
+        save_world(net, step, time.perf_counter() - t_start)
     return net
 
 
@@ -247,9 +262,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
 def _validate(net: WarpNet, ema: EMA, held: WarpBatch, run: RunFolder, step: int, d: Dist) -> None:
     """Held-out, the EMA generator: the next frame from real memory (PSNR beside copy-last,
     sharpness beside the real frame's), and 8 frames played from its own (PSNR of the last)."""
-    m = copy.deepcopy(net)
-    ema.copy_to(m)
-    m.eval()
+    m = _ema_copy(net, ema)
     M, k = m.config.window, m.config.action_frames
     frames, actions = held.frames.to(d.device), held.actions.to(d.device)
     gen = torch.Generator(device=d.device).manual_seed(99)
