@@ -186,9 +186,7 @@ class WorldSession:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.backend = make_backend(backend, world, self.batch_size)
-        with torch.inference_mode():
-            # allocated once; reset only marks it empty
-            self.cache: DynamicsCache = self.backend.new_cache(self.batch_size, device=self.device)
+        self.cache: DynamicsCache  # allocated by reset
         self._frame: np.ndarray  # (B, H, W, 3) uint8
         self._latent: torch.Tensor  # (B, C, h, w), the dynamics' normalised latent of the current frame
         self._reward: np.ndarray  # (B,)
@@ -237,12 +235,19 @@ class WorldSession:
         """
         if seed is not None:
             self.generator.manual_seed(int(seed))
-        self.cache.reset()  # marks every slot empty; the rings are reused
+        # a fresh cache, not the old one marked empty: a ring reused from another slot sums
+        # attention over its slots in another order, so the same seed would not give the
+        # same frames bit for bit (gymnasium's check_env asks that of reset(seed=...))
+        self.cache = self.backend.new_cache(self.batch_size, device=self.device)
         self._remembered = 0
         self.step_index = 0
         if frames is None and getattr(self.world, "start_frames", None) is not None:
             frames, actions = self.world.start_frames, self.world.start_actions
-        self._observe(self._as_context(frames), actions)
+        context = self._as_context(frames)
+        self._observe(context, actions)
+        # where ``step(restart=...)`` starts an element over: the last frame of this context
+        self._restart_latent, self._restart_frame = self._latent, self._frame.copy()
+        self._restart_action = self._context_actions(actions, context.shape[1])[:, -1]  # (B, A)
         return self.frame
 
     @torch.inference_mode()
@@ -258,23 +263,50 @@ class WorldSession:
 
     # -- playing ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, action: np.ndarray, *, remember: bool = True) -> np.ndarray:
+    def step(self, action: np.ndarray, *, remember: bool = True, restart: np.ndarray | None = None) -> np.ndarray:
         """Generate the frame that ``action`` leads to; returns uint8 (H, W, 3) or (B, H, W, 3).
 
         ``remember=False`` generates without putting the frame into memory (the
         cache is untouched; the noise stream still advances): evaluation uses it to
         predict a frame and then ``observe`` the real one. Reward and termination
         are read when a frame is remembered.
+
+        ``restart`` (B,) bool: those batch elements begin a new playthrough at this
+        step (a vector env's autoreset): their memory is forgotten and the last frame
+        of their context at ``reset`` is remembered in place of the frame generated
+        for them (its action ignored), so every element still advances one frame per
+        call: the memory rings of a batch move together, and only one frame a call can
+        join them. The other elements play on as without it.
         """
         a = self._action_tensor(action, "step")  # (B, A) normalised
+        rows = self._restart_rows(restart, remember)  # (k,) element indices
         noise = torch.randn(self._latent_shape, generator=self.generator, device=self.device)  # (B, C, h, w)
         latent = memory.generate(self.backend, self.sampler, noise, a, self.cache)  # (B, C, h, w)
+        if len(rows):
+            self.cache.reset(rows)  # those elements forget everything
+            index = torch.from_numpy(rows).to(self.device)
+            latent, a = latent.clone(), a.clone()  # never write into a backend's buffers
+            latent[index] = self._restart_latent[index]
+            a[index] = self._restart_action[index]
         if remember:
             self._remember(latent, a)
         self._latent = latent
         self._frame = self._decode(latent)
+        if len(rows):
+            self._frame[rows] = self._restart_frame[rows]  # the frame as given, not decoded
         self.step_index += 1
         return self.frame
+
+    def _restart_rows(self, restart: np.ndarray | None, remember: bool) -> np.ndarray:
+        """``step``'s ``restart`` mask checked -> the indices of the elements to restart."""
+        if restart is None:
+            return np.zeros(0, np.int64)
+        mask = np.asarray(restart)
+        if mask.dtype != np.bool_ or mask.shape != (self.batch_size,):
+            raise SessionError(f"restart must be a bool mask of shape ({self.batch_size},), got {mask.dtype} {mask.shape}")
+        if mask.any() and not remember:
+            raise SessionError("restart needs remember=True: a restarted element's start frame joins its memory")
+        return np.flatnonzero(mask)
 
     def rollout(self, actions: np.ndarray) -> np.ndarray:
         """``step`` once per action: (T, A) -> (T, H, W, 3); batched sessions also take

@@ -45,6 +45,8 @@ class Scenario:
     description: str
     monsters: bool = False
     iwad: bool = False  # wad is the game itself (full Freedoom maps)
+    living_reward: float = 0.0  # reward per tic alive (take_cover: 1, so a step's reward is the tics survived)
+    skill: int = 0  # Doom skill 1..5 as the scenario's .cfg sets it; 0: the engine's default
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -52,6 +54,10 @@ SCENARIOS: dict[str, Scenario] = {
     "my_way_home": Scenario("my_way_home.wad", "map01", "a small maze of connected rooms with a vest to find"),
     "freedoom_map01": Scenario("freedoom2.wad", "MAP01", "Freedoom Phase 2 MAP01, a full map: corridors, doors, rooms; no monsters", iwad=True),
     "freedoom_map02": Scenario("freedoom2.wad", "MAP02", "Freedoom Phase 2 MAP02, a full map; no monsters", iwad=True),
+    "take_cover": Scenario(
+        "take_cover.wad", "map01", "ViZDoom 'take_cover': dodge fireballs from monsters across the room; reward: tics survived",
+        monsters=True, living_reward=1.0, skill=4,
+    ),
     "freedoom_e1m1": Scenario("freedoom1.wad", "E1M1", "Freedoom Phase 1 E1M1, a full map; no monsters", iwad=True),
 }
 
@@ -141,6 +147,9 @@ class DoomEngine:
         g.set_episode_timeout(0)  # we bound episodes ourselves (max_steps)
         if not scenario.monsters:
             g.add_game_args("-nomonsters")
+        if scenario.skill:
+            g.set_doom_skill(scenario.skill)
+        g.set_living_reward(scenario.living_reward)
         B = vzd.Button
         g.set_available_buttons([
             B.MOVE_FORWARD, B.MOVE_BACKWARD, B.MOVE_LEFT, B.MOVE_RIGHT, B.ATTACK, B.USE, B.TURN_LEFT_RIGHT_DELTA,
