@@ -19,7 +19,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # Torch first, pinned, so the open range in pyproject.toml is already met and
 # nothing pulls a multi-GB build this machine does not need.
 "${PIP[@]}" install "$TORCH"
-"${PIP[@]}" install -e ".[doom,dev,onnx]"
+"${PIP[@]}" install -e ".[doom,dev,onnx,agents]"
 # onnxruntime-web (pinned in package.json / package-lock.json) for `neuralworld export --web`
 if command -v npm >/dev/null 2>&1; then
   npm ci --no-audit --no-fund --loglevel=error \

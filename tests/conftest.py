@@ -23,6 +23,7 @@ SLOW_TESTS = {
     "test_shipped_world.py": {"test_turn_left_on_the_play_page", "test_turn_left_on_the_exported_page"},  # Chromium
     "test_eval_bars.py": {"test_cli_bars_on_the_shipped_world"},  # `neuralworld eval --report` on data/ship64: minutes
     "test_envs.py": {"test_doom_twin"},  # starts ViZDoom
+    "test_agents.py": {"test_agent_train_and_eval_cli"},  # trains PPO, starts ViZDoom
 }
 """Tests that record, open a browser or run a real command for minutes with no fixture to
 tell: by module, by function name."""

@@ -237,6 +237,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agent_train(args: argparse.Namespace) -> int:
+    from neuralworld.agents import AgentConfig, train_agent
+
+    cfg = AgentConfig(
+        steps=args.steps, envs=args.envs, seed=args.seed, max_steps=args.max_steps,
+        termination_threshold=args.threshold, checkpoint_every=args.checkpoint_every,
+    )  # fmt: skip
+    print(json.dumps(train_agent(args.world, args.out, cfg, resume=args.resume, progress=not args.quiet)))
+    return 0
+
+
+def _cmd_agent_eval(args: argparse.Namespace) -> int:
+    from neuralworld.agents import evaluate
+
+    result = evaluate(
+        args.agent, args.env, episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
+        deterministic=args.deterministic, termination_threshold=args.threshold, resolution=args.resolution,
+    )  # fmt: skip
+    if not args.all:
+        result = {k: v for k, v in result.items() if k not in ("returns", "lengths")}
+    print(json.dumps(result))
+    return 0
+
+
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuralworld", description="Worlds that exist only as a neural network.")
@@ -371,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--paths", default="eager,bf16,compiled,onnx,onnx_int8", help="execution paths, comma-separated (onnx_int8 and bf16 approximate the float32 function)")
     b.set_defaults(func=_cmd_bench)
 
+    _add_agent_parser(sub)
+
     x = sub.add_parser("export", help="export a world: --web writes a static folder that plays it in a browser, no server or network")
     x.add_argument("world", help="world bundle or run folder (from neuralworld train)")
     x.add_argument("out", help="folder to write (absent, empty, or a previous web export)")
@@ -381,6 +407,34 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--onnxruntime-web", default=None, metavar="DIR", help="onnxruntime-web package or its dist/ (default: $NEURALWORLD_ORT_WEB, else node_modules/)")
     x.set_defaults(func=_cmd_export)
     return p
+
+
+def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("agent", help="train an agent in a world with PPO (Stable-Baselines3); score it in a world or the real game")
+    asub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    at = asub.add_parser("train", help="PPO in the world only (its heads give reward and death); writes OUT/agent.zip + action_spec.json")
+    at.add_argument("world", help="world bundle folder (its heads give the reward)")
+    at.add_argument("--out", required=True, help="agent folder: agent.zip, action_spec.json, agent.json, checkpoints/, tensorboard/")
+    at.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
+    at.add_argument("--envs", type=_positive_int, default=4, help="copies of the world played at once")
+    at.add_argument("--seed", type=int, default=0, help="seeds PPO and the worlds' noise")
+    at.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode before truncation")
+    at.add_argument("--threshold", type=float, default=0.5, help="termination head probability that ends an episode")
+    at.add_argument("--checkpoint-every", type=int, default=10_000, help="environment steps between checkpoints (0: none)")
+    at.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints' newest checkpoint")
+    at.add_argument("--quiet", action="store_true", help="no progress bar")
+    at.set_defaults(func=_cmd_agent_train)
+    ae = asub.add_parser("eval", help="mean return over episodes in a world or the real game (doom/<scenario>)")
+    ae.add_argument("agent", help="agent folder (from agent train), or 'random' for the random baseline")
+    ae.add_argument("--env", required=True, help="a world folder, or doom/<scenario> for real ViZDoom (e.g. doom/take_cover)")
+    ae.add_argument("--episodes", type=_positive_int, default=100, help="episodes to score")
+    ae.add_argument("--seed", type=int, default=0, help="seeds the env (and the random baseline)")
+    ae.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode before truncation")
+    ae.add_argument("--threshold", type=float, default=0.5, help="in a world: termination probability that ends an episode")
+    ae.add_argument("--resolution", type=_resolution, default=None, help="frame size HxW for the random baseline (default: the agent's)")
+    ae.add_argument("--deterministic", action="store_true", help="the policy's most likely action, not a sample")
+    ae.add_argument("--all", action="store_true", help="print every episode's return and length too")
+    ae.set_defaults(func=_cmd_agent_eval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,6 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from neuralworld.train import TrainingError
 
         user_errors += (TrainingError, BundleError, StateError)
+    if args.command == "agent":
+        from neuralworld.agents import AgentError
+        from neuralworld.bundle import BundleError
+        from neuralworld.envs import EnvError
+
+        user_errors += (AgentError, BundleError, EnvError)
     try:
         return int(args.func(args) or 0)
     except user_errors as e:

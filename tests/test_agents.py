@@ -1,0 +1,89 @@
+"""neuralworld.agents and `neuralworld agent train|eval`: SB3 PPO in a world, scored in a world and the real twin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+
+from neuralworld.agents import AgentConfig, AgentError, load_agent, save_agent  # noqa: E402
+from neuralworld.cli import main  # noqa: E402
+from neuralworld.record.doom import doom_action_spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def warp_world(tmp_path_factory) -> Path:
+    """A warp world of random weights in ViZDoom's controls (frame skip 2), 64x64."""
+    import torch
+
+    from neuralworld import bundle
+    from neuralworld.model.warp import warp_preset
+
+    torch.manual_seed(0)
+    cfg = warp_preset("tiny", doom_action_spec(2))
+    return bundle.save_bundle(tmp_path_factory.mktemp("agents") / "warp-tiny", cfg, *bundle.build_networks(cfg))
+
+
+def untrained_agent(world: Path, out: Path) -> Path:
+    """An agent folder as train_agent writes it, without learning (seconds)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from neuralworld.envs import DiscreteActions, WorldEnv, default_combinations
+
+    env = DiscreteActions(WorldEnv(world, termination_threshold=1.0))
+    model = PPO("CnnPolicy", DummyVecEnv([lambda: env]), n_steps=16, batch_size=16, seed=0, device="cpu")
+    out.mkdir(parents=True)
+    save_agent(model, out, env.spec_actions, default_combinations(env.spec_actions), world=str(world), resolution=(64, 64), config=AgentConfig())
+    return out
+
+
+def test_agent_folder_and_spec_check(warp_world, tmp_path):
+    path = untrained_agent(warp_world, tmp_path / "agent")
+    assert {p.name for p in path.iterdir()} >= {"agent.zip", "action_spec.json", "agent.json"}
+    agent = load_agent(path, doom_action_spec(2))
+    action = agent.act(np.zeros((64, 64, 3), np.uint8))
+    assert action.shape == (7,) and agent.spec.validate(action) is not None
+    other = doom_action_spec(4)  # the same controls at another frame rate
+    with pytest.raises(AgentError, match=r"acts in 7 controls @ 17.5 fps.*takes 7 controls @ 8.75 fps"):
+        load_agent(path, other, env="a world at 8.75 fps")
+    with pytest.raises(AgentError, match="not an agent"):
+        load_agent(tmp_path)
+
+
+def test_agent_cli_refuses_bad_input(warp_world, tmp_path, capsys):
+    from neuralworld.bundle import save_bundle, build_networks
+    from neuralworld.model.unet import baseline_preset
+
+    cfg = baseline_preset("tiny", doom_action_spec(2))
+    unet = save_bundle(tmp_path / "unet", cfg, *build_networks(cfg))
+    assert main(["agent", "train", str(unet), "--out", str(tmp_path / "a"), "--steps", "8"]) == 2
+    assert "no reward or termination heads" in capsys.readouterr().err
+    assert main(["agent", "eval", str(tmp_path / "nothing"), "--env", str(warp_world), "--episodes", "1"]) == 2
+    assert "not an agent" in capsys.readouterr().err
+
+
+def test_agent_train_and_eval_cli(warp_world, tmp_path, capsys):
+    """PPO for a few hundred steps in a tiny world, then scored in the world and in real ViZDoom."""
+    out = tmp_path / "agent"
+    common = ["--max-steps", "20", "--threshold", "1.0"]
+    assert main(["agent", "train", str(warp_world), "--out", str(out), "--steps", "256", "--envs", "2",
+                 "--checkpoint-every", "128", "--quiet", *common]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["timesteps"] >= 256 and (out / "agent.zip").is_file() and list((out / "tensorboard").iterdir())
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["agent_128_steps.zip", "agent_256_steps.zip"]
+    assert main(["agent", "train", str(warp_world), "--out", str(out), "--steps", "256", "--quiet"]) == 2  # no overwrite
+    capsys.readouterr()
+    assert main(["agent", "eval", str(out), "--env", str(warp_world), "--episodes", "2", "--all", *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 2 and result["lengths"] == [20, 20]
+    pytest.importorskip("vizdoom")
+    for agent in (str(out), "random"):
+        assert main(["agent", "eval", agent, "--env", "doom/take_cover", "--episodes", "1", "--max-steps", "30",
+                     "--resolution", "64x64"]) == 0  # fmt: skip
+        real = json.loads(capsys.readouterr().out)
+        assert 0 < real["mean_return"] <= 60 and real["mean_length"] <= 30  # 2 tics a step while alive
