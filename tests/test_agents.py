@@ -87,3 +87,64 @@ def test_agent_train_and_eval_cli(warp_world, tmp_path, capsys):
                      "--resolution", "64x64"]) == 0  # fmt: skip
         real = json.loads(capsys.readouterr().out)
         assert 0 < real["mean_return"] <= 60 and real["mean_length"] <= 30  # 2 tics a step while alive
+
+
+def test_autopilot_in_the_play_server(warp_world, tmp_path):
+    """`neuralworld play WORLD --agent AGENT`: the page's autopilot toggle lets the agent play;
+    every frame carries the heads' reward and termination for the HUD."""
+    import asyncio
+    import threading
+    import time
+
+    import uvicorn
+    import websockets
+
+    from neuralworld.play.protocol import unpack_frame
+    from neuralworld.play.server import PlayConfig, PlayError, bind_socket, create_app
+
+    agent = untrained_agent(warp_world, tmp_path / "agent")
+    app = create_app(str(warp_world), PlayConfig(backend="eager", agent=str(agent), pace="max"))
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    async def client() -> list:
+        async with websockets.connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/ws") as ws:
+            seen: list = []
+
+            async def until(pred):
+                while True:
+                    raw = await asyncio.wait_for(ws.recv(), 20)
+                    msg = unpack_frame(raw)[0] if isinstance(raw, bytes) else json.loads(raw)
+                    seen.append(msg)
+                    if pred(msg):
+                        return msg
+
+            await ws.send(json.dumps({"type": "autopilot", "on": True}))
+            await until(lambda m: m.get("type") == "autopilot")
+            await until(lambda m: m.get("type") == "frame" and m["autopilot"])
+            await ws.send(json.dumps({"type": "autopilot", "on": "yes"}))
+            await until(lambda m: m.get("type") == "error")
+            return seen
+
+    try:
+        seen = asyncio.run(client())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+    frames = [m for m in seen if m.get("type") == "frame"]
+    assert all(isinstance(m["reward"], float) and 0 <= m["termination"] <= 1 for m in frames)
+    assert any(m["autopilot"] for m in frames)
+    errors = [m["message"] for m in seen if m.get("type") == "error"]
+    assert errors and "autopilot needs" in errors[0]
+    other = tmp_path / "other"
+    from neuralworld import bundle
+    from neuralworld.model.warp import warp_preset
+
+    cfg = warp_preset("tiny", doom_action_spec(4))
+    bundle.save_bundle(other, cfg, *bundle.build_networks(cfg))
+    with pytest.raises(PlayError, match="--agent: agent .* acts in 7 controls @ 17.5 fps"):
+        create_app(str(other), PlayConfig(backend="eager", agent=str(agent)))

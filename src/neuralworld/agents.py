@@ -186,15 +186,18 @@ class Agent:
     resolution: tuple[int, int]
     path: str = ""
 
+    def __post_init__(self) -> None:
+        from neuralworld.envs import combination_table
+
+        self.table = combination_table(self.spec, self.combinations)  # (n, A): Discrete action -> vector
+
     def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True) -> Any:
         return self.model.predict(observation, state, episode_start, deterministic)
 
     def act(self, frame: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """The action vector (A,) in the spec's units for one frame (H, W, 3): what a player's autopilot plays."""
-        from neuralworld.envs import combination_table
-
         index, _ = self.model.predict(frame, deterministic=deterministic)
-        return combination_table(self.spec, self.combinations)[int(index)]
+        return self.table[int(index)]
 
 
 class RandomAgent:

@@ -177,7 +177,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
     from neuralworld.play import PlayConfig, PlayError, serve
 
     config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players, backend=args.backend,
-                        allowed_origins=tuple(args.allow_origin or ()))
+                        allowed_origins=tuple(args.allow_origin or ()), agent=args.agent)
     try:
         serve(args.world, host=args.host, port=args.port, config=config, open_browser=args.open)
     except PlayError as e:
@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let pages from this origin (http://host:port) play too; repeat for more. The player's own "
                          "page may always; clients that send no Origin (scripts, not browsers) may too")
     pl.add_argument("--open", action="store_true", help="open the page in a web browser")
+    pl.add_argument("--agent", default=None, help="an agent folder (neuralworld agent train): the page's Autopilot button (P) lets it play")
     pl.set_defaults(func=_cmd_play)
 
     v = sub.add_parser("import-video", help="turn videos into a dataset whose actions are the camera's motion")

@@ -49,6 +49,7 @@ class Player:
         self.frames_dropped = 0
         self._made_at: deque[float] = deque(maxlen=64)
         self.closed = False
+        self.autopilot = False  # the hub's agent plays instead of the latest action
 
     # -- outgoing -----------------------------------------------------------
     def reply(self, msg: dict[str, Any]) -> None:
@@ -99,6 +100,14 @@ class Player:
             if not isinstance(on, bool):
                 raise MessageError('record needs "on": true or false')
             self._request("record", on)
+        elif kind == "autopilot":
+            on = msg.get("on")
+            if not isinstance(on, bool):
+                raise MessageError('autopilot needs "on": true or false')
+            if on and self.hub.agent is None:
+                raise MessageError("this server has no agent: neuralworld play WORLD --agent AGENT")
+            self.autopilot = on
+            self.reply({"type": "autopilot", "on": on})
         else:
             raise MessageError(f"unknown message type {kind[:40]!r}; expected {MESSAGE_TYPES}")
 
@@ -158,6 +167,9 @@ class Player:
                 kind, payload = self.requests.popleft()
                 self.reply(await loop.run_in_executor(hub.pool, self._apply, kind, payload))
             action, seq, t, received = self.action, self.action_seq, self.action_t, self.action_received
+            autopilot = self.autopilot and hub.agent is not None
+            if autopilot:  # the agent looks at the frame on screen, as a player does
+                action = await loop.run_in_executor(hub.pool, hub.agent.act, self.session.frame)
             _, jpeg, gen_ms = await loop.run_in_executor(hub.pool, self._generate, action)
             now = time.monotonic()
             self.frames_made += 1
@@ -169,7 +181,9 @@ class Player:
                 "server_fps": round((len(self._made_at) - 1) / span, 2) if span > 0 else None,
                 "dropped": self.frames_dropped, "action": self.spec.to_dict(action),
                 "recording": len(self.recording) if self.recording is not None else None,
-                "width": W, "height": H,
+                "width": W, "height": H, "autopilot": autopilot,
+                # the heads: reward for this step, and the probability that the episode ended here
+                "reward": round(float(self.session.last_reward), 4), "termination": round(float(self.session.last_termination), 4),
             }  # fmt: skip
             self.offer_frame(pack_frame(header, jpeg))
             if self.recording is not None and len(self.recording) >= hub.config.max_recording_frames:

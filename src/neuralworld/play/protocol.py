@@ -41,7 +41,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 The page shrinks an upload to a few times the world's size before it sends it."""
 MAX_SEQ = 2**53
 """A "seq" is echoed in frame headers; beyond this a page's JavaScript number loses it."""
-MESSAGE_TYPES = "action, reset, start_image or record"
+MESSAGE_TYPES = "action, reset, start_image, record or autopilot"
 
 
 class MessageError(ValueError):

@@ -132,6 +132,8 @@ class PlayConfig:
     ``max_image_pixels`` this bounds the memory uploads take"""
     allowed_origins: tuple[str, ...] = ()
     """origins (http://host:port) whose pages may play besides the player's own page"""
+    agent: str | None = None
+    """an agent folder (neuralworld agent train) the page's autopilot plays; None: no autopilot"""
 
     def validate(self) -> "PlayConfig":
         if self.pace not in PACES:
@@ -168,6 +170,14 @@ class Hub:
         self.decode_pool = ThreadPoolExecutor(max_workers=config.max_image_decodes, thread_name_prefix="neuralworld-image")
         self.players: dict[int, Player] = {}
         self._next_id = 0
+        self.agent = None  # the autopilot: neuralworld.agents.Agent, refused unless it acts in the world's ActionSpec
+        if config.agent is not None:
+            from neuralworld.agents import AgentError, load_agent
+
+            try:
+                self.agent = load_agent(config.agent, world.spec, env=world.name)
+            except AgentError as e:
+                raise PlayError(f"--agent: {e}") from None
         self.recordings_dir = Path(tempfile.mkdtemp(prefix="neuralworld-play-"))
         self._recordings: deque[Path] = deque()
         self._lock = threading.Lock()
@@ -231,7 +241,7 @@ def create_app(world: Any, config: PlayConfig | None = None):
         "name": world.name, "resolution": [H, W], "fps": spec.fps, "spec": spec.to_json_dict(),
         "hints": dict(spec.descriptions), "sampler": config.sampler, "pace": config.pace,
         "max_message_bytes": config.max_message_bytes, "max_players": config.max_players,
-        "max_image_pixels": config.max_image_pixels,
+        "max_image_pixels": config.max_image_pixels, "agent": config.agent is not None,
     }  # fmt: skip
 
     async def page(request):

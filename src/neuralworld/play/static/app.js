@@ -191,6 +191,12 @@ async function drawPending() {
     $("hud-step").textContent = header.step;
     $("hud-rec").hidden = header.recording === null;
     if (header.recording !== null) $("hud-rec-frames").textContent = header.recording;
+    if (typeof header.reward === "number") {  // the world's heads (a server's frames carry them)
+      $("hud-heads").hidden = false;
+      $("hud-reward").textContent = header.reward.toFixed(2);
+      $("hud-dead").hidden = !(header.termination > 0.5);
+    }
+    $("hud-autopilot").hidden = !header.autopilot;
   }
   decoding = false;
 }
@@ -213,6 +219,10 @@ function onMessage(msg) {
     ? `playing in this browser (onnxruntime-web, ${msg.threads} thread${msg.threads === 1 ? "" : "s"}${msg.pipelined ? ", decoding beside" : ""})`
     : `playing as player ${msg.player}`);
   else if (msg.type === "reset") setStatus("reset");
+  else if (msg.type === "autopilot") {
+    $("autopilot").classList.toggle("on", msg.on);
+    setStatus(msg.on ? "the agent plays (P gives control back)" : "you play");
+  }
   else if (msg.type === "started") setStatus(`started from a ${msg.image[1]}×${msg.image[0]} image`);
   else if (msg.type === "recording") {
     const btn = $("record");
@@ -264,6 +274,11 @@ $("record").addEventListener("click", () => {
   nw.send({ type: "record", on: !$("record").classList.contains("on") });
   stage.focus();
 });
+function toggleAutopilot() { nw.send({ type: "autopilot", on: !$("autopilot").classList.contains("on") }); stage.focus(); }
+$("autopilot").addEventListener("click", toggleAutopilot);
+document.addEventListener("keydown", e => {
+  if (e.code === "KeyP" && !$("autopilot").hidden && !(e.target instanceof HTMLInputElement) && !usesCode("KeyP")) toggleAutopilot();
+});
 $("start-image").addEventListener("change", async e => {
   const file = e.target.files[0];
   e.target.value = "";
@@ -293,6 +308,7 @@ async function main() {
   canvas.width = W; canvas.height = H;
   stage.style.aspectRatio = `${W} / ${H}`;
   $("hud-world").textContent = world.name;
+  $("autopilot").hidden = !world.agent;  // `neuralworld play WORLD --agent AGENT`
   document.title = `${world.name} — neuralworld`;
   const names = c => c.replace(/^Key|^Digit/, "").replace("mouse0", "mouse button").replace("Arrow", "");
   const rows = [
