@@ -52,22 +52,14 @@ class AgentError(ValueError):
 class AgentConfig:
     """How ``train_agent`` trains (PPO's defaults from SB3's Atari settings, smaller)."""
 
-    steps: int = 100_000
-    """environment steps in all (every copy's steps count)"""
-    envs: int = 4
-    """copies of the world played at once (SB3 n_envs)"""
-    seed: int = 0
-    """seeds PPO, the policy's sampling and the worlds' noise"""
-    max_steps: int = 1000
-    """steps per episode before truncation"""
-    termination_threshold: float = 0.5
-    """the termination head's probability that ends an episode"""
-    n_steps: int = 128
-    """PPO rollout steps per env between updates"""
-    batch_size: int = 64
-    """PPO minibatch"""
-    n_epochs: int = 4
-    """PPO epochs per update"""
+    steps: int = 100_000  # environment steps in all (every copy's steps count)
+    envs: int = 4  # copies of the world played at once (SB3 n_envs)
+    seed: int = 0  # seeds PPO, the policy's sampling and the worlds' noise
+    max_steps: int = 1000  # steps per episode before truncation
+    termination_threshold: float = 0.5  # the termination head's probability that ends an episode
+    n_steps: int = 128  # PPO rollout steps per env between updates
+    batch_size: int = 64  # PPO minibatch
+    n_epochs: int = 4  # PPO epochs per update
     learning_rate: float = 2.5e-4
     gamma: float = 0.99
     ent_coef: float = 0.01

@@ -410,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _episode_options(p: argparse.ArgumentParser, *, seed: str) -> None:
+    """--seed, --max-steps and --threshold: how an agent's episodes run (train and eval alike)."""
+    p.add_argument("--seed", type=int, default=0, help=seed)
+    p.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode before truncation")
+    p.add_argument("--threshold", type=float, default=0.5, help="in a world: the termination head's probability that ends an episode")
+
+
 def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("agent", help="train an agent in a world with PPO (Stable-Baselines3); score it in a world or the real game")
     asub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
@@ -418,9 +425,7 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--out", required=True, help="agent folder: agent.zip, action_spec.json, agent.json, checkpoints/, tensorboard/")
     at.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
     at.add_argument("--envs", type=_positive_int, default=4, help="copies of the world played at once")
-    at.add_argument("--seed", type=int, default=0, help="seeds PPO and the worlds' noise")
-    at.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode before truncation")
-    at.add_argument("--threshold", type=float, default=0.5, help="termination head probability that ends an episode")
+    _episode_options(at, seed="seeds PPO and the worlds' noise")
     at.add_argument("--checkpoint-every", type=int, default=10_000, help="environment steps between checkpoints (0: none)")
     at.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints' newest checkpoint")
     at.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -429,9 +434,7 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     ae.add_argument("agent", help="agent folder (from agent train), or 'random' for the random baseline")
     ae.add_argument("--env", required=True, help="a world folder, or doom/<scenario> for real ViZDoom (e.g. doom/take_cover)")
     ae.add_argument("--episodes", type=_positive_int, default=100, help="episodes to score")
-    ae.add_argument("--seed", type=int, default=0, help="seeds the env (and the random baseline)")
-    ae.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode before truncation")
-    ae.add_argument("--threshold", type=float, default=0.5, help="in a world: termination probability that ends an episode")
+    _episode_options(ae, seed="seeds the env (and the random baseline)")
     ae.add_argument("--resolution", type=_resolution, default=None, help="frame size HxW for the random baseline (default: the agent's)")
     ae.add_argument("--deterministic", action="store_true", help="the policy's most likely action, not a sample")
     ae.add_argument("--all", action="store_true", help="print every episode's return and length too")

@@ -134,45 +134,55 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
     step_inputs = example_step_inputs(dynamics, batch_size)
     latent = step_inputs[0]
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            # dynamo=False: the TorchScript exporter gives a plain, fixed-shape graph in seconds
-            torch.onnx.export(
-                TracedCall(dynamics, dynamics.step_with_cache_tensors), step_inputs, str(out / STEP_FILE), input_names=list(STEP_INPUTS),
-                output_names=list(STEP_OUTPUTS), opset_version=opset, dynamo=False,
-            )  # fmt: skip
-            torch.onnx.export(
-                TracedCall(autoencoder, functools.partial(decode_latent, autoencoder)), (latent,), str(out / DECODER_FILE), input_names=["latent"],
-                output_names=["frame"], opset_version=opset, dynamo=False,
-            )  # fmt: skip
+        trace_to_onnx(TracedCall(dynamics, dynamics.step_with_cache_tensors), step_inputs, out / STEP_FILE, STEP_INPUTS,
+                      STEP_OUTPUTS, opset)
+        trace_to_onnx(TracedCall(autoencoder, functools.partial(decode_latent, autoencoder)), (latent,), out / DECODER_FILE,
+                      ("latent",), ("frame",), opset)
     finally:
         dynamics.to(device)
         autoencoder.to(device)
-    import onnx
-
-    # the exporter drops inputs nothing reads (``prev_latent`` of a world without frame stacking)
-    in_graph = {i.name for i in onnx.load(str(out / STEP_FILE), load_external_data=False).graph.input}
     cfg = dynamics.config
-    meta = {
-        "format": FORMAT,
-        "opset": opset,
-        "batch_size": batch_size,
-        "resolution": list(world.config.resolution),
-        "latent_shape": [dynamics.latent_channels, *dynamics.latent_size],
-        "action_size": dynamics.action_size,
-        "action_spec": world.config.action_spec,
+    meta = step_meta(world, dynamics, out, opset, batch_size, STEP_INPUTS, STEP_OUTPUTS, step_inputs)
+    meta.update({
         "n_layers": cfg.n_layers,
         "full_frames": cfg.full_frames,
         "memory_frames": cfg.memory_frames,
         "prev_frame": bool(cfg.prev_frame),
-        "step_inputs": {
-            n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(STEP_INPUTS, step_inputs) if n in in_graph
-        },
-        "step_outputs": list(STEP_OUTPUTS),
         "decoder": {"inputs": ["latent"], "outputs": ["frame"]},
-    }
+    })
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
+
+
+def step_meta(world: Any, net: nn.Module, out: Path, opset: int, batch_size: int, input_names: tuple[str, ...],
+              output_names: tuple[str, ...], step_inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """What onnx.json says of every exported step graph: format, shapes, controls, and the inputs
+    the graph kept (the exporter drops inputs nothing reads, e.g. ``prev_latent`` of a world
+    without frame stacking, or a warp step's ``noise_level``)."""
+    import onnx
+
+    in_graph = {i.name for i in onnx.load(str(out / STEP_FILE), load_external_data=False).graph.input}
+    return {
+        "format": FORMAT,
+        "opset": opset,
+        "batch_size": batch_size,
+        "resolution": list(world.config.resolution),
+        "latent_shape": [net.latent_channels, *net.latent_size],
+        "action_size": net.action_size,
+        "action_spec": world.config.action_spec,
+        "step_inputs": {n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(input_names, step_inputs) if n in in_graph},
+        "step_outputs": list(output_names),
+    }
+
+
+def trace_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, input_names: tuple[str, ...],
+                  output_names: tuple[str, ...], opset: int) -> None:
+    """One traced graph to ``path``, quietly."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        # dynamo=False: the TorchScript exporter gives a plain, fixed-shape graph in seconds
+        torch.onnx.export(module, inputs, str(path), input_names=list(input_names), output_names=list(output_names),
+                          opset_version=opset, dynamo=False)
 
 
 def example_warp_step_inputs(net: WarpNet, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -229,38 +239,20 @@ def export_warp_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int 
     net.cpu().eval()
     step_inputs = example_warp_step_inputs(net, batch_size)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(
-                TracedCall(net, net.step_with_cache_tensors), step_inputs, str(out / STEP_FILE), input_names=list(WARP_STEP_INPUTS),
-                output_names=list(WARP_STEP_OUTPUTS), opset_version=opset, dynamo=False,
-            )  # fmt: skip
+        trace_to_onnx(TracedCall(net, net.step_with_cache_tensors), step_inputs, out / STEP_FILE, WARP_STEP_INPUTS,
+                      WARP_STEP_OUTPUTS, opset)
     finally:
         net.to(device)
     float64_to_float32(out / STEP_FILE)
-    import onnx
-
-    in_graph = {i.name for i in onnx.load(str(out / STEP_FILE), load_external_data=False).graph.input}
     cfg = net.config
-    meta = {
-        "format": FORMAT,
-        "model": WARP_KIND,
-        "opset": opset,
-        "batch_size": batch_size,
-        "resolution": list(world.config.resolution),
-        "latent_shape": [net.latent_channels, *net.latent_size],
-        "action_size": net.action_size,
-        "action_spec": world.config.action_spec,
+    meta = {"model": WARP_KIND, **step_meta(world, net, out, opset, batch_size, WARP_STEP_INPUTS, WARP_STEP_OUTPUTS, step_inputs)}
+    meta.update({
         "window": cfg.window,
         "full_frames": cfg.full_frames,
         "memory_frames": cfg.memory_frames,
         "action_frames": cfg.action_frames,
-        "step_inputs": {
-            n: [list(t.shape), str(t.dtype).replace("torch.", "")] for n, t in zip(WARP_STEP_INPUTS, step_inputs) if n in in_graph
-        },
-        "step_outputs": list(WARP_STEP_OUTPUTS),
         "decoder": {"file": None, "clamp": [-1.0, 1.0]},  # frame = latent clamped (PixelCodec.decode); no graph
-    }
+    })
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
 

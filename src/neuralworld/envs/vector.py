@@ -24,11 +24,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from neuralworld.actions import ActionError, ActionSpec
-from neuralworld.envs.world import (
-    DEFAULT_MAX_STEPS, DEFAULT_THRESHOLD, EnvError, _check_settings, _observation_space, action_space, check_heads,
-    combination_table, flat_action, open_world,
-)  # fmt: skip
+from neuralworld.actions import ActionError
+from neuralworld.envs.world import EnvError, _observation_space, _start, action_space, combination_table, flat_action, restart
 
 
 class WorldVectorEnv(VectorEnv):
@@ -38,34 +35,14 @@ class WorldVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(
-        self,
-        world: Any = None,
-        num_envs: int = 1,
-        *,
-        observation: str = "frame",
-        max_steps: int = DEFAULT_MAX_STEPS,
-        termination_threshold: float = DEFAULT_THRESHOLD,
-        sampler: str = "fast",
-        backend: str = "eager",
-        device: str | None = None,
-        require_heads: bool = True,
-        render_mode: str | None = None,
-    ):
+    def __init__(self, world: Any = None, num_envs: int = 1, **settings: Any):
         if int(num_envs) < 1:
             raise EnvError(f"num_envs must be >= 1, got {num_envs}")
-        _check_settings(observation, max_steps, termination_threshold, render_mode)
-        self.world = open_world(world)
-        check_heads(self.world, require_heads)
         self.num_envs = int(num_envs)
-        self.session = self.world.start(sampler=sampler, backend=backend, device=device, batch_size=self.num_envs)
-        self.spec_actions: ActionSpec = self.world.spec
-        self.observation_kind, self.max_steps, self.termination_threshold = observation, int(max_steps), float(termination_threshold)
-        self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": self.spec_actions.fps}
+        s = _start(self, world, settings, batch_size=self.num_envs)
         self.single_action_space = action_space(self.spec_actions)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.single_observation_space = _observation_space(self.session, observation)
+        self.single_observation_space = _observation_space(self.session, s.observation)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self._steps = np.zeros(self.num_envs, np.int64)
         self._autoreset = np.zeros(self.num_envs, bool)
@@ -74,11 +51,7 @@ class WorldVectorEnv(VectorEnv):
         if isinstance(seed, (list, tuple)):
             seed = seed[0] if seed else None
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"frames", "actions"}
-        if unknown:
-            raise EnvError(f"reset options are 'frames' and 'actions' (every element starts over), got {sorted(unknown)}")
-        self.session.reset(options.get("frames"), actions=options.get("actions"), seed=seed)
+        restart(self.session, seed, options)
         self._steps[:] = 0
         self._autoreset[:] = False
         return self._observation(), {}

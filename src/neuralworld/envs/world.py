@@ -24,6 +24,7 @@ step limit).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
@@ -110,20 +111,62 @@ def check_heads(world: Any, require_heads: bool) -> None:
 # ---------------------------------------------------------------------------
 # the env
 # ---------------------------------------------------------------------------
-class WorldEnv(gym.Env):
-    """A world as a Gymnasium environment.
+@dataclass(frozen=True)
+class EnvSettings:
+    """What an env over a world is asked to do: the keywords of ``WorldEnv`` and
+    ``WorldVectorEnv`` (and of ``gymnasium.make`` for them) after ``world``."""
 
-    Args:
-        world: a world bundle folder or a loaded ``World``.
-        observation: ``"frame"`` (uint8 (H, W, 3), the default) or ``"latent"`` (the
-            dynamics' latent of the frame, float32 (C, h, w): no pixels to look at, faster
-            for a policy that reads latents).
-        max_steps: steps per episode before truncation.
-        termination_threshold: the termination head's probability above which an episode ends.
-        sampler, backend, device: the session's (``WorldSession``); ``backend="eager"``
-            by default: exact, and nothing to export first.
-        require_heads: refuse a world without reward/termination heads (default).
-        render_mode: None or ``"rgb_array"``.
+    observation: str = "frame"
+    """``"frame"`` (uint8 (H, W, 3), the default) or ``"latent"`` (the dynamics' latent of the
+    frame, float32 (C, h, w): no pixels to look at, faster for a policy that reads latents)."""
+    max_steps: int = DEFAULT_MAX_STEPS
+    """Steps per episode before truncation."""
+    termination_threshold: float = DEFAULT_THRESHOLD
+    """The termination head's probability above which an episode ends."""
+    sampler: str = "fast"
+    backend: str = "eager"
+    """The session's (``WorldSession``); eager by default: exact, and nothing to export first."""
+    device: str | None = None
+    require_heads: bool = True
+    """Refuse a world without reward/termination heads (default)."""
+    render_mode: str | None = None
+    """None or ``"rgb_array"``."""
+
+
+def _start(env: Any, world: Any, settings: dict[str, Any], batch_size: int | None = None) -> EnvSettings:
+    """What both envs do first: check the settings, open the world and its one session."""
+    try:
+        s = EnvSettings(**settings)
+    except TypeError as e:
+        raise EnvError(f"unknown env setting: {e}; the settings are {sorted(EnvSettings.__dataclass_fields__)}") from None
+    _check_settings(s.observation, s.max_steps, s.termination_threshold, s.render_mode)
+    env.world = open_world(world)
+    check_heads(env.world, s.require_heads)
+    batch = {} if batch_size is None else {"batch_size": batch_size}
+    env.session = env.world.start(sampler=s.sampler, backend=s.backend, device=s.device, **batch)
+    env.spec_actions = env.world.spec
+    env.observation_kind, env.max_steps, env.termination_threshold = s.observation, int(s.max_steps), float(s.termination_threshold)
+    env.render_mode = s.render_mode
+    env.metadata = {**env.metadata, "render_fps": env.spec_actions.fps}
+    return s
+
+
+def restart(session: Any, seed: int | None, options: dict[str, Any] | None) -> None:
+    """An env's ``reset``: the session starts over from ``options["frames"]`` (with
+    ``options["actions"]``) or the bundle's start frames, its noise reseeded by ``seed``."""
+    options = dict(options or {})
+    unknown = set(options) - {"frames", "actions"}
+    if unknown:
+        raise EnvError(f"reset options are 'frames' and 'actions' (every batch element starts over), got {sorted(unknown)}")
+    session.reset(options.get("frames"), actions=options.get("actions"), seed=seed)
+
+
+class WorldEnv(gym.Env):
+    """A world as a Gymnasium environment: ``WorldEnv(world, **settings)``.
+
+    ``world``: a world bundle folder or a loaded ``World``; ``settings``: ``EnvSettings``'
+    fields (observation, max_steps, termination_threshold, sampler, backend, device,
+    require_heads, render_mode).
 
     ``reset(seed=s)`` reseeds the session's noise; ``options={"frames": F, "actions": A}``
     starts from frames F (an image, (T, H, W, 3) or as ``WorldSession.reset`` takes them)
@@ -132,38 +175,15 @@ class WorldEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(
-        self,
-        world: Any = None,
-        *,
-        observation: str = "frame",
-        max_steps: int = DEFAULT_MAX_STEPS,
-        termination_threshold: float = DEFAULT_THRESHOLD,
-        sampler: str = "fast",
-        backend: str = "eager",
-        device: str | None = None,
-        require_heads: bool = True,
-        render_mode: str | None = None,
-    ):
-        self.world = open_world(world)
-        check_heads(self.world, require_heads)
-        self.session = self.world.start(sampler=sampler, backend=backend, device=device)
-        self.spec_actions: ActionSpec = self.world.spec
-        _check_settings(observation, max_steps, termination_threshold, render_mode)
-        self.observation_kind, self.max_steps, self.termination_threshold = observation, int(max_steps), float(termination_threshold)
-        self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": self.spec_actions.fps}
+    def __init__(self, world: Any = None, **settings: Any):
+        s = _start(self, world, settings)
         self.action_space = action_space(self.spec_actions)
-        self.observation_space = _observation_space(self.session, observation)
+        self.observation_space = _observation_space(self.session, s.observation)
         self._steps = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"frames", "actions"}
-        if unknown:
-            raise EnvError(f"reset options are 'frames' and 'actions', got {sorted(unknown)}")
-        self.session.reset(options.get("frames"), actions=options.get("actions"), seed=seed)
+        restart(self.session, seed, options)
         self._steps = 0
         return self._observation(), {"step": 0}
 
