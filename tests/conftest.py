@@ -21,7 +21,7 @@ SLOW_TESTS = {
         "test_kill_9_keeps_finished_episodes_and_appends", "test_append_with_other_resolution_is_refused",
     },
     "test_shipped_world.py": {"test_turn_left_on_the_play_page", "test_turn_left_on_the_exported_page"},  # Chromium
-    "test_eval_bars.py": {"test_cli_bars_on_the_shipped_world"},  # `neuralworld eval --report` on data/ship64: minutes
+    "test_eval_bars.py": {"test_cli_bars_on_the_shipped_world"},  # records a 12k-frame map, then `neuralworld eval --report`
     "test_envs.py": {"test_doom_twin"},  # starts ViZDoom
     "test_agents.py": {"test_agent_train_and_eval_cli"},  # trains PPO, starts ViZDoom
 }

@@ -314,12 +314,16 @@ def test_probes_play_every_world_kind(kind, real, tmp_path):
     json.dumps(p)  # metrics.json takes it as it is
 
 
-def test_cli_bars_on_the_shipped_world(synthetic_data, tmp_path):
-    """The real command on the shipped world, the probes alone (the data only has to fit its controls)."""
+def test_cli_bars_on_the_shipped_world(tmp_path):
+    """The real command on the shipped world, the probes alone, on a small recording of its map
+    made here (the engine's slide and forward flow are measured from it)."""
+    pytest.importorskip("vizdoom")
+    from neuralworld.record.doom import RecordConfig, record
+
     shipped = Path(__file__).parents[1] / "worlds" / "freedoom-map01"
-    data = Path(__file__).parents[1] / "data" / "ship64"
-    if not (shipped / "config.json").is_file() or not data.is_dir():
-        pytest.skip("needs worlds/freedoom-map01 and data/ship64")
+    data = tmp_path / "map01"
+    record(RecordConfig(env="doom/freedoom_map01", episodes=12, workers=2, resolution=(64, 64), max_steps=1000, seed=1000),
+           data, progress=False)
     p = subprocess.run([CLI, "eval", str(shipped), "--data", str(data), "--report", str(tmp_path / "r"), "--episodes", "1",
                         "--horizons", "1,8", "--skip", "control,stability,memory"], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
@@ -328,4 +332,4 @@ def test_cli_bars_on_the_shipped_world(synthetic_data, tmp_path):
     assert sum(ln[:1] in "✓✗–" for ln in lines[:-1]) == len(bars.BARS)
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [r["key"] for r in saved["bars"]][:1] == ["sharpness_start"]
-    assert saved["probes"]["real"]["turn_pairs"] > 50 and saved["probes"]["real"]["forward_pairs"] > 50
+    assert saved["probes"]["real"]["turn_pairs"] > 10 and saved["probes"]["real"]["forward_pairs"] > 10
