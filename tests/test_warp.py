@@ -1,0 +1,89 @@
+"""The warp-and-paint world's pieces with tiny tensors: the warp, the memory, the objective."""
+
+import numpy as np
+import torch
+
+from neuralworld.actions import ActionSpec
+from neuralworld.model.warp import (
+    PatchDiscriminator, WarpBatch, WarpNet, backward_warp, quantize, warp_discriminator_loss, warp_generator_loss,
+    warp_preset,
+)  # fmt: skip
+
+SPEC = ActionSpec(buttons=("forward",), axes=(), fps=10)
+
+
+def tiny(**overrides):
+    cfg = warp_preset("tiny", SPEC, (32, 32))
+    for k, v in overrides.items():
+        setattr(cfg.dynamics, k, v)
+    torch.manual_seed(0)
+    return cfg.validate(), WarpNet.from_world(cfg.validate())
+
+
+def test_backward_warp_moves_pixels_by_the_flow():
+    frame = torch.rand(1, 3, 8, 8)
+    flow = torch.zeros(1, 2, 8, 8)
+    flow[:, 0] = 2.0  # every pixel comes from two to its right
+    out = backward_warp(frame, flow)
+    assert torch.allclose(out[..., :6], frame[..., 2:], atol=1e-6)
+    assert torch.allclose(backward_warp(frame, torch.zeros_like(flow)), frame, atol=1e-6)
+
+
+def test_an_untrained_world_starts_as_copy_last_and_quantises_its_memory():
+    cfg, net = tiny()
+    M = cfg.dynamics.window
+    frames = quantize(torch.rand(2, M, 3, 32, 32) * 2 - 1)
+    out = net(frames, torch.zeros(2, cfg.dynamics.action_frames, SPEC.size), torch.randn(2, 3, 32, 32))
+    assert (out["frame"] - frames[:, -1]).abs().mean() < 0.1  # the mask starts near 1: not grey
+    cache = net.new_cache(2)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    net.append(x, 0.0, torch.ones(2, SPEC.size), cache)
+    assert torch.all(cache.frames == quantize(x)[:, None])  # the first frame fills every slot ...
+    assert cache.valid.tolist() == [[False] * (M - 1) + [True]] * 2  # ... but only one was appended
+    assert torch.equal(quantize(quantize(x)), quantize(x)) and len(torch.unique(quantize(x) * 127.5)) <= 256
+
+
+def batch(cfg, unroll, B=2):
+    M = cfg.dynamics.window
+    g = torch.Generator().manual_seed(1)
+    return WarpBatch(
+        frames=torch.rand(B, M + unroll, 3, 32, 32, generator=g) * 2 - 1,
+        actions=torch.rand(B, M + unroll, SPEC.size, generator=g),
+        rewards=torch.zeros(B, unroll), terminated=torch.zeros(B, unroll), flow=torch.zeros(B, 2, 32, 32),
+    )
+
+
+def test_the_generator_loss_trains_the_generator_and_not_the_critic():
+    cfg, net = tiny()
+    critic = PatchDiscriminator(cfg.dynamics, SPEC.size)
+    critic.requires_grad_(False)  # as train/warp.py holds it during the generator's loss
+    loss, fakes, logs = warp_generator_loss(net, critic, batch(cfg, 3), unroll=3, adv_weight=0.1)
+    loss.backward()
+    critic.requires_grad_(True)
+    assert all(p.grad is None for p in critic.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    assert {"l1_0", "l1_2", "g_adv_2", "flow_l1"} <= set(logs) and len(fakes) == 3
+    d_loss, d_logs = warp_discriminator_loss(critic, fakes)
+    d_loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.parameters())
+    assert np.isfinite(d_logs["d_real"]) and np.isfinite(d_logs["d_fake"])
+
+
+def test_played_frames_are_pulled_to_the_record_only_through_their_average():
+    """A played frame whose 4x4 averages match the record costs no L1, however its detail differs;
+    with rollout_lowpass=1 the same detail costs its full size."""
+    def l1_of_second_frame(lowpass, b):
+        cfg, net = tiny(rollout_lowpass=lowpass, adv_weight=0.0, flow_weight=0.0, context_noise_max=0.0)
+        _, fakes, logs = warp_generator_loss(net, None, b, unroll=2, adv_weight=0.0, generator=torch.Generator().manual_seed(5))
+        return logs["l1_1"], fakes[1][1]
+
+    cfg, _ = tiny()
+    b = batch(cfg, 2)
+    _, played = l1_of_second_frame(4, b)
+    detail = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(16, 16) * 0.25  # (32, 32), zero over every 4x4 block
+    frames = b.frames.clone()
+    frames[:, -1] = played + detail
+    b2 = WarpBatch(frames, b.actions, b.rewards, b.terminated, b.flow)
+    low, _ = l1_of_second_frame(4, b2)
+    full, _ = l1_of_second_frame(1, b2)
+    assert low < 1e-5 and abs(full - 0.25) < 1e-4
