@@ -5,6 +5,9 @@ windows of data/ship64 beside copy-last, sharpness (variance of the Laplacian) o
 start frames (sharpness of the first and last 200 against the start frames'), and pictures.
 
     .venv/bin/python scripts/warp_ab_eval.py RUN      -> RUN/world, RUN/eval.json, RUN/openloop.png, RUN/long_*.png
+
+RUN is a run of scripts/warp_ab_train.py (its ema.pt becomes RUN/world) or of `neuralworld train
+--model warp` (RUN/world is its bundle).
 """
 import json, os, sys, time
 import numpy as np, torch, cv2
@@ -15,14 +18,16 @@ from neuralworld.bundle import save_bundle, load_bundle
 
 torch.set_num_threads(2)
 run = sys.argv[1]
-s = torch.load(os.path.join(run, "ema.pt"), weights_only=False)
-cfg = WarpConfig.from_dict(s["config"]).validate()
-net = WarpNet.from_world(cfg); net.load_state_dict(s["E"]); net.eval()
 ds = Dataset("data/ship64"); tr, held = ds.split(); spec = ds.spec
-ep0 = ds.episode(tr[0]).load(["frames", "actions"], 0, 16)
-led = np.concatenate([spec.noop()[None], ep0["actions"][:15]])
-save_bundle(os.path.join(run, "world"), cfg, PixelCodec(), net, name="warp-exp", start_frames=ep0["frames"], start_actions=led)
-w = load_bundle(os.path.join(run, "world"))
+if os.path.exists(os.path.join(run, "ema.pt")):  # a run of scripts/warp_ab_train.py
+    s = torch.load(os.path.join(run, "ema.pt"), weights_only=False)
+    cfg = WarpConfig.from_dict(s["config"]).validate()
+    net = WarpNet.from_world(cfg); net.load_state_dict(s["E"]); net.eval()
+    ep0 = ds.episode(tr[0]).load(["frames", "actions"], 0, 16)
+    led = np.concatenate([spec.noop()[None], ep0["actions"][:15]])
+    save_bundle(os.path.join(run, "world"), cfg, PixelCodec(), net, name="warp-exp", start_frames=ep0["frames"], start_actions=led)
+w = load_bundle(os.path.join(run, "world"))  # else a run of neuralworld train --model warp: its bundle
+cfg = w.config
 M = cfg.dynamics.window
 
 def sharp(f): return float(cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())

@@ -81,7 +81,7 @@ while True:
     for g_ in optG.param_groups: g_["lr"] = lr
     b = batch(U)
     G.train()
-    loss, fakes, logs = warp_generator_loss(G, D if adv > 0 else None, b, unroll=U, adv_weight=adv, generator=gen)
+    loss, fakes, logs, _ = warp_generator_loss(G, D if adv > 0 else None, b, unroll=U, adv_weight=adv, generator=gen)
     optG.zero_grad(set_to_none=True); loss.backward(); torch.nn.utils.clip_grad_norm_(G.parameters(), 1.0); optG.step()
     if adv > 0:
         dl, dlogs = warp_discriminator_loss(D, fakes)

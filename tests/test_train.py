@@ -301,7 +301,7 @@ def test_cli_choices_are_the_librarys_and_cost_no_torch():
     assert p.stdout.strip() == "False", p.stdout + p.stderr
 
 
-WARP = ["--model", "warp", "--warp-batch", "4", "--warp-unroll", "3", "--precision", "fp32", "--quiet"]
+WARP = ["--model", "warp", "--warp-batch", "4", "--warp-unroll", "3", "--warp-chain", "6", "--precision", "fp32", "--quiet"]
 
 
 def test_warp_world_trains_resumes_exactly_and_plays(tmp_path, data32):
@@ -354,3 +354,38 @@ def test_warp_torchrun_two_processes_match_one(tmp_path, data32):
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())  # not the empty device anchor
     assert worst < 2e-3, f"2 processes differ from 1 process on the same global batch by {worst}"
+
+
+def test_rollout_streams_go_on_where_they_ended_and_start_again_after_their_length(data32):
+    """A stream's next sample is the next window of its episode with the memory its last step ended
+    with (as 8-bit frames); after its drawn length, or with chaining off, it starts again from
+    recorded memory; its state survives a checkpoint's round trip."""
+    from neuralworld.data.store import Dataset
+    from neuralworld.train.warp import RolloutStreams, WarpWindows
+
+    ds = Dataset(data32)
+    source = WarpWindows(ds, list(range(ds.num_episodes)), 4, 3, with_flow=False)
+    streams = RolloutStreams(source, 6, chain=8, seed=0)
+    first = streams.batch(0, range(6), 2, chaining=True)
+    assert not first.played.any()  # nothing played yet: every stream starts from the record
+    where0, lengths = streams.where.clone(), streams.length.clone()
+    assert ((lengths >= 0) & (lengths <= 8)).all() and len(set(lengths[1::2].tolist())) > 1
+    assert (lengths[::2] == 0).all()  # even slots never go on: half the batch is fresh from the record
+    ended = torch.rand(6, 4, 3, 32, 32) * 2 - 1
+    streams.went_on(range(6), ended, 2)
+    nxt = streams.batch(1, range(6), 2, chaining=True)
+    goes_on = lengths >= 4  # 2 played, 2 more to play
+    assert goes_on.any() and not goes_on.all()
+    assert torch.equal(nxt.played, goes_on)
+    assert torch.equal(streams.where[goes_on], where0[goes_on] + torch.tensor([0, 2]))
+    assert torch.allclose(nxt.memory[goes_on], ((ended[goes_on] + 1) * 127.5).round() / 127.5 - 1, atol=1e-6)
+    # the recorded frames of a stream that goes on are its episode's, two steps on
+    e, s = (int(x) for x in streams.where[int(goes_on.nonzero()[0])])
+    assert torch.equal(nxt.frames[int(goes_on.nonzero()[0]), 0], source.batch_at([(e, s)], 2).frames[0, 0])
+    again = RolloutStreams(source, 6, chain=6, seed=0)
+    again.load(streams.state())
+    assert all(torch.equal(a, b) for a, b in zip(again.state().values(), streams.state().values()))
+    streams.went_on(range(6), ended, 2)
+    assert not streams.batch(2, range(6), 2, chaining=False).played.any()
+    with pytest.raises(TrainingError, match="same batch"):
+        RolloutStreams(source, 5, chain=6, seed=0).load(streams.state())

@@ -57,7 +57,7 @@ def test_the_generator_loss_trains_the_generator_and_not_the_critic():
     cfg, net = tiny()
     critic = PatchDiscriminator(cfg.dynamics, SPEC.size)
     critic.requires_grad_(False)  # as train/warp.py holds it during the generator's loss
-    loss, fakes, logs = warp_generator_loss(net, critic, batch(cfg, 3), unroll=3, adv_weight=0.1)
+    loss, fakes, logs, _ = warp_generator_loss(net, critic, batch(cfg, 3), unroll=3, adv_weight=0.1)
     loss.backward()
     critic.requires_grad_(True)
     assert all(p.grad is None for p in critic.parameters())
@@ -74,7 +74,7 @@ def test_played_frames_are_pulled_to_the_record_only_through_their_average():
     with rollout_lowpass=1 the same detail costs its full size."""
     def l1_of_second_frame(lowpass, b):
         cfg, net = tiny(rollout_lowpass=lowpass, adv_weight=0.0, flow_weight=0.0, context_noise_max=0.0)
-        _, fakes, logs = warp_generator_loss(net, None, b, unroll=2, adv_weight=0.0, generator=torch.Generator().manual_seed(5))
+        _, fakes, logs, _ = warp_generator_loss(net, None, b, unroll=2, adv_weight=0.0, generator=torch.Generator().manual_seed(5))
         return logs["l1_1"], fakes[1][1]
 
     cfg, _ = tiny()
@@ -87,3 +87,21 @@ def test_played_frames_are_pulled_to_the_record_only_through_their_average():
     low, _ = l1_of_second_frame(4, b2)
     full, _ = l1_of_second_frame(1, b2)
     assert low < 1e-5 and abs(full - 0.25) < 1e-4
+
+
+def test_a_played_sample_goes_on_from_its_own_memory_without_the_flow_target():
+    """A stream's sample (played=True) starts from the memory it hands in, not the recorded frames;
+    its first frame is pulled to the record only through the low-pass and has no flow target; the
+    memory handed back is the one it ends with (its last frame the one it played last)."""
+    cfg, net = tiny(adv_weight=0.0, context_noise_max=0.0)
+    b = batch(cfg, 2)
+    own = quantize(torch.rand(b.frames[:, : cfg.dynamics.window].shape, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+    b.memory, b.played = own, torch.tensor([True, False])
+    _, fakes, logs, end = warp_generator_loss(net, None, b, unroll=2, adv_weight=0.0)
+    assert torch.equal(fakes[0][0][0], own[0, -1]) and torch.equal(fakes[0][0][1], quantize(b.frames[1, cfg.dynamics.window - 1]))
+    assert torch.equal(end[:, -1], quantize(fakes[1][1])) and torch.equal(end[:, -2], quantize(fakes[0][1]))
+    assert logs["played_fraction"] == 0.5
+    b.played = torch.tensor([True, True])
+    b.flow = torch.full_like(b.flow, 5.0)  # a flow target far from anything: it must cost nothing now
+    _, _, logs, _ = warp_generator_loss(net, None, b, unroll=1, adv_weight=0.0)
+    assert logs["flow_l1"] == 0.0

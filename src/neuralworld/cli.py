@@ -40,6 +40,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
 # ---------------------------------------------------------------------------
 def _cmd_record(args: argparse.Namespace) -> int:
     from neuralworld.record.doom import RecordConfig, record
@@ -87,6 +97,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch,
            "dynamics.lr": args.dynamics_lr, "warp.steps": args.warp_steps, "warp.batch_size": args.warp_batch},
         warp_unroll=args.warp_unroll,
+        warp_chain=args.warp_chain,
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -303,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warp-batch", type=_positive_int, default=None, help="--model warp: global batch (windows)")
     t.add_argument("--warp-unroll", type=_positive_int, default=None,
                    help="--model warp: most frames the generator plays itself per sample (default 6; 1: teacher forcing)")
+    t.add_argument("--warp-chain", type=_non_negative_int, default=None,
+                   help="--model warp: most frames a training stream plays itself, step after step, before it "
+                        "starts again from recorded memory (0: every sample starts from recorded memory)")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")

@@ -36,6 +36,7 @@ Shapes: B batch, n full-resolution frames, M memory frames, A action size, H x W
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -366,13 +367,22 @@ class WarpBatch:
     normalised, ``actions[:, i]`` the one that LED TO ``frames[:, i]``; rewards and
     terminated (B, unroll): of each transition into a predicted frame; flow
     (B, 2, H, W) or None: optical flow from the first predicted frame back to the
-    last memory frame (pixels, the warp's convention), the flow's auxiliary target."""
+    last memory frame (pixels, the warp's convention), the flow's auxiliary target;
+    memory (B, window, 3, H, W) or None and played (B,) bool or None: where ``played``
+    is true, the sample goes on from a memory the generator made itself on an
+    earlier step (a rollout stream, train/warp.py) instead of ``frames[:, :window]``,
+    so its first frame is a played frame too (low-pass L1, no flow target)."""
 
     frames: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     terminated: torch.Tensor
     flow: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+    played: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "WarpBatch":
+        return WarpBatch(**{f.name: None if (x := getattr(self, f.name)) is None else x.to(device) for f in dataclasses.fields(self)})
 
 
 def _acts(actions: torch.Tensor, end: int, k: int) -> torch.Tensor:
@@ -382,39 +392,48 @@ def _acts(actions: torch.Tensor, end: int, k: int) -> torch.Tensor:
 def warp_generator_loss(
     net: WarpNet, disc: PatchDiscriminator | None, batch: WarpBatch, *, unroll: int, adv_weight: float,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]], dict[str, float]]:
-    """The generator plays ``unroll`` frames from real memory, each fed back 8-bit-quantised
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]], dict[str, float], torch.Tensor]:
+    """The generator plays ``unroll`` frames from its memory (the recorded frames, or for
+    ``batch.played`` samples a memory it played itself before), each fed back 8-bit-quantised
     (detached: it learns to continue from its own frames, not to change them), and is scored
-    on each: L1 to the recorded frame, the discriminator's hinge, and on the first frame the
-    flow's L1 to optical flow and the heads. Returns (loss, fakes for the critic, logs)."""
+    on each: L1 to the recorded frame (through the low-pass on played frames), the
+    discriminator's hinge, and on a first frame from recorded memory the flow's L1 to optical
+    flow; the heads on the first frame. Returns (loss, fakes for the critic, logs, the memory
+    it ends with (B, window, 3, H, W): where a stream goes on from)."""
     cfg = net.config
     M, k = cfg.window, cfg.action_frames
     frames, actions = batch.frames, batch.actions
     B = frames.shape[0]
+    played = batch.played if batch.played is not None else torch.zeros(B, dtype=torch.bool, device=frames.device)
     with torch.no_grad():
         memory = frames[:, :M]
         if cfg.context_noise_max > 0:  # GameNGen's augmentation, then what play feeds back: 8 bits
             sigma = torch.rand(B, 1, 1, 1, 1, generator=generator, device=frames.device) * cfg.context_noise_max
             memory = memory + sigma * torch.randn(memory.shape, generator=generator, device=frames.device)
         memory = quantize(memory)
+        if batch.memory is not None:  # streams go on from their own frames (already what play feeds back)
+            memory = torch.where(played[:, None, None, None, None], batch.memory.to(memory.dtype), memory)
     total = frames.new_zeros(())
     logs: dict[str, float] = {}
     fakes: list[tuple[torch.Tensor, ...]] = []
+    p = cfg.rollout_lowpass
     for u in range(unroll):
         acts = _acts(actions, M + u, k)  # (B, k, A)
         noise = torch.randn(frames[:, 0].shape, generator=generator, device=frames.device)
         out = net(memory, acts, noise)
         target = frames[:, M + u]
-        if u > 0 and cfg.rollout_lowpass > 1:
-            l1 = (F.avg_pool2d(out["frame"], cfg.rollout_lowpass) - F.avg_pool2d(target, cfg.rollout_lowpass)).abs().mean()
-        else:
-            l1 = (out["frame"] - target).abs().mean()
+        l1 = (out["frame"] - target).abs().mean(dim=(1, 2, 3))  # (B,)
+        if p > 1:
+            low = (F.avg_pool2d(out["frame"], p) - F.avg_pool2d(target, p)).abs().mean(dim=(1, 2, 3))
+            l1 = low if u > 0 else torch.where(played, low, l1)
+        l1 = l1.mean()
         loss = cfg.l1_weight * l1
         logs[f"l1_{u}"] = float(l1.detach())
         if u == 0:
             loss = loss + head_loss(out["reward"], out["termination"], batch.rewards[:, 0], batch.terminated[:, 0], logs)
-            if batch.flow is not None and cfg.flow_weight > 0:
-                fl = (out["flow"] - batch.flow).abs().mean()
+            fresh = (~played).to(frames.dtype)  # (B,)
+            if batch.flow is not None and cfg.flow_weight > 0:  # (logged on every process alike: 0 when all are played)
+                fl = ((out["flow"] - batch.flow).abs().mean(dim=(1, 2, 3)) * fresh).sum() / fresh.sum().clamp(min=1.0)
                 loss = loss + cfg.flow_weight * fl
                 logs["flow_l1"] = float(fl.detach())
         if disc is not None and adv_weight > 0:
@@ -425,7 +444,8 @@ def warp_generator_loss(
         total = total + loss / unroll
         memory = torch.cat([memory[:, 1:], quantize(out["frame"].detach())[:, None]], 1)
     logs["mask_mean"] = float(out["mask"].detach().mean())
-    return total, fakes, logs
+    logs["played_fraction"] = float(played.float().mean())
+    return total, fakes, logs, memory
 
 
 def warp_discriminator_loss(disc: PatchDiscriminator, fakes: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, dict[str, float]]:

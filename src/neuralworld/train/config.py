@@ -100,6 +100,11 @@ class TrainConfig:
     """Fraction of the warp stage before the critic ramps in (over a further tenth)."""
     warp_critic_lr: float = 0.4
     """The critic's learning rate as a fraction of the generator's."""
+    warp_chain: int = 0
+    """Most frames a warp training sample's rollout stream plays itself before it starts again
+    from recorded memory: each step goes on from where the stream's last step ended (its own
+    frames as memory), each stream's length drawn in [0, warp_chain]. 0: every sample starts
+    from recorded memory."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -158,8 +158,10 @@ kept in the same checkpoint under their name."""
 
 
 def save_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer, step: int, extra: dict[str, Any],
-                    companions: Companions | None = None) -> None:
+                    companions: Companions | None = None, state: dict[str, torch.Tensor] | None = None) -> None:
+    """``state``: more tensors of the run (not a module's), handed back by ``load_checkpoint`` as meta["state"]."""
     tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+    tensors.update({f"state.{k}": v.contiguous() for k, v in (state or {}).items()})
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     opt_tensors, opt_skeleton = flatten_state(opt.state_dict(), "opt")
     tensors.update(opt_tensors)
@@ -191,6 +193,7 @@ def load_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.op
             other_opt.load_state_dict(unflatten_state(tensors, meta["companion_optimizers"][name]))
     except (BundleError, KeyError, StateError, ValueError) as e:
         raise TrainingError(f"training checkpoint {path} does not fit this run ({e})") from None
+    meta["state"] = {k[6:]: v for k, v in tensors.items() if k.startswith("state.")}
     return meta
 
 

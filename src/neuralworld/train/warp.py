@@ -70,12 +70,20 @@ class WarpWindows:
         self.windows = windows(ds, episodes, memory + unroll + 1, "a warp window")  # the step before leads in
         self.source = FrameSource(ds, self.windows.episodes)
         self.steps = {e: ds.episode(e).load(("actions", "rewards", "terminated")) for e in self.windows.episodes}
-        self.spec = ds.spec
+        self.spec, self.resolution = ds.spec, ds.resolution
 
     def batch(self, rng: np.random.Generator, n: int, unroll: int) -> WarpBatch:
+        return self.batch_at(draw(self.windows, rng, n), unroll)
+
+    def fits(self, e: int, s: int) -> bool:
+        """Whether the window (episode e, step s) still lies inside its episode."""
+        return s + self.windows.length <= self.windows.dataset.lengths[e]
+
+    def batch_at(self, where: list[tuple[int, int]], unroll: int) -> WarpBatch:
+        """The windows (episode, step) in ``where``: frames s+1 .. s+memory+unroll."""
         k, M = self.memory + unroll, self.memory
         frames, actions, rewards, terminated, flows = [], [], [], [], []
-        for e, s in draw(self.windows, rng, n):
+        for e, s in where:
             f = np.stack([self.source.frame(e, t) for t in range(s + 1, s + 1 + k)])  # (k, H, W, 3)
             led = steps_into(s + 1, k)
             st = self.steps[e]
@@ -92,6 +100,82 @@ class WarpWindows:
             terminated=torch.from_numpy(np.stack(terminated)).float(),
             flow=torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous() if flows else None,  # (n, 2, H, W)
         )
+
+
+class RolloutStreams:
+    """Training samples that go on from the generator's own play, step after step.
+
+    Teacher forcing and a 6-frame unroll never show the generator what its 20th or 50th
+    own frame looks like, and that is where a world melts. A stream is one training sample
+    followed through its episode: each step it plays ``unroll`` more frames from the memory
+    its last step ended with (8-bit frames, as play feeds back), scored against the recorded
+    frames at the same place (low-pass L1 and the critic); after ``length`` played frames, a
+    length drawn in [0, chain] for each stream, it starts again from recorded memory. Even
+    slots never go on (every step a fresh window from the record: the next frame from real
+    memory stays half of what is taught), odd slots do. So the batch mixes fresh windows with
+    memories 1 .. chain frames deep into the world's own play, for the cost of the unroll
+    alone (truncated backpropagation through time, with the gradient cut at each step as the
+    unroll already cuts it at each frame).
+
+    Slot j of the global batch belongs to micro-batch j // micro, whatever the processes:
+    its restarts are drawn from (seed, step, slot), so 2 processes train what 1 process with
+    2 accumulation steps trains; ``state`` / ``load`` carry every slot through a checkpoint."""
+
+    def __init__(self, source: WarpWindows, slots: int, chain: int, seed: int):
+        self.source, self.chain, self.seed = source, chain, seed
+        M, (H, W) = source.memory, source.resolution
+        self.memory = torch.zeros(slots, M, 3, H, W, dtype=torch.uint8)
+        self.where = torch.zeros(slots, 2, dtype=torch.int64)  # (episode, step) of the slot's next window
+        self.played = torch.zeros(slots, dtype=torch.int64)  # frames played since the last restart
+        self.length = torch.zeros(slots, dtype=torch.int64)  # frames to play before restarting
+        self.live = torch.zeros(slots, dtype=torch.bool)
+
+    def batch(self, step: int, slots: range, unroll: int, chaining: bool) -> WarpBatch:
+        """The samples of ``slots`` at ``step``: each stream goes on, or starts again."""
+        where, played = [], []
+        for j in slots:
+            e, s = (int(x) for x in self.where[j])
+            go_on = (chaining and j % 2 == 1 and bool(self.live[j]) and int(self.played[j]) + unroll <= int(self.length[j])
+                     and self.source.fits(e, s))
+            if not go_on:
+                rng = np.random.default_rng([self.seed, _stage_index(STAGE), step, j])
+                (e, s), = draw(self.source.windows, rng, 1)
+                self.where[j] = torch.tensor([e, s])
+                self.played[j] = 0
+                self.length[j] = int(rng.integers(0, self.chain + 1)) if chaining and j % 2 == 1 else 0
+            where.append((e, s))
+            played.append(go_on)
+        batch = self.source.batch_at(where, unroll)
+        batch.played = torch.tensor(played)
+        batch.memory = self.memory[list(slots)].float() / 127.5 - 1.0  # (n, M, 3, H, W), exactly what was stored
+        return batch
+
+    def went_on(self, slots: range, memory: torch.Tensor, unroll: int) -> None:
+        """After the step: ``memory`` (len(slots), M, 3, H, W) in [-1, 1] is where each slot ends."""
+        idx = list(slots)
+        self.memory[idx] = torch.round((memory.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+        self.where[idx, 1] += unroll
+        self.played[idx] += unroll
+        self.live[idx] = True
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"memory": self.memory, "where": self.where, "played": self.played, "length": self.length, "live": self.live}
+
+    def gathered(self, d: Dist, per_rank: int) -> dict[str, torch.Tensor]:
+        """Every slot's state, each rank's own slots (rank r holds r*per_rank ..) taken from it."""
+        if d.world_size == 1:
+            return self.state()
+        mine = slice(d.rank * per_rank, (d.rank + 1) * per_rank)
+        parts: list[Any] = [None] * d.world_size
+        torch.distributed.all_gather_object(parts, {k: v[mine].clone() for k, v in self.state().items()})
+        return {k: torch.cat([p[k] for p in parts]) for k in self.state()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            if getattr(self, name).shape != value.shape:
+                raise TrainingError(f"the checkpoint's rollout streams hold {tuple(value.shape)} {name}, this run "
+                                    f"{tuple(getattr(self, name).shape)}: resume with the same batch and memory")
+            setattr(self, name, value.clone())
 
 
 def optical_flow(new: np.ndarray, old: np.ndarray) -> np.ndarray:
@@ -124,7 +208,7 @@ class _GeneratorObjective(torch.nn.Module):
         self.net = net
         self._critic = (critic,)
 
-    def forward(self, batch: WarpBatch, unroll: int, adv: float) -> tuple[torch.Tensor, list, dict[str, float]]:
+    def forward(self, batch: WarpBatch, unroll: int, adv: float) -> tuple[torch.Tensor, list, dict[str, float], torch.Tensor]:
         critic = self._critic[0]
         critic.requires_grad_(False)
         try:
@@ -158,6 +242,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     train_windows = WarpWindows(data.ds, data.train_episodes, M, cfg.warp_unroll, wcfg.flow_weight > 0)
     held = WarpWindows(data.ds, data.check_episodes, M, 8, False).batch(np.random.default_rng(HELD_OUT_SEED), 16, 8)
 
+    streams = RolloutStreams(train_windows, sc.batch_size, cfg.warp_chain, cfg.seed) if cfg.warp_chain > 0 else None
     critic = PatchDiscriminator(wcfg, world.action_size)
     net.to(d.device)
     critic.to(d.device)
@@ -169,6 +254,11 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     if ckpt.exists():
         meta = load_checkpoint(ckpt, net, ema, opt_g, {"critic": (critic, opt_d)})
         step, seconds_before = int(meta["step"]), float(meta.get("seconds", 0.0))
+        if streams is not None:
+            if meta["state"]:
+                streams.load(meta["state"])
+            elif d.main:
+                print(f"[{STAGE}] the checkpoint holds no rollout streams (--warp-chain was 0): they start now", flush=True)
         if d.main:
             print(f"[{STAGE}] resuming at step {step}/{sc.steps}", flush=True)
     gen_obj: torch.nn.Module = _GeneratorObjective(net, critic)
@@ -199,12 +289,18 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
         for k in range(cfg.grad_accum):
             j = d.rank * cfg.grad_accum + k
             torch.manual_seed(int(np.random.default_rng([cfg.seed, _stage_index(STAGE), step, j]).integers(2**62)))
-            batch = train_windows.batch(np.random.default_rng(seeds[j]), micro, unroll)
-            batch = WarpBatch(*(None if x is None else x.to(d.device) for x in (batch.frames, batch.actions, batch.rewards, batch.terminated, batch.flow)))
+            slots = range(j * micro, (j + 1) * micro)
+            if streams is not None:
+                batch = streams.batch(step, slots, unroll, chaining=step >= cfg.warp_unroll_start * sc.steps)
+            else:
+                batch = train_windows.batch(np.random.default_rng(seeds[j]), micro, unroll)
+            batch = batch.to(d.device)
             last = k == cfg.grad_accum - 1 or d.world_size == 1
             sync_g = gen_obj.no_sync() if (d.world_size > 1 and not last) else nullcontext()
             with sync_g:
-                loss, fakes, g_logs = gen_obj(batch, unroll, adv)
+                loss, fakes, g_logs, memory_end = gen_obj(batch, unroll, adv)
+                if streams is not None:
+                    streams.went_on(slots, memory_end, unroll)
                 finite &= bool(torch.isfinite(loss))
                 (loss / cfg.grad_accum).backward()
             if adv > 0:
@@ -241,9 +337,10 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
         if bar is not None:
             bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == sc.steps:
+            state = streams.gathered(d, cfg.grad_accum * micro) if streams is not None else None
             if d.main:
                 save_checkpoint(ckpt, net, ema, opt_g, step, {"stage": STAGE, "seconds": time.perf_counter() - t_start},
-                                {"critic": (critic, opt_d)})
+                                {"critic": (critic, opt_d)}, state)
             d.barrier()
         if d.main and (step % cfg.validate_every == 0 or step == sc.steps):
             _validate(net, ema, held, run, step, d)
