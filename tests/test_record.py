@@ -154,3 +154,12 @@ def test_cli_errors_are_specific(tmp_path, args, message):
     assert message in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_env_list_prints_every_scenario_and_records_nothing(tmp_path):
+    p = run("record", "--env", "list")
+    from neuralworld.record.doom import SCENARIOS
+
+    assert all(f"doom/{name}" in p.stdout for name in SCENARIOS)
+    bad = subprocess.run([CLI, "record", "--env", "doom/basic"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--out" in bad.stderr

@@ -50,10 +50,25 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def _setting(text: str) -> tuple[str, float]:
+    name, eq, value = text.partition("=")
+    try:
+        if not eq:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+
+
 # ---------------------------------------------------------------------------
 def _cmd_record(args: argparse.Namespace) -> int:
-    from neuralworld.record.doom import RecordConfig, record
+    from neuralworld.record.doom import RecordConfig, record, scenario_help
 
+    if args.env == "list":
+        print(f"What neuralworld record --env can record:\n{scenario_help()}")
+        return 0
+    if args.out is None:
+        raise SystemExit("neuralworld record: error: the following arguments are required: --out")
     cfg = RecordConfig(
         env=args.env,
         episodes=args.episodes,
@@ -98,6 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
            "dynamics.lr": args.dynamics_lr, "warp.steps": args.warp_steps, "warp.batch_size": args.warp_batch},
         warp_unroll=args.warp_unroll,
         warp_chain=args.warp_chain,
+        warp_objective=dict(args.warp_objective) if args.warp_objective else None,
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -278,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("record", help="record play from a real game engine with per-frame actions")
-    r.add_argument("--env", required=True, help="what to record, e.g. doom/freedoom_map01 or doom/basic (see --env list)")
+    r.add_argument("--env", required=True, help="what to record, e.g. doom/freedoom_map01 or doom/basic (--env list prints them all)")
     r.add_argument("--episodes", type=_positive_int, default=20, help="how many episodes to record")
     r.add_argument("--workers", type=_positive_int, default=2, help="parallel engine processes")
     r.add_argument("--resolution", type=_resolution, default=(128, 128), help="stored frame size HxW")
@@ -286,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frame-skip", type=_positive_int, default=2, help="engine tics per recorded frame (Doom runs 35 tics/s)")
     r.add_argument("--policy", default="explorer", choices=["explorer", "random"], help="how the recorded player acts")
     r.add_argument("--seed", type=int, default=0, help="base seed; episode k uses seed+k")
-    r.add_argument("--out", required=True, help="dataset folder (created, or appended to if it is one)")
+    r.add_argument("--out", help="dataset folder (created, or appended to if it is one); required unless --env list")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_record)
 
@@ -314,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warp-batch", type=_positive_int, default=None, help="--model warp: global batch (windows)")
     t.add_argument("--warp-unroll", type=_positive_int, default=None,
                    help="--model warp: most frames the generator plays itself per sample (default 6; 1: teacher forcing)")
+    t.add_argument("--warp-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
+                   help="--model warp: override a setting of the objective (repeatable): l1_weight, adv_weight, "
+                        "flow_weight, mask_weight, context_noise_max, rollout_lowpass, action_flow (1: on)")
     t.add_argument("--warp-chain", type=_non_negative_int, default=None,
                    help="--model warp: most frames a training stream plays itself, step after step, before it "
                         "starts again from recorded memory (0: every sample starts from recorded memory)")
