@@ -5,7 +5,7 @@ import torch
 
 from neuralworld.actions import ActionSpec
 from neuralworld.model.warp import (
-    PatchDiscriminator, WarpBatch, WarpNet, backward_warp, quantize, warp_discriminator_loss, warp_generator_loss,
+    PatchDiscriminator, WarpBatch, WarpNet, backward_warp, fit_action_flow, quantize, warp_discriminator_loss, warp_generator_loss,
     warp_preset,
 )  # fmt: skip
 
@@ -105,3 +105,24 @@ def test_a_played_sample_goes_on_from_its_own_memory_without_the_flow_target():
     b.flow = torch.full_like(b.flow, 5.0)  # a flow target far from anything: it must cost nothing now
     _, _, logs, _ = warp_generator_loss(net, None, b, unroll=1, adv_weight=0.0)
     assert logs["flow_l1"] == 0.0
+
+
+def test_the_action_flow_is_fitted_from_flows_and_moves_the_picture_before_any_training():
+    """With action_flow, least squares on (actions, optical flows) finds the flow each action
+    makes; an untrained network then warps the last frame by it (a held turn slides the picture)."""
+    cfg, net = tiny(action_flow=True)
+    k, A = cfg.dynamics.action_frames, SPEC.size
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(512, k, A, generator=g)
+    per_unit = torch.zeros(2, 32, 32)
+    per_unit[0] = 3.0  # the newest action's first component slides everything 3 px to the left
+    flows = acts[:, -1, 0, None, None, None] * per_unit + 0.01 * torch.randn(512, 2, 32, 32, generator=g)
+    explained = fit_action_flow(net, acts, flows)
+    assert explained > 0.99
+    one = torch.zeros(1, k, A)
+    one[:, -1, 0] = 1.0
+    assert torch.allclose(net.ego_flow(one), per_unit[None], atol=0.05)
+    frames = quantize(torch.rand(1, cfg.dynamics.window, 3, 32, 32, generator=g) * 2 - 1)
+    out = net(frames, one, torch.zeros(1, 3, 32, 32))
+    assert torch.allclose(out["warped"], backward_warp(frames[:, -1], net.ego_flow(one)), atol=1e-5)
+    assert "action_flow" in net.state_dict()  # it travels in the bundle

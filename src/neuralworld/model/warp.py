@@ -71,6 +71,11 @@ class WarpNetConfig:
     cond_dim: int = 128
     noise_channels: int = 3
     """Channels of the noise map given at 1/4 resolution."""
+    action_flow: bool = False
+    """The flow starts from ego-motion: a per-pixel linear map of the last ``action_frames``
+    actions (at 1/4 resolution, upsampled), fitted by least squares to optical flow on the
+    training data before the first step (``fit_action_flow``); the network adds to it. A held
+    turn then slides the picture whatever the picture has become."""
     max_flow: float = 16.0
     """Flow is bounded to +-max_flow pixels (tanh) at 64 px wide, scaled with the width."""
     groups: int = 8
@@ -80,6 +85,10 @@ class WarpNetConfig:
     """Weight of the generator's hinge loss against the patch discriminator (0: L1 alone)."""
     flow_weight: float = 0.1
     """Weight of the flow's L1 to optical flow (OpenCV) on real pairs; 0 switches it off."""
+    mask_weight: float = 0.0
+    """Weight of the mask's pull towards 1 (mean of 1 - mask on every frame): warped pixels are
+    the place itself moved, paint is new; a world that paints what it could move loses the
+    place over a rollout. 0: no pull."""
     rollout_lowpass: int = 4
     """Frames the generator played from its own memory are pulled to the record only through
     their 1/rollout_lowpass-resolution average (layout, colour, motion): the record's fine
@@ -107,7 +116,7 @@ class WarpNetConfig:
             raise ConfigError(f"warp.channels must be 4 widths divisible by groups={self.groups}, got {list(self.channels)}")
         if self.rollout_lowpass < 1:
             raise ConfigError(f"warp.rollout_lowpass must be >= 1, got {self.rollout_lowpass}")
-        for name in ("l1_weight", "adv_weight", "flow_weight", "context_noise_max", "max_flow"):
+        for name in ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "max_flow"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"warp.{name} must be >= 0")
         return self
@@ -240,6 +249,9 @@ class WarpNet(nn.Module):
             self.out.bias.zero_()
             self.out.bias[2] = 3.0  # the mask starts near 1: the untrained world is copy-last, not grey
         self.heads = nn.Sequential(nn.Linear(c3 + cfg.cond_dim, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, 2))
+        if cfg.action_flow:  # (k*A + 1, 2, H/4, W/4): flow per unit of each action, and a constant
+            H, W = self.latent_size
+            self.register_buffer("action_flow", torch.zeros(cfg.action_frames * action_size + 1, 2, H // 4, W // 4))
 
     @classmethod
     def from_world(cls, world: WarpConfig) -> "WarpNet":
@@ -273,12 +285,21 @@ class WarpNet(nn.Module):
         h = F.silu(self.up0(F.interpolate(h, scale_factor=2.0, mode="nearest")) + x)  # (B, c0, H, W)
         out = self.out(h)  # (B, 6, H, W)
         flow = torch.tanh(out[:, :2] / cfg.max_flow) * cfg.max_flow * (W / 64.0)  # (B, 2, H, W) pixels
+        if cfg.action_flow:
+            flow = flow + self.ego_flow(actions)
         mask = torch.sigmoid(out[:, 2:3])  # (B, 1, H, W)
         paint = torch.tanh(out[:, 3:])  # (B, 3, H, W)
         warped = backward_warp(frames[:, -1], flow)
         frame = mask * warped + (1.0 - mask) * paint  # (B, 3, H, W)
         return {"frame": frame, "flow": flow, "mask": mask, "paint": paint, "warped": warped,
                 "reward": heads[:, 0], "termination": heads[:, 1]}
+
+    def ego_flow(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions (B, action_frames, A) -> (B, 2, H, W) pixels: the flow the actions alone explain."""
+        B = actions.shape[0]
+        x = torch.cat([actions.reshape(B, -1), actions.new_ones(B, 1)], 1)  # (B, k*A + 1)
+        low = torch.einsum("bi,ichw->bchw", x, self.action_flow.to(x.dtype))  # (B, 2, H/4, W/4)
+        return F.interpolate(low, size=self.latent_size, mode="bilinear", align_corners=False)
 
     # -- the session's interface (as FrameStackUNet's) -------------------------------------
     def new_cache(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> WarpCache:
@@ -350,6 +371,20 @@ class PatchDiscriminator(nn.Module):
             h = F.leaky_relu(conv(h), 0.2)  # ... -> (B, d2, H/8, W/8)
         proj = (h * self.embed(actions.reshape(actions.shape[0], -1))[:, :, None, None]).sum(1)  # (B, H/8, W/8)
         return self.to_logit(h)[:, 0] + proj
+
+
+@torch.no_grad()
+def fit_action_flow(net: WarpNet, actions: torch.Tensor, flows: torch.Tensor, ridge: float = 1e-3) -> float:
+    """Set ``net.action_flow`` to the least-squares map from actions (N, action_frames, A) to
+    optical flows (N, 2, H, W) pooled 4x (ridge-regularised); returns the fraction of the
+    flows' variance it explains."""
+    N = actions.shape[0]
+    x = torch.cat([actions.reshape(N, -1), actions.new_ones(N, 1)], 1).double()  # (N, k*A + 1)
+    y = F.avg_pool2d(flows.double(), 4)  # (N, 2, H/4, W/4)
+    coef = torch.linalg.solve(x.T @ x + ridge * N * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y.reshape(N, -1))
+    net.action_flow.copy_(coef.reshape(net.action_flow.shape).float())
+    residual = y.reshape(N, -1) - x @ coef
+    return float(1.0 - residual.var() / y.var().clamp(min=1e-12))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -429,6 +464,8 @@ def warp_generator_loss(
         l1 = l1.mean()
         loss = cfg.l1_weight * l1
         logs[f"l1_{u}"] = float(l1.detach())
+        if cfg.mask_weight > 0:
+            loss = loss + cfg.mask_weight * (1.0 - out["mask"]).mean()
         if u == 0:
             loss = loss + head_loss(out["reward"], out["termination"], batch.rewards[:, 0], batch.terminated[:, 0], logs)
             fresh = (~played).to(frames.dtype)  # (B,)

@@ -100,6 +100,9 @@ class TrainConfig:
     """Fraction of the warp stage before the critic ramps in (over a further tenth)."""
     warp_critic_lr: float = 0.4
     """The critic's learning rate as a fraction of the generator's."""
+    warp_objective: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Overrides of the warp network's objective (``WARP_OBJECTIVE``: its loss weights,
+    context noise, low-pass), e.g. {"mask_weight": 0.02}; the rest is the preset's."""
     warp_chain: int = 0
     """Most frames a warp training sample's rollout stream plays itself before it starts again
     from recorded memory: each step goes on from where the stream's last step ended (its own
@@ -140,6 +143,9 @@ WARP_PRESETS: dict[str, StageConfig] = {
     "small": StageConfig(60_000, 32, 4e-4, warmup=500, weight_decay=0.0),
     "base": StageConfig(200_000, 64, 3e-4, warmup=1000, weight_decay=0.0),
 }
+WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow")
+"""``WarpNetConfig`` fields a run may override (``--warp-objective NAME=VALUE``): how it is
+trained, and whether its flow starts from the actions; not the network's widths."""
 PRESET_NAMES = tuple(TRAIN_PRESETS)
 """``neuralworld train --preset`` choices: the names of ``model.config.PRESETS`` too (tested)."""
 

@@ -30,10 +30,10 @@ from neuralworld.bundle import build_networks
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.unet import PixelCodec
 from neuralworld.model.warp import (
-    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, count_parameters, quantize,
+    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, count_parameters, fit_action_flow, quantize,
     warp_discriminator_loss, warp_generator_loss, warp_preset,
 )  # fmt: skip
-from neuralworld.train.config import TrainConfig, TrainingError
+from neuralworld.train.config import WARP_OBJECTIVE, TrainConfig, TrainingError
 from neuralworld.train.data import HELD_OUT_SEED, FrameSource, TrainData, draw, steps_into, windows
 from neuralworld.train.loop import (
     EMA, Dist, RunFolder, _ema_copy, _rng, _stage_index, load_checkpoint, lr_at, mean_psnr, save_checkpoint,
@@ -46,7 +46,15 @@ STAGE = "warp"
 def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
                progress: bool = True) -> dict[str, Any]:
     """Train the warp-and-paint world on the dataset; its bundle lands in ``out/world``."""
-    with training_run(data, out, cfg, resume=resume, progress=progress, network_config=warp_preset,
+    def network_config(preset: str, **where: Any) -> WarpConfig:
+        world = warp_preset(preset, **where)
+        for name, value in cfg.warp_objective.items():
+            if name not in WARP_OBJECTIVE:
+                raise TrainingError(f"--warp-objective {name}: not a warp objective setting; choose from {', '.join(WARP_OBJECTIVE)}")
+            setattr(world.dynamics, name, type(getattr(world.dynamics, name))(value))
+        return world
+
+    with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config,
                       model=MODEL_KIND) as r:
         torch.manual_seed(cfg.seed + 1)
         _, net = build_networks(r.world)
@@ -79,8 +87,9 @@ class WarpWindows:
         """Whether the window (episode e, step s) still lies inside its episode."""
         return s + self.windows.length <= self.windows.dataset.lengths[e]
 
-    def batch_at(self, where: list[tuple[int, int]], unroll: int) -> WarpBatch:
+    def batch_at(self, where: list[tuple[int, int]], unroll: int, with_flow: bool | None = None) -> WarpBatch:
         """The windows (episode, step) in ``where``: frames s+1 .. s+memory+unroll."""
+        with_flow = self.with_flow if with_flow is None else with_flow
         k, M = self.memory + unroll, self.memory
         frames, actions, rewards, terminated, flows = [], [], [], [], []
         for e, s in where:
@@ -91,7 +100,7 @@ class WarpWindows:
             actions.append(self.spec.normalize(st["actions"][led]))
             rewards.append(st["rewards"][led][M:])
             terminated.append(st["terminated"][led][M:])
-            if self.with_flow:
+            if with_flow:
                 flows.append(optical_flow(f[M], f[M - 1]))
         return WarpBatch(
             frames=frames_to_tensor(np.stack(frames)),  # (n, k, 3, H, W)
@@ -178,6 +187,20 @@ class RolloutStreams:
             setattr(self, name, value.clone())
 
 
+def fit_ego_flow(net: WarpNet, source: WarpWindows, rng: np.random.Generator, n: int = 4096) -> float:
+    """The network's action flow (``WarpNetConfig.action_flow``) fitted to OpenCV's optical flow
+    on ``n`` recorded pairs; returns the fraction of the flows' variance the actions explain."""
+    M, k = source.memory, net.config.action_frames
+    acts, flows = [], []
+    where = draw(source.windows, rng, n)
+    for i in range(0, n, 256):
+        b = source.batch_at(where[i : i + 256], 1, with_flow=True)
+        acts.append(b.actions[:, M - k + 1 : M + 1])  # (n, k, A): the actions up to the predicted frame's
+        flows.append(b.flow)
+    device = net.action_flow.device
+    return fit_action_flow(net, torch.cat(acts).to(device), torch.cat(flows).to(device))
+
+
 def optical_flow(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """(H, W, 2) pixels: where each pixel of ``new`` was in ``old`` (OpenCV Farneback on grey),
     the warp's backward convention."""
@@ -246,10 +269,14 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     critic = PatchDiscriminator(wcfg, world.action_size)
     net.to(d.device)
     critic.to(d.device)
+    ckpt = run.path / f"{STAGE}.safetensors"
+    if wcfg.action_flow and not ckpt.exists():
+        explained = fit_ego_flow(net, train_windows, np.random.default_rng([cfg.seed, _stage_index(STAGE), 1]))
+        if d.main:
+            run.logger.scalars(STAGE, 0, {"action_flow_explained": explained}, kind="fit")
     ema = EMA(net, sc.ema_decay)
     opt_g = torch.optim.AdamW(net.parameters(), lr=sc.lr, betas=(0.5, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(critic.parameters(), lr=sc.lr * cfg.warp_critic_lr, betas=(0.5, 0.99), weight_decay=0.0)
-    ckpt = run.path / f"{STAGE}.safetensors"
     step, seconds_before = 0, 0.0
     if ckpt.exists():
         meta = load_checkpoint(ckpt, net, ema, opt_g, {"critic": (critic, opt_d)})
