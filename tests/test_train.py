@@ -74,14 +74,11 @@ def test_train_smoke_makes_a_loadable_world(tmp_path, data32):
     assert (run / "world" / "model.safetensors").read_bytes() == before
 
 
-def test_kill_9_then_resume_is_exact(tmp_path, data32):
-    args = ["--autoencoder-steps", 4, "--dynamics-steps", 24, "--checkpoint-every", 3, "--validate-every", 100, *FAST]
-    cli("train", data32, "--out", tmp_path / "straight", *args)
-
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([CLI, "train", str(data32), "--out", str(run), *map(str, args)],
+def train_until_killed(data, run, args, ckpt):
+    """``neuralworld train`` into ``run``, killed with SIGKILL (its whole process group) as soon as
+    ``ckpt`` exists; returns that checkpoint's (tensors, meta)."""
+    proc = subprocess.Popen([CLI, "train", str(data), "--out", str(run), *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = run / "dynamics.safetensors"
     t0 = time.time()
     while not ckpt.exists():
         assert proc.poll() is None, "training ended before it could be killed"
@@ -89,7 +86,16 @@ def test_kill_9_then_resume_is_exact(tmp_path, data32):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _, meta = load_tensors(ckpt)  # the checkpoint the kill left is whole
+    return load_tensors(ckpt)
+
+
+def test_kill_9_then_resume_is_exact(tmp_path, data32):
+    args = ["--autoencoder-steps", 4, "--dynamics-steps", 24, "--checkpoint-every", 3, "--validate-every", 100, *FAST]
+    cli("train", data32, "--out", tmp_path / "straight", *args)
+
+    run = tmp_path / "killed"
+    ckpt = run / "dynamics.safetensors"
+    _, meta = train_until_killed(data32, run, args, ckpt)  # the checkpoint the kill left is whole
     assert 3 <= meta["step"] < 24
     cli("train", data32, "--out", run, "--resume", *args)
 
@@ -176,16 +182,22 @@ def test_damaged_bundles_are_refused(tmp_path):
         load_bundle(tmp_path / "nowhere")
 
 
-def test_torchrun_two_processes_match_one(tmp_path, data32):
-    args = ["--autoencoder-steps", 3, "--dynamics-steps", 3, "--distill-steps", 3, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1,
-            "--autoencoder-batch", 8, "--dynamics-batch", 4, "--clip-frames", 4, "--precision", "fp32", "--quiet"]
+def torchrun_two(data, out, args):
+    """``neuralworld train`` as 2 processes under the real launcher (one thread each); returns their env."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "neuralworld", "train", str(data32),
-         "--out", str(tmp_path / "ddp"), *map(str, args)],
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "neuralworld", "train", str(data),
+         "--out", str(out), *map(str, args)],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert p.returncode == 0, p.stderr[-4000:]
+    return env
+
+
+def test_torchrun_two_processes_match_one(tmp_path, data32):
+    args = ["--autoencoder-steps", 3, "--dynamics-steps", 3, "--distill-steps", 3, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1,
+            "--autoencoder-batch", 8, "--dynamics-batch", 4, "--clip-frames", 4, "--precision", "fp32", "--quiet"]
+    env = torchrun_two(data32, tmp_path / "ddp", args)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_identical"] is True
     # one process, two accumulation steps: the same global batch, split the same way
@@ -310,17 +322,8 @@ def test_warp_world_trains_resumes_exactly_and_plays(tmp_path, data32):
     args = ["--warp-steps", 12, "--checkpoint-every", 2, "--validate-every", 6, *WARP]
     cli("train", data32, "--out", tmp_path / "straight", *args)
     run = tmp_path / "killed"
-    proc = subprocess.Popen([CLI, "train", str(data32), "--out", str(run), *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = run / "warp.safetensors"
-    t0 = time.time()
-    while not ckpt.exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() - t0 < 300
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    _, meta = load_tensors(ckpt)
+    _, meta = train_until_killed(data32, run, args, ckpt)
     assert 2 <= meta["step"] < 12 and "critic" in meta["companion_optimizers"]  # the critic and its optimizer are kept too
     cli("train", data32, "--out", run, "--resume", *args)
 
@@ -342,13 +345,7 @@ def test_warp_world_trains_resumes_exactly_and_plays(tmp_path, data32):
 
 def test_warp_torchrun_two_processes_match_one(tmp_path, data32):
     args = ["--warp-steps", 4, "--checkpoint-every", 100, "--validate-every", 100, "--log-every", 1, *WARP]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "neuralworld", "train", str(data32),
-         "--out", str(tmp_path / "ddp"), *map(str, args)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert p.returncode == 0, p.stderr[-4000:]
+    env = torchrun_two(data32, tmp_path / "ddp", args)
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
     cli("train", data32, "--out", tmp_path / "one", "--grad-accum", 2, *args, env=env)
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
