@@ -16,7 +16,7 @@ from neuralworld.model.warp import WarpConfig, WarpNet, quantize
 from neuralworld.model.unet import PixelCodec
 from neuralworld.bundle import save_bundle, load_bundle
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))  # 1 beside a training run
 run = sys.argv[1]
 ds = Dataset("data/ship64"); tr, held = ds.split(); spec = ds.spec
 if os.path.exists(os.path.join(run, "ema.pt")):  # a run of scripts/warp_ab_train.py

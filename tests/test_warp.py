@@ -126,3 +126,30 @@ def test_the_action_flow_is_fitted_from_flows_and_moves_the_picture_before_any_t
     out = net(frames, one, torch.zeros(1, 3, 32, 32))
     assert torch.allclose(out["warped"], backward_warp(frames[:, -1], net.ego_flow(one)), atol=1e-5)
     assert "action_flow" in net.state_dict()  # it travels in the bundle
+
+
+def test_an_integer_warp_moves_whole_pixels_with_straight_through_gradients():
+    """integer_warp: the warped frame is the last frame moved by floor(flow + u), exact pixels (no
+    resampling blur), with u from the noise; under autograd the flow still gets the bilinear warp's
+    gradient. flow_resolution: the flow is constant over blocks where the network makes it so."""
+    cfg, net = tiny(integer_warp=True, flow_resolution=4)
+    M = cfg.dynamics.window
+    g = torch.Generator().manual_seed(0)
+    frames = quantize(torch.rand(2, M, 3, 32, 32, generator=g) * 2 - 1)
+    with torch.no_grad():
+        net.out.bias[0] = 2.3 * cfg.dynamics.max_flow / 16.0  # a flow of ~0.29 px to the right everywhere (tanh of bias)
+    noise = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        out = net(frames, torch.zeros(2, cfg.dynamics.action_frames, SPEC.size), noise)
+    flow = out["flow"]
+    assert torch.allclose(flow, flow[:, :, :1, :1].expand_as(flow), atol=1e-5)  # one flow for the frame here
+    u = 0.5 * (1 + torch.erf(noise[:, 0, 0, 0] / 2 ** 0.5))
+    whole = torch.floor(flow[:, 0, 0, 0] + u)  # 0 or 1 per element, never a fraction
+    for b in range(2):
+        shifted = frames[b, -1, :, :, int(whole[b]):]
+        assert torch.equal(out["warped"][b, :, :, : shifted.shape[-1]], shifted)  # exact pixels moved
+    frames.requires_grad_(False)
+    net.out.bias.grad = None
+    out = net(frames, torch.zeros(2, cfg.dynamics.action_frames, SPEC.size), noise)
+    out["warped"].sum().backward()
+    assert net.out.bias.grad[0].abs() > 0  # the flow learns through the straight-through warp

@@ -37,6 +37,7 @@ Shapes: B batch, n full-resolution frames, M memory frames, A action size, H x W
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -76,6 +77,14 @@ class WarpNetConfig:
     actions (at 1/4 resolution, upsampled), fitted by least squares to optical flow on the
     training data before the first step (``fit_action_flow``); the network adds to it. A held
     turn then slides the picture whatever the picture has become."""
+    flow_resolution: int = 1
+    """The flow is smooth at 1/flow_resolution of the frame: averaged over blocks of that side,
+    upsampled bilinearly (a coarse field moves surfaces; it cannot shred them into streaks)."""
+    integer_warp: bool = False
+    """Pixels move by whole pixels: the flow is rounded stochastically, floor(flow + u) with one
+    u ~ U[0, 1) per frame (from the noise), so a fraction of a pixel per frame moves on average
+    but no frame is resampled; gradients pass straight through the bilinear warp. A bilinear
+    warp blurs a little at every step, and a rollout warps its own output every step."""
     max_flow: float = 16.0
     """Flow is bounded to +-max_flow pixels (tanh) at 64 px wide, scaled with the width."""
     groups: int = 8
@@ -114,6 +123,8 @@ class WarpNetConfig:
             raise ConfigError(f"warp.action_frames must be in [1, {self.window + 1}], got {self.action_frames}")
         if len(self.channels) != 4 or min(self.channels) < 1 or any(c % self.groups for c in self.channels):
             raise ConfigError(f"warp.channels must be 4 widths divisible by groups={self.groups}, got {list(self.channels)}")
+        if self.flow_resolution < 1:
+            raise ConfigError(f"warp.flow_resolution must be >= 1, got {self.flow_resolution}")
         if self.rollout_lowpass < 1:
             raise ConfigError(f"warp.rollout_lowpass must be >= 1, got {self.rollout_lowpass}")
         for name in ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "max_flow"):
@@ -146,16 +157,16 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0
 
 
-def backward_warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def backward_warp(frame: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """frame (B, C, H, W), flow (B, 2, H, W) in pixels (x, y): out[p] = frame[p + flow[p]],
-    bilinear, edges clamped."""
+    bilinear (or "nearest": whole pixels, for a flow of whole pixels), edges clamped."""
     B, _, H, W = frame.shape
     ys = torch.linspace(-1.0, 1.0, H, device=frame.device, dtype=frame.dtype)
     xs = torch.linspace(-1.0, 1.0, W, device=frame.device, dtype=frame.dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
     scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=frame.device, dtype=frame.dtype)
     grid = torch.stack([gx, gy], -1)[None] + flow.permute(0, 2, 3, 1) * scale  # (B, H, W, 2)
-    return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(frame, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 # ---------------------------------------------------------------------------
@@ -285,11 +296,20 @@ class WarpNet(nn.Module):
         h = F.silu(self.up0(F.interpolate(h, scale_factor=2.0, mode="nearest")) + x)  # (B, c0, H, W)
         out = self.out(h)  # (B, 6, H, W)
         flow = torch.tanh(out[:, :2] / cfg.max_flow) * cfg.max_flow * (W / 64.0)  # (B, 2, H, W) pixels
+        if cfg.flow_resolution > 1:
+            flow = F.interpolate(F.avg_pool2d(flow, cfg.flow_resolution), size=(H, W), mode="bilinear", align_corners=False)
         if cfg.action_flow:
             flow = flow + self.ego_flow(actions)
         mask = torch.sigmoid(out[:, 2:3])  # (B, 1, H, W)
         paint = torch.tanh(out[:, 3:])  # (B, 3, H, W)
-        warped = backward_warp(frames[:, -1], flow)
+        if cfg.integer_warp:
+            u = 0.5 * (1.0 + torch.erf(noise[:, :1, :1, :1] / math.sqrt(2.0)))  # (B, 1, 1, 1) ~ U[0, 1): the normal's CDF
+            warped = backward_warp(frames[:, -1], torch.floor(flow + u), mode="nearest")
+            if torch.is_grad_enabled():  # values of the whole-pixel warp, gradients of the bilinear one
+                soft = backward_warp(frames[:, -1], flow)
+                warped = soft + (warped - soft).detach()
+        else:
+            warped = backward_warp(frames[:, -1], flow)
         frame = mask * warped + (1.0 - mask) * paint  # (B, 3, H, W)
         return {"frame": frame, "flow": flow, "mask": mask, "paint": paint, "warped": warped,
                 "reward": heads[:, 0], "termination": heads[:, 1]}

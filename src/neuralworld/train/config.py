@@ -143,9 +143,10 @@ WARP_PRESETS: dict[str, StageConfig] = {
     "small": StageConfig(60_000, 32, 4e-4, warmup=500, weight_decay=0.0),
     "base": StageConfig(200_000, 64, 3e-4, warmup=1000, weight_decay=0.0),
 }
-WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow")
+WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
+                  "flow_resolution", "integer_warp")
 """``WarpNetConfig`` fields a run may override (``--warp-objective NAME=VALUE``): how it is
-trained, and whether its flow starts from the actions; not the network's widths."""
+trained, and how its flow is made and applied; not the network's widths."""
 PRESET_NAMES = tuple(TRAIN_PRESETS)
 """``neuralworld train --preset`` choices: the names of ``model.config.PRESETS`` too (tested)."""
 
