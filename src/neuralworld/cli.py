@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "integer_warp (1: on)")
     t.add_argument("--warp-chain", type=_non_negative_int, default=None,
                    help="--model warp: most frames a training stream plays itself, step after step, before it "
-                        "starts again from recorded memory (0: every sample starts from recorded memory)")
+                        "starts again from recorded memory (default 48; 0: every sample starts from recorded memory)")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")

@@ -72,15 +72,15 @@ class WarpNetConfig:
     cond_dim: int = 128
     noise_channels: int = 3
     """Channels of the noise map given at 1/4 resolution."""
-    action_flow: bool = False
+    action_flow: bool = True
     """The flow starts from ego-motion: a per-pixel linear map of the last ``action_frames``
     actions (at 1/4 resolution, upsampled), fitted by least squares to optical flow on the
     training data before the first step (``fit_action_flow``); the network adds to it. A held
     turn then slides the picture whatever the picture has become."""
-    flow_resolution: int = 1
+    flow_resolution: int = 4
     """The flow is smooth at 1/flow_resolution of the frame: averaged over blocks of that side,
     upsampled bilinearly (a coarse field moves surfaces; it cannot shred them into streaks)."""
-    integer_warp: bool = False
+    integer_warp: bool = True
     """Pixels move by whole pixels: the flow is rounded stochastically, floor(flow + u) with one
     u ~ U[0, 1) per frame (from the noise), so a fraction of a pixel per frame moves on average
     but no frame is resampled; gradients pass straight through the bilinear warp. A bilinear

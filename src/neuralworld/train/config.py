@@ -103,7 +103,7 @@ class TrainConfig:
     warp_objective: dict[str, float] = dataclasses.field(default_factory=dict)
     """Overrides of the warp network's objective (``WARP_OBJECTIVE``: its loss weights,
     context noise, low-pass), e.g. {"mask_weight": 0.02}; the rest is the preset's."""
-    warp_chain: int = 0
+    warp_chain: int = 48
     """Most frames a warp training sample's rollout stream plays itself before it starts again
     from recorded memory: each step goes on from where the stream's last step ended (its own
     frames as memory), each stream's length drawn in [0, warp_chain]. 0: every sample starts
