@@ -89,6 +89,50 @@ def test_agent_train_and_eval_cli(warp_world, tmp_path, capsys):
         assert 0 < real["mean_return"] <= 60 and real["mean_length"] <= 30  # 2 tics a step while alive
 
 
+def test_world_vec_env_resets_in_the_same_step(warp_world):
+    """SB3's VecEnv over one batched session: an element that ends returns its start frame at
+    once (the last frame in terminal_observation); the next call restarts it in the session,
+    which pays nothing and shows the start frame again."""
+    from neuralworld.envs.sb3 import WorldVecEnv
+
+    venv = WorldVecEnv(warp_world, 3, max_steps=2, termination_threshold=1.0)  # never dies: truncates at 2
+    venv.seed(5)
+    venv.set_options({"frames": np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)})
+    start = venv.reset()
+    assert start.shape == (3, 64, 64, 3) and start.dtype == np.uint8
+    obs, reward, done, infos = venv.step(np.array([0, 1, 2]))
+    assert not done.any() and "terminal_observation" not in infos[0]
+    obs, reward, done, infos = venv.step(np.array([0, 1, 2]))
+    assert done.all() and all(i["TimeLimit.truncated"] for i in infos)
+    assert all(i["terminal_observation"].shape == (64, 64, 3) for i in infos)
+    np.testing.assert_array_equal(obs, start)  # the reset observation, in the same step
+    obs, reward, done, infos = venv.step(np.array([3, 4, 5]))  # the restart call: start frame held, nothing paid
+    np.testing.assert_array_equal(obs, start)
+    assert not done.any() and (reward == 0).all()
+    obs, reward, done, infos = venv.step(np.array([0, 0, 0]))
+    assert not done.any() and not np.array_equal(obs, start)  # playing again
+    dying = WorldVecEnv(warp_world, 2, termination_threshold=0.0)  # every frame is a death
+    dying.reset()
+    obs, reward, done, infos = dying.step(np.array([0, 0]))
+    assert done.all() and not any(i["TimeLimit.truncated"] for i in infos)
+    venv.close()
+    dying.close()
+
+
+def test_agent_train_in_the_real_game(tmp_path, capsys):
+    """The baseline row: PPO in real ViZDoom with the same controls, resolution and frame skip."""
+    pytest.importorskip("vizdoom")
+    out = tmp_path / "real"
+    assert main(["agent", "train", "doom/take_cover", "--out", str(out), "--steps", "128", "--envs", "2",
+                 "--resolution", "64x64", "--max-steps", "40", "--checkpoint-every", "0", "--quiet"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["timesteps"] >= 128 and summary["world"] == "doom/take_cover"
+    agent = load_agent(out, doom_action_spec(2))
+    assert agent.resolution == (64, 64)
+    assert main(["agent", "train", "doom/no_such_map", "--out", str(tmp_path / "x"), "--steps", "8", "--quiet"]) == 2
+    assert "no_such_map" in capsys.readouterr().err
+
+
 def test_autopilot_in_the_play_server(warp_world, tmp_path):
     """`neuralworld play WORLD --agent AGENT`: the page's autopilot toggle lets the agent play;
     every frame carries the heads' reward and termination for the HUD."""

@@ -236,6 +236,9 @@ def test_report_figures_are_consistent(report):
     assert set(m["probes"]["worlds"]) == set(names) and m["probes"]["real"]["turn_pairs"] >= 0
     assert st["end"]["drives"] == 1 and st["end"]["last_frames"] == 120
     assert "## Bars (issue 15)" in (out / "report.md").read_text()
+    heads = m["heads"]["worlds"][names[0]]  # freedoom has no deaths: only false alarms are counted
+    assert heads["episodes"] >= 1 and heads["deaths"] == 0 and heads["steps_checked"] > 0 and heads["caught_fraction"] is None
+    assert "## Heads" in (out / "report.md").read_text()
 
 
 def test_cli_report_and_errors(tiny_world_run, tmp_path):

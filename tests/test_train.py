@@ -386,3 +386,51 @@ def test_rollout_streams_go_on_where_they_ended_and_start_again_after_their_leng
     assert not streams.batch(2, range(6), 2, chaining=False).played.any()
     with pytest.raises(TrainingError, match="same batch"):
         RolloutStreams(source, 5, chain=6, seed=0).load(streams.state())
+
+
+def test_the_termination_head_learns_from_the_steps_that_ended_episodes(tmp_path):
+    """A death is the last recorded step: no frame follows it, so no ordinary window holds it.
+    WarpWindows.end_batch hands those steps to the heads (and only to them), and the
+    termination head's probability at deaths rises above the rest after a few steps; the
+    eval part (eval/heads.py) reads it teacher-forced on real episodes."""
+    from neuralworld.data.store import Dataset
+    from neuralworld.eval.heads import death_timing
+    from neuralworld.model.warp import PatchDiscriminator, WarpNet, warp_generator_loss, warp_preset
+    from neuralworld.train.warp import WarpWindows
+
+    out = tmp_path / "tc"
+    record(RecordConfig(env="doom/take_cover", episodes=3, workers=1, resolution=(64, 64), max_steps=300, policy="random"), out, progress=False)
+    ds = Dataset(out)
+    assert all(ds.episode(i).load(("terminated",))["terminated"][-1] for i in range(3))  # random play dies
+    cfg = warp_preset("tiny", ds.spec, (64, 64)).validate()
+    torch.manual_seed(0)
+    net = WarpNet.from_world(cfg)
+    M = cfg.dynamics.window
+    source = WarpWindows(ds, [0, 1, 2], M, 1, with_flow=False)
+    assert source.ends == [0, 1, 2]
+    ends = source.end_batch(np.random.default_rng(0), 4)
+    assert ends.frames.shape[:2] == (4, M) and ends.actions.shape[:2] == (4, M + 1) and ends.terminated.eq(1).all()
+    never = WarpWindows(ds, [0, 1, 2], M, 1, with_flow=False)
+    never.ends = []
+    assert never.end_batch(np.random.default_rng(0), 4) is None
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        batch = source.batch(rng, 8, 1)
+        batch.ends = source.end_batch(rng, 4)
+        loss, _, logs, _ = warp_generator_loss(net, None, batch, unroll=1, adv_weight=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        e = source.end_batch(np.random.default_rng(2), 6)
+        b = source.batch(np.random.default_rng(3), 6, 1)
+        at_death = torch.sigmoid(net(e.frames[:, :M], e.actions[:, M - cfg.dynamics.action_frames + 1 :], torch.randn(6, 3, 64, 64))["termination"])
+        alive = torch.sigmoid(net(b.frames[:, :M], b.actions[:, M - cfg.dynamics.action_frames + 1 : M + 1], torch.randn(6, 3, 64, 64))["termination"])
+    assert at_death.mean() > alive.mean() + 0.2
+    from neuralworld import bundle
+    world = bundle.load_bundle(bundle.save_bundle(tmp_path / "w", cfg, *bundle.build_networks(cfg)))
+    timing = death_timing(world, ds, [0, 1, 2], context=4)
+    assert timing["deaths"] == 3 and timing["caught"] + timing["early"] + timing["missed"] == 3
+    assert timing["steps_checked"] > 0 and timing["false_alarms_per_1000"] is not None

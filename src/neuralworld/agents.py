@@ -82,16 +82,28 @@ def _sb3() -> Any:
 # ---------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------
-def _world_envs(world: Any, cfg: AgentConfig, combos: list[dict[str, float]] | None) -> Any:
+def _world_envs(world: Any, cfg: AgentConfig, combos: list[dict[str, float]]) -> Any:
+    """``cfg.envs`` playthroughs of the world in one batched network call (``envs.sb3.WorldVecEnv``)."""
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from neuralworld.envs.sb3 import WorldVecEnv
+
+    venv = WorldVecEnv(world, cfg.envs, combos, max_steps=cfg.max_steps, termination_threshold=cfg.termination_threshold,
+                       sampler=cfg.sampler, backend=cfg.backend)
+    venv.seed(cfg.seed)
+    return VecMonitor(venv)
+
+
+def _doom_envs(env: str, cfg: AgentConfig, combos: list[dict[str, float]], resolution: tuple[int, int], frame_skip: int) -> Any:
+    """``cfg.envs`` copies of the real game (``envs.doom.DoomEnv``), one after another in this process."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from neuralworld.envs import DiscreteActions, WorldEnv
+    from neuralworld.envs import DiscreteActions
+    from neuralworld.envs.doom import DoomEnv
 
     def make() -> Any:
-        env = WorldEnv(world, max_steps=cfg.max_steps, termination_threshold=cfg.termination_threshold,
-                       sampler=cfg.sampler, backend=cfg.backend)
-        return Monitor(DiscreteActions(env, combos))
+        return Monitor(DiscreteActions(DoomEnv(env, resolution=resolution, frame_skip=frame_skip, max_steps=cfg.max_steps), combos))
 
     venv = DummyVecEnv([make for _ in range(cfg.envs)])
     venv.seed(cfg.seed)
@@ -104,31 +116,43 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 
 
 def train_agent(world_path: str | os.PathLike, out: str | os.PathLike, cfg: AgentConfig = AgentConfig(), *,
-                resume: bool = False, progress: bool = False, verbose: int = 0) -> dict[str, Any]:
+                resume: bool = False, progress: bool = False, verbose: int = 0,
+                resolution: tuple[int, int] | None = None, frame_skip: int = 2) -> dict[str, Any]:
     """Train PPO in the world at ``world_path`` for ``cfg.steps`` environment steps; the
     agent is written to ``out`` (see the module docstring). ``resume`` continues from
-    ``out/checkpoints``' newest checkpoint."""
+    ``out/checkpoints``' newest checkpoint. ``world_path`` may be ``doom/<scenario>``: PPO
+    in the real game (at ``resolution``, default 64x64, and ``frame_skip``), the row a
+    dream-trained agent is measured against."""
     sb3 = _sb3()
     from stable_baselines3.common.callbacks import CheckpointCallback
 
-    from neuralworld.bundle import load_bundle
-    from neuralworld.envs import default_combinations, heads_problem
+    from neuralworld.envs import default_combinations
 
     if cfg.steps < 1 or cfg.envs < 1:
         raise AgentError(f"steps and envs must be >= 1, got {cfg.steps} and {cfg.envs}")
-    world = load_bundle(world_path)  # one set of networks for every copy
-    if heads_problem(world):
-        raise AgentError(f"{world_path}: {heads_problem(world)}: there is no reward to learn from")
-    H, W = world.resolution
+    source = str(world_path)
+    if source.startswith("doom/"):  # the real game: the baseline row of an experiment
+        from neuralworld.record.doom import doom_action_spec
+
+        H, W = resolution or (64, 64)
+        spec = doom_action_spec(frame_skip)
+    else:
+        from neuralworld.bundle import load_bundle
+        from neuralworld.envs import heads_problem
+
+        world = load_bundle(world_path)  # one set of networks for every copy
+        if heads_problem(world):
+            raise AgentError(f"{world_path}: {heads_problem(world)}: there is no reward to learn from")
+        (H, W), spec = world.resolution, world.spec
     if min(H, W) < MIN_SIDE:
         raise AgentError(f"{world_path} is {H}x{W}: PPO's CnnPolicy needs frames of at least {MIN_SIDE}x{MIN_SIDE}")
     out = Path(out)
     checkpoints = out / "checkpoints"
-    combos = default_combinations(world.spec)
-    venv = _world_envs(world, cfg, combos)
+    combos = default_combinations(spec)
+    venv = _doom_envs(source, cfg, combos, (H, W), frame_skip) if source.startswith("doom/") else _world_envs(world, cfg, combos)
     start = _latest_checkpoint(checkpoints) if resume else None
     if start is not None:
-        _check_spec(ActionSpec.from_json((out / SPEC_FILE).read_text()), world.spec, str(out), str(world_path))
+        _check_spec(ActionSpec.from_json((out / SPEC_FILE).read_text()), spec, str(out), str(world_path))
         model = sb3.PPO.load(start, env=venv, device="cpu", tensorboard_log=str(out / "tensorboard"))
     else:
         if (out / MODEL_FILE).exists() and not resume:
@@ -139,14 +163,14 @@ def train_agent(world_path: str | os.PathLike, out: str | os.PathLike, cfg: Agen
             tensorboard_log=str(out / "tensorboard"), verbose=verbose,
         )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / SPEC_FILE).write_text(world.spec.to_json())  # before the first checkpoint: a resume checks it
+    (out / SPEC_FILE).write_text(spec.to_json())  # before the first checkpoint: a resume checks it
     callbacks = []
     if cfg.checkpoint_every > 0:
         callbacks.append(CheckpointCallback(max(1, cfg.checkpoint_every // cfg.envs), str(checkpoints), name_prefix="agent"))
     remaining = cfg.steps - model.num_timesteps
     if remaining > 0:
         model.learn(remaining, callback=callbacks, progress_bar=progress, reset_num_timesteps=start is None, tb_log_name="PPO")
-    save_agent(model, out, world.spec, combos, world=str(world_path), resolution=(H, W), config=cfg)
+    save_agent(model, out, spec, combos, world=source, resolution=(H, W), config=cfg)
     venv.close()
     return {"agent": str(out), "world": str(world_path), "timesteps": int(model.num_timesteps), "resumed_from": str(start) if start else None}
 

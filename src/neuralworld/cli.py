@@ -268,7 +268,8 @@ def _cmd_agent_train(args: argparse.Namespace) -> int:
         steps=args.steps, envs=args.envs, seed=args.seed, max_steps=args.max_steps,
         termination_threshold=args.threshold, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
-    print(json.dumps(train_agent(args.world, args.out, cfg, resume=args.resume, progress=not args.quiet)))
+    print(json.dumps(train_agent(args.world, args.out, cfg, resume=args.resume, progress=not args.quiet,
+                                 resolution=args.resolution, frame_skip=args.frame_skip)))
     return 0
 
 
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", default=None, help="write the full suite (fidelity, control, stability, memory, speed, probes) and the bars of issue 15 (✓/✗) as DIR/report.md + plots + metrics.json")
     e.add_argument("--baseline", action="append", default=None, help="another world (run folder or bundle) measured beside it; repeat for more (with --report)")
     e.add_argument("--stability-frames", type=_positive_int, default=10_000, help="length of the stability rollouts (with --report)")
-    e.add_argument("--skip", default="", help="parts to leave out of the report, comma-separated: fidelity,control,stability,memory,speed,probes")
+    e.add_argument("--skip", default="", help="parts to leave out of the report, comma-separated: fidelity,control,stability,memory,speed,probes,heads")
     e.add_argument("--bench-json", default=None, help="a file whose last JSON line is neuralworld bench's output: used instead of a short bench run")
     e.add_argument("--idm-steps", type=_positive_int, default=1500, help="training steps of the inverse-dynamics model (with --report)")
     e.add_argument("--idm-seconds", type=float, default=180.0, help="time budget of the inverse-dynamics model's training (with --report)")
@@ -452,13 +453,15 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("agent", help="train an agent in a world with PPO (Stable-Baselines3); score it in a world or the real game")
     asub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     at = asub.add_parser("train", help="PPO in the world only (its heads give reward and death); writes OUT/agent.zip + action_spec.json")
-    at.add_argument("world", help="world bundle folder (its heads give the reward)")
+    at.add_argument("world", help="world bundle folder (its heads give the reward), or doom/<scenario>: PPO in the real game")
     at.add_argument("--out", required=True, help="agent folder: agent.zip, action_spec.json, agent.json, checkpoints/, tensorboard/")
     at.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
     at.add_argument("--envs", type=_positive_int, default=4, help="copies of the world played at once")
     _episode_options(at, seed="seeds PPO and the worlds' noise")
     at.add_argument("--checkpoint-every", type=int, default=10_000, help="environment steps between checkpoints (0: none)")
     at.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints' newest checkpoint")
+    at.add_argument("--resolution", type=_resolution, default=None, help="doom/<scenario> only: frame size HxW (default 64x64)")
+    at.add_argument("--frame-skip", type=_positive_int, default=2, help="doom/<scenario> only: engine tics per step, as recorded")
     at.add_argument("--quiet", action="store_true", help="no progress bar")
     at.set_defaults(func=_cmd_agent_train)
     ae = asub.add_parser("eval", help="mean return over episodes in a world or the real game (doom/<scenario>)")

@@ -2,7 +2,7 @@
 
 ``render_markdown(metrics)`` writes the bars of issue 15 first (bars.py: each measure
 with ✓ / ✗), then a verdict (a few plain sentences, good or bad), then one section per
-part of the suite that ran (fidelity, control, stability, memory, speed, probes): tables
+part of the suite that ran (fidelity, control, stability, memory, speed, probes, heads): tables
 with a column or rows per world, and the pictures ``plots.py`` drew, linked by the
 names in ``metrics["plots"]``.
 """
@@ -191,6 +191,19 @@ def render_markdown(m: dict[str, Any]) -> str:
             t, fw, sh = w["turn"], w["forward"], w["sharpness"]
             turns = [f"{t[d]['first_px']:.2f} / {t[d]['second_px']:.2f} (real {t[d]['real_px']})" if d in t else "—" for d in ("right", "left")]
             rows.append([n, *turns, f"{fw['px']:.2f} (real {fw['real_px']})" if "px" in fw else "—", f"{sh['median']:.1f} ({sh['ratio']}× real)"])
+        L += [_table(head, rows), ""]
+    if "heads" in m:
+        L += ["## Heads", "", "The termination head on held-out real episodes, teacher-forced (the last 200 steps of each): "
+              "a death is caught when the first step whose probability passes the threshold lies within the tolerance of it; "
+              "false alarms are steps further before a death (or in an episode that did not end) that pass it.", ""]
+        head = ["world", "deaths", "caught (±4)", "early", "missed", "median alarm offset", "false alarms / 1000 steps"]
+        rows = []
+        for n, h in m["heads"]["worlds"].items():
+            if "skipped" in h:
+                rows.append([n, h["skipped"], None, None, None, None, None])
+            else:
+                caught = f"{h['caught']} ({_f(h['caught_fraction'])})" if h["deaths"] else "—"
+                rows.append([n, h["deaths"], caught, h["early"], h["missed"], h["median_alarm_offset"], h["false_alarms_per_1000"]])
         L += [_table(head, rows), ""]
     L += [f"All figures: [metrics.json](metrics.json). Took {m.get('seconds', 0)} s.", ""]
     return "\n".join(L)

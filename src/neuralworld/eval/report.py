@@ -55,6 +55,7 @@ import numpy as np
 
 from neuralworld.bundle import World
 from neuralworld.eval import control as ctl
+from neuralworld.eval import heads as hd
 from neuralworld.eval import idm as idm_mod
 from neuralworld.eval import memory as mem
 from neuralworld.eval import plots as plot
@@ -69,7 +70,7 @@ from neuralworld.eval.inputs import (
 from neuralworld.eval.markdown import render_markdown
 from neuralworld.state_io import atomic_write_bytes, atomic_write_json
 
-PARTS = ("fidelity", "control", "stability", "memory", "speed", "probes")
+PARTS = ("fidelity", "control", "stability", "memory", "speed", "probes", "heads")
 
 
 def _world_label(path: str | os.PathLike, taken: set[str]) -> str:
@@ -168,6 +169,8 @@ def run_report(
         metrics["speed"] = _speed(worlds, bench_json, sampler, bench_frames, log)
     if "probes" not in skip:
         metrics["probes"] = _probes(suite)
+    if "heads" not in skip:
+        metrics["heads"] = _heads(suite)
 
     metrics["plots"] = {k: Path(v).name for k, v in suite.plots.items() if v}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
@@ -312,6 +315,19 @@ def _probes(s: _Suite) -> dict[str, Any]:
             win = real_windows(s.inputs, s.rollouts.context, 1, per_episode=1, max_windows=1)
             start = (win.frames[0, : s.rollouts.context], win.led_to[0, : s.rollouts.context])
         result["worlds"][name] = prb.run_probes(w, s.real, start=start, sampler=s.rollouts.sampler, seed=s.rollouts.seed)
+    return result
+
+
+def _heads(s: _Suite) -> dict[str, Any]:
+    """Each world's termination head on the held-out episodes, teacher-forced (heads.py)."""
+    result: dict[str, Any] = {"worlds": {}}
+    for name, w, _ in s.worlds:
+        if w.model == "unet-baseline":
+            result["worlds"][name] = {"skipped": "the U-Net baseline has no heads"}
+            continue
+        s.log(f"heads: {name}")
+        result["worlds"][name] = hd.death_timing(w, s.inputs.data, list(s.inputs.held_episodes), context=s.rollouts.context,
+                                                 sampler=s.rollouts.sampler, seed=s.rollouts.seed)
     return result
 
 

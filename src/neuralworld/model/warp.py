@@ -426,7 +426,13 @@ class WarpBatch:
     memory (B, window, 3, H, W) or None and played (B,) bool or None: where ``played``
     is true, the sample goes on from a memory the generator made itself on an
     earlier step (a rollout stream, train/warp.py) instead of ``frames[:, :window]``,
-    so its first frame is a played frame too (low-pass L1, no flow target)."""
+    so its first frame is a played frame too (low-pass L1, no flow target).
+
+    ``ends`` (a WarpBatch or None): episodes' last steps, the ones that ended them (a
+    death): ``window`` frames of memory and no frame after (the recording stops there),
+    actions (n, window + 1, A), rewards and terminated (n, 1). Only the heads learn from
+    them: without them the termination head never sees a death, because every other
+    window needs the frame its step leads to."""
 
     frames: torch.Tensor
     actions: torch.Tensor
@@ -435,6 +441,7 @@ class WarpBatch:
     flow: torch.Tensor | None = None
     memory: torch.Tensor | None = None
     played: torch.Tensor | None = None
+    ends: "WarpBatch | None" = None
 
     def to(self, device: torch.device | str) -> "WarpBatch":
         return WarpBatch(**{f.name: None if (x := getattr(self, f.name)) is None else x.to(device) for f in dataclasses.fields(self)})
@@ -487,7 +494,14 @@ def warp_generator_loss(
         if cfg.mask_weight > 0:
             loss = loss + cfg.mask_weight * (1.0 - out["mask"]).mean()
         if u == 0:
-            loss = loss + head_loss(out["reward"], out["termination"], batch.rewards[:, 0], batch.terminated[:, 0], logs)
+            reward, termination = out["reward"], out["termination"]
+            rewards, terminated = batch.rewards[:, 0], batch.terminated[:, 0]
+            if batch.ends is not None:  # the steps that ended episodes: heads only, there is no frame after them
+                e = batch.ends
+                ends_out = net(quantize(e.frames[:, :M]), _acts(e.actions, M, k), torch.randn(e.frames[:, 0].shape, generator=generator, device=frames.device))
+                reward, termination = torch.cat([reward, ends_out["reward"]]), torch.cat([termination, ends_out["termination"]])
+                rewards, terminated = torch.cat([rewards, e.rewards[:, 0]]), torch.cat([terminated, e.terminated[:, 0]])
+            loss = loss + head_loss(reward, termination, rewards, terminated, logs)
             fresh = (~played).to(frames.dtype)  # (B,)
             if batch.flow is not None and cfg.flow_weight > 0:  # (logged on every process alike: 0 when all are played)
                 fl = ((out["flow"] - batch.flow).abs().mean(dim=(1, 2, 3)) * fresh).sum() / fresh.sum().clamp(min=1.0)

@@ -69,6 +69,10 @@ def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig
     return r.summary
 
 
+ENDS_PER = 8
+"""a micro-batch of n windows brings n // 8 (at least one) episode ends for the heads, when the data has any"""
+
+
 class WarpWindows:
     """Windows of memory + the frames to predict, with the actions that led to each frame, the
     rewards and terminations of those steps, and OpenCV's flow for the first predicted frame."""
@@ -79,9 +83,30 @@ class WarpWindows:
         self.source = FrameSource(ds, self.windows.episodes)
         self.steps = {e: ds.episode(e).load(("actions", "rewards", "terminated")) for e in self.windows.episodes}
         self.spec, self.resolution = ds.spec, ds.resolution
+        # episodes that ended in a death (or another end the recording marks), with a memory before it
+        self.ends = [e for e in self.windows.episodes if self.steps[e]["terminated"][-1] and len(self.steps[e]["terminated"]) > memory]
 
     def batch(self, rng: np.random.Generator, n: int, unroll: int) -> WarpBatch:
         return self.batch_at(draw(self.windows, rng, n), unroll)
+
+    def end_batch(self, rng: np.random.Generator, n: int) -> WarpBatch | None:
+        """``n`` episodes' ending steps (``WarpBatch.ends``), drawn with replacement; None when no
+        episode ends: the memory is the last ``memory`` frames, the actions lead to them and
+        then the last step's."""
+        if not self.ends:
+            return None
+        M = self.memory
+        frames, actions, rewards, terminated = [], [], [], []
+        for e in rng.choice(self.ends, size=n):
+            st, T = self.steps[int(e)], len(self.steps[int(e)]["terminated"])
+            frames.append(np.stack([self.source.frame(int(e), t) for t in range(T - M, T)]))
+            actions.append(self.spec.normalize(st["actions"][steps_into(T - M, M + 1)]))
+            rewards.append(st["rewards"][T - 1 : T])
+            terminated.append(st["terminated"][T - 1 : T])
+        return WarpBatch(
+            frames=frames_to_tensor(np.stack(frames)), actions=torch.from_numpy(np.stack(actions)).float(),
+            rewards=torch.from_numpy(np.stack(rewards)).float(), terminated=torch.from_numpy(np.stack(terminated)).float(),
+        )  # fmt: skip
 
     def fits(self, e: int, s: int) -> bool:
         """Whether the window (episode e, step s) still lies inside its episode."""
@@ -321,6 +346,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
                 batch = streams.batch(step, slots, unroll, chaining=step >= cfg.warp_unroll_start * sc.steps)
             else:
                 batch = train_windows.batch(np.random.default_rng(seeds[j]), micro, unroll)
+            batch.ends = train_windows.end_batch(np.random.default_rng([int(seeds[j]), 1]), max(1, micro // ENDS_PER))
             batch = batch.to(d.device)
             last = k == cfg.grad_accum - 1 or d.world_size == 1
             sync_g = gen_obj.no_sync() if (d.world_size > 1 and not last) else nullcontext()
