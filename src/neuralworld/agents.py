@@ -131,7 +131,8 @@ def train_agent(world_path: str | os.PathLike, out: str | os.PathLike, cfg: Agen
     if cfg.steps < 1 or cfg.envs < 1:
         raise AgentError(f"steps and envs must be >= 1, got {cfg.steps} and {cfg.envs}")
     source = str(world_path)
-    if source.startswith("doom/"):  # the real game: the baseline row of an experiment
+    real = source.startswith("doom/")
+    if real:  # the real game: the baseline row of an experiment
         from neuralworld.record.doom import doom_action_spec
 
         H, W = resolution or (64, 64)
@@ -149,7 +150,7 @@ def train_agent(world_path: str | os.PathLike, out: str | os.PathLike, cfg: Agen
     out = Path(out)
     checkpoints = out / "checkpoints"
     combos = default_combinations(spec)
-    venv = _doom_envs(source, cfg, combos, (H, W), frame_skip) if source.startswith("doom/") else _world_envs(world, cfg, combos)
+    venv = _doom_envs(source, cfg, combos, (H, W), frame_skip) if real else _world_envs(world, cfg, combos)
     start = _latest_checkpoint(checkpoints) if resume else None
     if start is not None:
         _check_spec(ActionSpec.from_json((out / SPEC_FILE).read_text()), spec, str(out), str(world_path))

@@ -37,16 +37,17 @@ def death_timing(world: World, ds: Dataset, episodes: list[int], *, context: int
     offsets: list[int] = []
     played = 0
     for e in episodes:
-        ep = ds.episode(e)
         if played >= max_episodes:
             break
-        T = ep.length
-        data = ep.load(("frames", "actions", "terminated"), start=max(0, T - span - context))
-        T = len(data["terminated"])
+        ep = ds.episode(e)
+        s = max(0, ep.length - span - context)
+        data = ep.load(("frames", "actions", "terminated"), max(s - 1, 0))  # from the step that led to frame s
+        acts = data["actions"] if s > 0 else np.concatenate([ds.spec.noop()[None], data["actions"]])
+        frames, T = data["frames"][-(ep.length - s):], ep.length - s
         if T <= context:
             continue
         played += 1
-        p = _probabilities(world, data["frames"], data["actions"], context, sampler, seed + e)  # (T - context + 1,)
+        p = _probabilities(world, frames, acts, context, sampler, seed + e)  # (T - context + 1,)
         steps = np.arange(context - 1, T)
         died = bool(data["terminated"][-1])
         far = steps < T - 1 - tolerance if died else np.ones(len(steps), bool)
@@ -75,17 +76,17 @@ def death_timing(world: World, ds: Dataset, episodes: list[int], *, context: int
     }  # fmt: skip
 
 
-def _probabilities(world: World, frames: np.ndarray, actions: np.ndarray, context: int, sampler: str, seed: int) -> np.ndarray:
-    """The head's probability for each recorded step ``context - 1 .. T - 1`` (step t acts on
-    frame t and leads to frame t + 1), teacher-forced."""
+def _probabilities(world: World, frames: np.ndarray, acts: np.ndarray, context: int, sampler: str, seed: int) -> np.ndarray:
+    """The head's probability for each recorded step ``context - 1 .. T - 1`` of ``frames`` (T, H, W, 3)
+    (step t acts on frame t and leads to frame t + 1), teacher-forced. ``acts`` (T + 1, A): ``acts[t]``
+    led to frame t, so ``acts[t + 1]`` is step t's."""
     T = len(frames)
-    led = np.concatenate([np.zeros_like(actions[:1]), actions[:-1]])  # led[t]: the step that led to frame t
-    session = world.start(frames[:context], actions=led[:context], sampler=sampler, backend="eager", seed=seed)
+    session = world.start(frames[:context], actions=acts[:context], sampler=sampler, backend="eager", seed=seed)
     p = []
     for t in range(context - 1, T - 1):
-        session.step(actions[t], remember=False)
-        session.observe(frames[t + 1 : t + 2], actions[t : t + 1])
+        session.step(acts[t + 1], remember=False)
+        session.observe(frames[t + 1 : t + 2], acts[t + 1 : t + 2])
         p.append(float(session.last_termination))
-    session.step(actions[T - 1])  # the step that ended it: no frame after it
+    session.step(acts[T])  # the step that ended it: no frame after it
     p.append(float(session.last_termination))
     return np.asarray(p)
