@@ -50,6 +50,27 @@ def test_record_info_show(tmp_path):
     assert moving.sum() > 10
     np.testing.assert_allclose(d_angle[moving], -turn[moving], atol=0.05)  # positive turn = right = angle down
 
+    # the engine's depth buffer is stored, and its geometry explains the next frame better than Farneback alone
+    assert ds.info.camera is not None and data["depth"].shape == (60, 64, 80) and data["depth"].dtype == np.uint8
+    assert (data["depth"] > 0).mean() > 0.8  # the view, not the weapon drawn over it
+    from neuralworld.data.flow import optical_flow, pair_flow, remap
+
+
+    def psnr(a, b):
+        return 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+    scores = {"copy": [], "farneback": [], "pair": []}
+    for e in range(2):
+        d = ds.episode(e).load()
+        for t in range(59):
+            old, new = d["frames"][t], d["frames"][t + 1]
+            scores["copy"].append(psnr(old, new))
+            scores["farneback"].append(psnr(remap(old, optical_flow(new, old)), new))
+            pair = pair_flow(new, old, depth_new=d["depth"][t + 1], pose_new=d["poses"][t + 1], pose_old=d["poses"][t], camera=ds.info.camera)
+            scores["pair"].append(psnr(remap(old, pair), new))
+    mean = {k: float(np.mean(v)) for k, v in scores.items()}
+    assert mean["pair"] > mean["farneback"] > mean["copy"], mean
+
     info = json.loads(run("data", "info", out, "--json").stdout)
     assert info["episodes"] == 2 and info["frames"] == 120 and 0 < info["bytes_per_frame"] < 64 * 80 * 3
 

@@ -18,10 +18,12 @@ Layout (Zarr v3; a local folder, or any fsspec URL such as ``s3://bucket/doom``)
           terminated  (T,)           bool
           poses       (T, P)         float32, pose_names (x, y, z, angle for Doom); NaN unknown
           game_vars   (T, G)         float32, game_variables (health, ammo, ...)
+          depth       (T, H, W)      uint8, the engine's depth buffer (only where the root's
+                                       attributes hold a ``camera``: data/flow.py reads both)
 
 Timing: ``frames[t]`` is what the player saw before ``actions[t]`` was applied;
 ``rewards[t]`` and ``terminated[t]`` are the results of ``actions[t]``;
-``poses[t]`` and ``game_vars[t]`` belong to ``frames[t]``.
+``poses[t]``, ``game_vars[t]`` and ``depth[t]`` belong to ``frames[t]``.
 
 Crash safety: an episode is written chunk by chunk (every Zarr write is atomic on
 a local disk and a whole object on an object store) and marked ``complete`` in its
@@ -51,6 +53,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from neuralworld.actions import ActionError, ActionSpec
+from neuralworld.data.flow import Camera
 
 FORMAT = "neuralworld-dataset"
 VERSION = 1
@@ -92,6 +95,8 @@ class DatasetInfo:
     game_variables: tuple[str, ...]
     created: str
     version: int
+    camera: Camera | None = None
+    """The engine's camera, where episodes hold a depth buffer (``data.flow.Camera``)."""
 
     @property
     def fps(self) -> float:
@@ -108,6 +113,7 @@ class DatasetInfo:
             "pose_names": list(self.pose_names),
             "game_variables": list(self.game_variables),
             "created": self.created,
+            **({"camera": self.camera.to_attrs()} if self.camera is not None else {}),
         }
 
     @classmethod
@@ -128,6 +134,7 @@ class DatasetInfo:
                 game_variables=tuple(meta.get("game_variables", ())),
                 created=str(meta.get("created", "")),
                 version=version,
+                camera=Camera.from_attrs(meta["camera"]) if meta.get("camera") else None,
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DatasetError(f"{where}: dataset attributes are damaged ({e})") from None
@@ -173,14 +180,16 @@ class DatasetWriter:
         source: str,
         pose_names: Sequence[str] = DEFAULT_POSE_NAMES,
         game_variables: Sequence[str] = (),
+        camera: Camera | None = None,
         exist_ok: bool = False,
     ) -> "DatasetWriter":
         """Create a new store at ``path`` (which must not hold anything). ``exist_ok``: append
         to the store already at ``path`` instead (refusing a different ActionSpec, resolution,
-        pose or game-variable layout), as a recording into an existing ``--out`` does."""
+        pose or game-variable layout, or camera), as a recording into an existing ``--out`` does.
+        ``camera``: episodes store the engine's depth buffer too (``EpisodeWriter.add_frame``)."""
         if exist_ok and ((Path(path) / "zarr.json").exists() if not _is_url(path) else _url_exists(path)):
             writer = cls.open(path)
-            writer.check_compatible(spec, resolution, pose_names=pose_names, game_variables=game_variables)
+            writer.check_compatible(spec, resolution, pose_names=pose_names, game_variables=game_variables, camera=camera)
             return writer
         where = str(path)
         h, w = (int(v) for v in resolution)
@@ -205,6 +214,7 @@ class DatasetWriter:
             game_variables=tuple(game_variables),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             version=VERSION,
+            camera=camera,
         )
         try:
             root = zarr.open_group(where, mode="w-")
@@ -229,8 +239,12 @@ class DatasetWriter:
         *,
         pose_names: Sequence[str] | None = None,
         game_variables: Sequence[str] | None = None,
+        camera: Camera | None = None,
     ) -> None:
         problems = []
+        if camera != self.info.camera:
+            has = "no depth" if self.info.camera is None else f"depth from {self.info.camera}"
+            problems.append(f"it holds {has}, this recording {'none' if camera is None else camera}")
         if spec != self.info.spec:
             problems.append(f"its ActionSpec differs ({self.info.spec.diff(spec)})")
         if tuple(resolution) != self.info.resolution:
@@ -316,13 +330,16 @@ class EpisodeWriter:
             "poses": ((self._n_pose,), "float32"),
             "game_vars": ((self._n_vars,), "float32"),
         }
+        self._depth = info.camera is not None
+        if self._depth:
+            shapes["depth"] = ((h, w), "uint8")
         self.arrays = {
             name: self.group.create_array(
                 name, shape=(0, *tail), chunks=(CHUNK_FRAMES, *tail), dtype=dtype, compressors=_compressor()
             )
             for name, (tail, dtype) in shapes.items()
         }
-        self._buf: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
+        self._buf: dict[str, list[np.ndarray]] = {k: [] for k in shapes}
         self.length = 0
         self._closed = False
 
@@ -334,7 +351,10 @@ class EpisodeWriter:
         terminated: bool = False,
         pose: Sequence[float] | None = None,
         game_vars: Sequence[float] | None = None,
+        depth: np.ndarray | None = None,
     ) -> None:
+        """One frame and what belongs to it; ``depth`` (H, W) uint8 is required where the
+        dataset has a camera, and refused where it has none."""
         if self._closed:
             raise DatasetError(f"episode {self.key} is already saved")
         frame = np.asarray(frame)
@@ -352,10 +372,19 @@ class EpisodeWriter:
             raise DatasetError(
                 f"pose needs {self._n_pose} values and game_vars {self._n_vars}, got {pose_arr.shape} and {vars_arr.shape}"
             )
+        if self._depth:
+            depth = np.asarray(depth) if depth is not None else None
+            if depth is None or depth.shape != self._shape[:2] or depth.dtype != np.uint8:
+                got = "none" if depth is None else f"{depth.dtype} {depth.shape}"
+                raise DatasetError(f"this dataset records depth: uint8 {self._shape[:2]} per frame, got {got}")
+        elif depth is not None:
+            raise DatasetError("this dataset has no camera in its attributes: it stores no depth")
         for name, v in zip(
             _ARRAYS, (frame, action, np.float32(reward), np.bool_(terminated), pose_arr, vars_arr)
         ):
             self._buf[name].append(v)
+        if self._depth:
+            self._buf["depth"].append(depth)
         self.length += 1
         if len(self._buf["frames"]) >= CHUNK_FRAMES:
             self._flush()
@@ -408,7 +437,10 @@ class Episode:
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
 
-    def load(self, names: Iterable[str] = _ARRAYS, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    def load(self, names: Iterable[str] | None = None, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """The arrays ``names`` (default: all, with ``depth`` where it was recorded) over [start, stop)."""
+        if names is None:
+            names = _ARRAYS + (("depth",) if "depth" in self.group else ())
         stop = self.length if stop is None else stop
         return {n: self.group[n][start:stop] for n in names}
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from neuralworld.actions import ActionSpec, Axis
+from neuralworld.data.flow import Camera
 from neuralworld.data.store import DatasetError, DatasetWriter
 from neuralworld.record.explorer import CELL, coverage_cells, make_policy
 
@@ -35,6 +36,10 @@ TICS_PER_SECOND = 35
 TURN_LIMIT = 15.0  # degrees per recorded frame
 BUTTONS = ("forward", "back", "strafe_left", "strafe_right", "attack", "use")
 POSE_NAMES = ("x", "y", "z", "angle")
+CAMERA = Camera(hfov_deg=90.0, aspect=4.0 / 3.0, depth_unit=100.0 / 14.0)
+"""ViZDoom's view at the 4:3 resolutions ``_render_resolution`` picks; the depth buffer steps
+about 14 per 100 map units (ViZDoom issue #192). Checked on recorded pairs: warping by this
+camera's reprojection, then Farneback on the rest, beats Farneback alone (docs/experiments.md)."""
 GAME_VARIABLES = ("health", "armor", "ammo", "kills")
 
 
@@ -139,7 +144,7 @@ class DoomEngine:
         g.set_render_particles(True)
         g.set_render_messages(False)
         g.set_render_corpses(True)
-        g.set_depth_buffer_enabled(True)  # the explorer steers by it; it is not stored
+        g.set_depth_buffer_enabled(True)  # the explorer steers by it; stored for the exact flow (data/flow.py)
         g.set_window_visible(False)
         g.set_sound_enabled(False)
         g.set_mode(vzd.Mode.PLAYER)
@@ -174,6 +179,16 @@ class DoomEngine:
         if img.shape[:2] != (h, w):
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(img)
+
+    def depth(self, state: Any) -> np.ndarray:
+        """The depth buffer (H, W) uint8 at the stored resolution (nearest: depths are not blended)."""
+        import cv2
+
+        d = state.depth_buffer
+        h, w = self.resolution
+        if d.shape != (h, w):
+            d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
+        return np.ascontiguousarray(d, dtype=np.uint8)
 
     @staticmethod
     def clearance(state: Any) -> tuple[float, float, float]:
@@ -222,6 +237,7 @@ def record_episode(
                 raise SystemExit("recorder parent died")  # orphaned: leave the episode incomplete
             state = g.get_state()
             frame = engine.frame(state)
+            depth = engine.depth(state) if writer.info.camera is not None else None
             gv = np.asarray(state.game_variables, np.float32)
             pose, game_vars = gv[:4], gv[4:]
             xy.append(pose[:2])
@@ -230,7 +246,7 @@ def record_episode(
             executed[-1] = np.clip(executed[-1], -TURN_LIMIT, TURN_LIMIT)
             terminated = bool(g.is_episode_finished())  # died or left the map
             total_reward += reward
-            ep.add_frame(frame, executed, reward, terminated, pose, game_vars)
+            ep.add_frame(frame, executed, reward, terminated, pose, game_vars, depth=depth)
             if progress is not None:
                 with progress.get_lock():
                     progress.value += 1
@@ -285,7 +301,8 @@ def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True) 
         raise DatasetError("ViZDoom is not installed: pip install 'neuralworld[doom]' (or run ./setup.sh)") from None
     spec = doom_action_spec(cfg.frame_skip)
     writer = DatasetWriter.create(
-        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES, exist_ok=True
+        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES,
+        camera=CAMERA, exist_ok=True,
     )
     removed = writer.remove_incomplete()
     ids = writer.next_ids(cfg.episodes)

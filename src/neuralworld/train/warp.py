@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from neuralworld.bundle import build_networks
+from neuralworld.data.flow import pair_flow
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.unet import PixelCodec
 from neuralworld.model.warp import (
@@ -75,13 +76,16 @@ ENDS_PER = 8
 
 class WarpWindows:
     """Windows of memory + the frames to predict, with the actions that led to each frame, the
-    rewards and terminations of those steps, and OpenCV's flow for the first predicted frame."""
+    rewards and terminations of those steps, and the flow into the first predicted frame
+    (``data.flow.pair_flow``: the engine's geometry where the data has depth, else Farneback)."""
 
     def __init__(self, ds: Any, episodes: list[int], memory: int, unroll: int, with_flow: bool):
         self.memory, self.unroll, self.with_flow = memory, unroll, with_flow
         self.windows = windows(ds, episodes, memory + unroll + 1, "a warp window")  # the step before leads in
         self.source = FrameSource(ds, self.windows.episodes)
-        self.steps = {e: ds.episode(e).load(("actions", "rewards", "terminated")) for e in self.windows.episodes}
+        self.camera = ds.info.camera
+        names = ("actions", "rewards", "terminated") + (("poses", "depth") if self.camera is not None else ())
+        self.steps = {e: ds.episode(e).load(names) for e in self.windows.episodes}
         self.spec, self.resolution = ds.spec, ds.resolution
         # episodes that ended in a death (or another end the recording marks), with a memory before it
         self.ends = [e for e in self.windows.episodes if self.steps[e]["terminated"][-1] and len(self.steps[e]["terminated"]) > memory]
@@ -126,7 +130,9 @@ class WarpWindows:
             rewards.append(st["rewards"][led][M:])
             terminated.append(st["terminated"][led][M:])
             if with_flow:
-                flows.append(optical_flow(f[M], f[M - 1]))
+                geo = {} if self.camera is None else dict(
+                    depth_new=st["depth"][s + M], pose_new=st["poses"][s + M], pose_old=st["poses"][s + M - 1], camera=self.camera)
+                flows.append(pair_flow(f[M], f[M - 1], **geo))
         return WarpBatch(
             frames=frames_to_tensor(np.stack(frames)),  # (n, k, 3, H, W)
             actions=torch.from_numpy(np.stack(actions)).float(),  # (n, k, A)
@@ -213,8 +219,8 @@ class RolloutStreams:
 
 
 def fit_ego_flow(net: WarpNet, source: WarpWindows, rng: np.random.Generator, n: int = 4096) -> float:
-    """The network's action flow (``WarpNetConfig.action_flow``) fitted to OpenCV's optical flow
-    on ``n`` recorded pairs; returns the fraction of the flows' variance the actions explain."""
+    """The network's action flow (``WarpNetConfig.action_flow``) fitted to the flow of ``n``
+    recorded pairs (``WarpWindows.batch_at``'s); returns the fraction of the flows' variance the actions explain."""
     M, k = source.memory, net.config.action_frames
     acts, flows = [], []
     where = draw(source.windows, rng, n)
@@ -224,13 +230,6 @@ def fit_ego_flow(net: WarpNet, source: WarpWindows, rng: np.random.Generator, n:
         flows.append(b.flow)
     device = net.action_flow.device
     return fit_action_flow(net, torch.cat(acts).to(device), torch.cat(flows).to(device))
-
-
-def optical_flow(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """(H, W, 2) pixels: where each pixel of ``new`` was in ``old`` (OpenCV Farneback on grey),
-    the warp's backward convention."""
-    g_new, g_old = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY) for x in (new, old))
-    return cv2.calcOpticalFlowFarneback(g_new, g_old, None, 0.5, 3, 9, 3, 5, 1.1, 0)
 
 
 def unroll_at(step: int, cfg: TrainConfig) -> int:
