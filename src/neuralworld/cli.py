@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warp-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
                    help="--model warp: override a setting of the objective (repeatable): l1_weight, adv_weight, "
                         "flow_weight, mask_weight, context_noise_max, rollout_lowpass, action_flow (1: on), flow_resolution, "
-                        "integer_warp (1: on)")
+                        "integer_warp (1: on), reveal_paint (1: on)")
     t.add_argument("--warp-chain", type=_non_negative_int, default=None,
                    help="--model warp: most frames a training stream plays itself, step after step, before it "
                         "starts again from recorded memory (default 48; 0: every sample starts from recorded memory)")

@@ -85,6 +85,11 @@ class WarpNetConfig:
     u ~ U[0, 1) per frame (from the noise), so a fraction of a pixel per frame moves on average
     but no frame is resampled; gradients pass straight through the bilinear warp. A bilinear
     warp blurs a little at every step, and a rollout warps its own output every step."""
+    reveal_paint: bool = False
+    """Where the flow samples from outside the last frame (what a turn or a step reveals at the
+    edges), the frame is paint alone: the mask is cut to 0 there (the warp would only repeat the
+    edge's pixels into streaks), and ``mask_weight`` pulls toward the warp only inside. False in
+    bundles saved before it existed."""
     max_flow: float = 16.0
     """Flow is bounded to +-max_flow pixels (tanh) at 64 px wide, scaled with the width."""
     groups: int = 8
@@ -301,6 +306,10 @@ class WarpNet(nn.Module):
         if cfg.action_flow:
             flow = flow + self.ego_flow(actions)
         mask = torch.sigmoid(out[:, 2:3])  # (B, 1, H, W)
+        inside = torch.ones_like(mask)
+        if cfg.reveal_paint:  # a sample from outside the frame has nothing to warp: paint it
+            inside = self._inside(flow).to(mask.dtype)
+            mask = mask * inside
         paint = torch.tanh(out[:, 3:])  # (B, 3, H, W)
         if cfg.integer_warp:
             u = 0.5 * (1.0 + torch.erf(noise[:, :1, :1, :1] / math.sqrt(2.0)))  # (B, 1, 1, 1) ~ U[0, 1): the normal's CDF
@@ -311,8 +320,16 @@ class WarpNet(nn.Module):
         else:
             warped = backward_warp(frames[:, -1], flow)
         frame = mask * warped + (1.0 - mask) * paint  # (B, 3, H, W)
-        return {"frame": frame, "flow": flow, "mask": mask, "paint": paint, "warped": warped,
+        return {"frame": frame, "flow": flow, "mask": mask, "paint": paint, "warped": warped, "inside": inside,
                 "reward": heads[:, 0], "termination": heads[:, 1]}
+
+    @staticmethod
+    def _inside(flow: torch.Tensor) -> torch.Tensor:
+        """flow (B, 2, H, W) -> (B, 1, H, W) bool: the pixels whose source p + flow[p] lies in the frame."""
+        H, W = flow.shape[-2:]
+        x = torch.arange(W, device=flow.device, dtype=flow.dtype)[None, None, :] + flow[:, 0]  # (B, H, W)
+        y = torch.arange(H, device=flow.device, dtype=flow.dtype)[None, :, None] + flow[:, 1]
+        return ((x > -0.5) & (x < W - 0.5) & (y > -0.5) & (y < H - 0.5))[:, None]
 
     def ego_flow(self, actions: torch.Tensor) -> torch.Tensor:
         """actions (B, action_frames, A) -> (B, 2, H, W) pixels: the flow the actions alone explain."""
@@ -491,8 +508,9 @@ def warp_generator_loss(
         l1 = l1.mean()
         loss = cfg.l1_weight * l1
         logs[f"l1_{u}"] = float(l1.detach())
-        if cfg.mask_weight > 0:
-            loss = loss + cfg.mask_weight * (1.0 - out["mask"]).mean()
+        if cfg.mask_weight > 0:  # toward the warp wherever there is something to warp
+            inside = out["inside"]
+            loss = loss + cfg.mask_weight * ((1.0 - out["mask"]) * inside).sum() / inside.sum().clamp(min=1.0)
         if u == 0:
             reward, termination = out["reward"], out["termination"]
             rewards, terminated = batch.rewards[:, 0], batch.terminated[:, 0]
