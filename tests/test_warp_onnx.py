@@ -151,6 +151,19 @@ def test_onnx_session_plays_the_same_frames_as_eager(world, batch_size):
     np.testing.assert_allclose(onnx.step(SPEC.noop()).astype(int), ref.step(SPEC.noop()).astype(int), atol=1)
 
 
+def test_compiled_session_plays_the_same_frames_as_eager(world):
+    """torch.compile of the pure step: the same frames as eager over more steps than memory holds
+    (a warp world's append calls no network, so the compiled path only steps)."""
+    start, actions = start_frames(), random_actions(8, seed=4)
+    ref = WorldSession(world, start, backend="eager", seed=2)
+    compiled = WorldSession(world, start, backend="compiled", seed=2)
+    assert compiled.backend.name == "compiled"
+    for t, a in enumerate(actions):
+        diff = np.abs(ref.step(a).astype(np.int16) - compiled.step(a).astype(np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.05, f"step {t}: max diff {diff.max()}"
+    np.testing.assert_allclose(compiled.last_termination, ref.last_termination, atol=1e-4)
+
+
 def test_auto_plays_warp_on_onnx_and_the_baseline_still_refuses(world, tmp_path):
     assert fastest_exact(world) == "onnx"
     assert world.start(backend="auto").backend.name == "onnx"

@@ -72,13 +72,16 @@ class TorchBackend:
 
     def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
         if self._compiled_step is not None:
-            return DynamicsOutput(*self._compiled_run(latent, noise_level, action, cache)[:3])
+            out = DynamicsOutput(*self._compiled_run(latent, noise_level, action, cache)[:3])
+            if isinstance(self.dynamics, WarpNet):  # its append hands back the last step's heads
+                cache.reward, cache.termination = out.reward.detach().clone(), out.termination.detach().clone()
+            return out
         with self._autocast():
             out = self.dynamics.step(latent, noise_level, action, cache)
         return DynamicsOutput(out.velocity.float(), out.reward.float(), out.termination.float())
 
     def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: DynamicsCache) -> DynamicsOutput:
-        if self._compiled_step is not None:
+        if self._compiled_step is not None and not isinstance(self.dynamics, WarpNet):  # a warp world's append calls no network
             velocity, reward, term, *kv = self._compiled_run(latent, noise_level, action, cache)
             cache.push(*kv, self.dynamics.config.memory_frames, latent=latent)
             return DynamicsOutput(velocity, reward, term)
