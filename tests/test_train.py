@@ -335,7 +335,9 @@ def test_warp_world_trains_resumes_exactly_and_plays(tmp_path, data32):
     logged = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [x for x in logged if x["kind"] == "train"]
     assert max(x["unroll"] for x in train_rows) == 3 and train_rows[-1]["adv_weight"] > 0  # the curriculum ran
-    assert any(x["kind"] == "held_out" and np.isfinite(x["next_frame_psnr"]) for x in logged)
+    held = [x for x in logged if x["kind"] == "held_out"]
+    assert held and all(np.isfinite(x["next_frame_psnr"]) for x in held)
+    assert all(x["drive_64_sharpness_ratio"] > 0 for x in held)  # the drive played on: its frames are not flat
     world = load_bundle(tmp_path / "straight" / "world")
     assert world.model == "warp" and world.meta["training"]["steps"] == {"warp": 12} and world.meta["training"]["seconds"] > 0
     session = world.start(seed=0)

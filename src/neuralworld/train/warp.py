@@ -407,10 +407,17 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     return net
 
 
+DRIVE = 64
+"""frames the validation drives on past the 8 it plays from real memory"""
+
+
 @torch.no_grad()
 def _validate(net: WarpNet, ema: EMA, held: WarpBatch, run: RunFolder, step: int, d: Dist) -> None:
     """Held-out, the EMA generator: the next frame from real memory (PSNR beside copy-last,
-    sharpness beside the real frame's), and 8 frames played from its own (PSNR of the last)."""
+    sharpness beside the real frame's), 8 frames played from its own (PSNR of the last), and a
+    drive of ``DRIVE`` frames on from there (sharpness of its last frame beside the real
+    frames'): the figures from real memory can rise while the world a player drives runs into
+    noise (over 1) or fog (near 0); the drive shows it."""
     m = _ema_copy(net, ema)
     M, k = m.config.window, m.config.action_frames
     frames, actions = held.frames.to(d.device), held.actions.to(d.device)
@@ -422,16 +429,27 @@ def _validate(net: WarpNet, ema: EMA, held: WarpBatch, run: RunFolder, step: int
         out = m(memory, actions[:, M + u - k + 1 : M + u + 1], noise)["frame"]
         played.append(out)
         memory = torch.cat([memory[:, 1:], quantize(out)[:, None]], 1)
+    # the drive: on from the played memory, each window held to another window's recorded
+    # actions (cycled, 8 frames each), so every control the data has is driven
+    U = frames.shape[1] - M
+    drive = actions[:, M - k + 1 :].roll(1, 0)  # (B, k - 1 + U, A)
+    for u in range(DRIVE):
+        noise = torch.randn(frames[:, 0].shape, generator=gen, device=d.device)
+        j = (u // 8) % U
+        out = m(memory, drive[:, j : j + k], noise)["frame"]
+        memory = torch.cat([memory[:, 1:], quantize(out)[:, None]], 1)
     real = tensor_to_frames(frames[:, M])
     first, last = tensor_to_frames(played[0]), tensor_to_frames(played[-1])
+    driven = tensor_to_frames(out)
     run.logger.scalars(STAGE, step, {
         "next_frame_psnr": mean_psnr(first, real),
         "copy_last_psnr": mean_psnr(tensor_to_frames(frames[:, M - 1]), real),
         "next_frame_sharpness_ratio": sharpness(first) / max(sharpness(real), 1e-9),
         "played_8_psnr": mean_psnr(last, tensor_to_frames(frames[:, -1])),
         "played_8_sharpness_ratio": sharpness(last) / max(sharpness(tensor_to_frames(frames[:, -1])), 1e-9),
+        f"drive_{DRIVE}_sharpness_ratio": sharpness(driven) / max(sharpness(tensor_to_frames(frames[:, M:].flatten(0, 1))), 1e-9),
     }, kind="held_out")
-    run.logger.images(f"{STAGE}/real_next_played8", step, [real[:8], first[:8], last[:8]])
+    run.logger.images(f"{STAGE}/real_next_played8_drive", step, [real[:8], first[:8], last[:8], driven[:8]])
 
 
 def sharpness(frames: np.ndarray) -> float:
