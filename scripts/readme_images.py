@@ -4,9 +4,12 @@
 
 Writes ``<name>_controls.png`` (one row per held control: start, then every
 ``--every``-th generated frame, scaled up) and ``<name>_play.gif`` (a short
-scripted walk: look left, look right, walk). Everything comes from ``WorldSession``
-with the player's default sampler, from the world's own start frames: nothing is
-picked by hand. WORLD defaults to the shipped one.
+scripted walk: look left, look right, walk). With ``--agent AGENT`` it also writes
+``<name>_agent.gif``: the agent (``neuralworld agent train``) choosing every action from
+the frame on screen, as the page's Autopilot does, the heads' reward and DEAD (termination
+probability over 0.5) drawn on each frame; the world plays on past a death, as the page does.
+Everything comes from ``WorldSession`` with the player's default sampler, from the world's own
+start frames: nothing is picked by hand. WORLD defaults to the shipped one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=3, help="upscaling of each frame (nearest)")
     ap.add_argument("--sampler", default="fast")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--agent", default=None, help="an agent folder: also write <name>_agent.gif, the agent playing the world")
+    ap.add_argument("--agent-frames", type=int, default=150, help="frames of the agent's GIF")
     args = ap.parse_args(argv)
 
     path = resolve_world(args.world)
@@ -66,7 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     Image.fromarray(shots[0]).save(gif, save_all=True, append_images=[Image.fromarray(s) for s in shots[1:]],
                                    duration=int(1000 / world.spec.fps), loop=0)
     print(f"{png}\n{gif}")
+    if args.agent:
+        print(agent_gif(world, args, big, out))
     return 0
+
+
+def agent_gif(world, args, big, out: Path) -> Path:
+    """The agent plays the world from its start frames; the heads on a HUD line."""
+    from neuralworld.agents import load_agent
+
+    agent = load_agent(args.agent, world.spec, env=str(args.world))
+    session = world.start(sampler=args.sampler, seed=args.seed)
+    shots = [label(big(session.frame), "start")]
+    for t in range(args.agent_frames):
+        frame = session.step(agent.act(session.frame))
+        dead = session.last_termination > 0.5
+        shots.append(label(big(frame), f"{t + 1:3d}  r {session.last_reward:+.2f}" + ("  DEAD" if dead else "")))
+    gif = out / f"{world.name}_agent.gif"
+    Image.fromarray(shots[0]).save(gif, save_all=True, append_images=[Image.fromarray(s) for s in shots[1:]],
+                                   duration=int(1000 / world.spec.fps), loop=0)
+    return gif
 
 
 if __name__ == "__main__":

@@ -83,3 +83,26 @@ def test_a_store_without_a_camera_refuses_depth(tmp_path):
     with pytest.raises(DatasetError, match="no camera"):
         ep.add_frame(np.zeros((H, W, 3), np.uint8), np.zeros(2, np.float32), depth=np.zeros((H, W), np.uint8))
     assert Dataset(tmp_path / "d").info.camera is None
+
+
+def test_the_warp_worlds_reprojection_in_torch_is_the_recordings():
+    """model.warp.reprojection_flow (a depth and a camera move, differentiable) draws the flow
+    data.flow.reprojection_flow draws from the recorded depth and poses."""
+    import torch
+
+    from neuralworld.model.warp import camera_move
+    from neuralworld.model.warp import reprojection_flow as torch_flow
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        depth = rng.integers(0, 120, (H, W)).astype(np.uint8)
+        depth[-8:, 20:44] = 0  # the weapon
+        old = np.array([*rng.uniform(-500, 500, 2), rng.uniform(0, 40), rng.uniform(0, 360)])
+        new = old + np.array([*rng.uniform(-40, 40, 2), rng.uniform(-8, 8), rng.uniform(-25, 25)])
+        want = reprojection_flow(depth, new, old, CAM)
+        move = camera_move(torch.tensor(new)[None], torch.tensor(old)[None])
+        got = torch_flow(torch.from_numpy(depth).double()[None, None] / 255.0, move, hfov_deg=CAM.hfov_deg,
+                         aspect=CAM.aspect, depth_unit=CAM.depth_unit)[0].permute(1, 2, 0).numpy()
+        keep = np.abs(want).max(-1) < 200  # beside a point at the old camera's plane the projection runs off
+        np.testing.assert_allclose(got[keep], want[keep], atol=1e-3)
+        assert np.all(got[-8:, 20:44] == 0)

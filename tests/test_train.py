@@ -436,3 +436,38 @@ def test_the_termination_head_learns_from_the_steps_that_ended_episodes(tmp_path
     timing = death_timing(world, ds, [0, 1, 2], context=4)
     assert timing["deaths"] == 3 and timing["caught"] + timing["early"] + timing["missed"] == 3
     assert timing["steps_checked"] > 0 and timing["false_alarms_per_1000"] is not None
+
+
+def test_a_geometry_warp_world_learns_the_recordings_depth_and_camera_and_plays(tmp_path, data32):
+    """--warp-objective geometry_flow=1: the world takes the recording's camera, its targets are
+    each predicted frame's recorded depth and the camera's recorded move (WarpWindows), both
+    losses are logged, and the bundle plays; a recording without depth is refused, by name."""
+    from neuralworld.data.store import Dataset
+    from neuralworld.model.warp import camera_move
+    from neuralworld.train.warp import WarpWindows
+
+    ds = Dataset(data32)
+    src = WarpWindows(ds, [0, 1], 16, 2, with_flow=False, with_geometry=True)
+    b = src.batch_at([(0, 3)], 2)
+    st = ds.episode(0).load(("depth", "poses"))
+    assert b.depth.shape == (1, 2, 1, 32, 32) and torch.equal(b.depth[0, :, 0] * 255, torch.from_numpy(st["depth"][3 + 16 : 3 + 18]).float())
+    want = camera_move(torch.from_numpy(st["poses"][19:21]).double(), torch.from_numpy(st["poses"][18:20]).double()).float()
+    assert torch.allclose(b.move[0], want)
+    args = ["--warp-steps", 6, "--checkpoint-every", 3, "--validate-every", 3, *WARP, "--warp-objective", "geometry_flow=1"]
+    cli("train", data32, "--out", tmp_path / "geo", *args)
+    logged = [json.loads(x) for x in (tmp_path / "geo" / "metrics.jsonl").read_text().splitlines()]
+    assert any("depth_l1_0" in x and "move_l1_0" in x for x in logged if x["kind"] == "train")
+    world = load_bundle(tmp_path / "geo" / "world")
+    assert world.config.dynamics.geometry_flow and world.config.dynamics.depth_unit == ds.info.camera.depth_unit
+    frames = world.start(seed=0).rollout(np.stack([world.spec.make(forward=1, turn=5.0)] * 3))
+    assert frames.shape == (3, 32, 32, 3)
+    # a recording without a camera (imported video has none) is refused with the reason
+    from neuralworld.data.store import DatasetWriter
+
+    w = DatasetWriter.create(tmp_path / "nocam", ds.spec, (32, 32), source="test")
+    ep = w.episode(w.next_ids(1)[0])
+    for _ in range(40):
+        ep.add_frame(np.zeros((32, 32, 3), np.uint8), ds.spec.noop())
+    ep.save()
+    p = cli("train", tmp_path / "nocam", "--out", tmp_path / "nocam_run", *args, check=False)
+    assert p.returncode != 0 and "geometry_flow needs a recording with depth" in p.stderr

@@ -153,3 +153,34 @@ def test_an_integer_warp_moves_whole_pixels_with_straight_through_gradients():
     out = net(frames, torch.zeros(2, cfg.dynamics.action_frames, SPEC.size), noise)
     out["warped"].sum().backward()
     assert net.out.bias.grad[0].abs() > 0  # the flow learns through the straight-through warp
+
+
+def test_a_geometry_world_moves_the_picture_as_its_depth_and_camera_move_say_and_learns_both():
+    """geometry_flow: untrained it is copy-last (no move); its flow is the reprojection of the depth
+    it predicts by the move it predicts; the objective pulls both to the record's."""
+    from neuralworld.model.warp import reprojection_flow
+
+    cfg, net = tiny(geometry_flow=True, residual_flow=0.01)
+    M, k = cfg.dynamics.window, cfg.dynamics.action_frames
+    frames = quantize(torch.rand(2, M, 3, 32, 32) * 2 - 1)
+    out = net(frames, torch.zeros(2, k, SPEC.size), torch.randn(2, 3, 32, 32))
+    assert torch.all(out["move"] == 0) and out["depth"].shape == (2, 1, 32, 32)
+    assert out["flow"].abs().max() < 0.05 and (out["frame"] - frames[:, -1]).abs().mean() < 0.1
+    with torch.no_grad():
+        net.pose_head[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))  # a 10-degree turn to the left
+    out = net(frames, torch.zeros(2, k, SPEC.size), torch.randn(2, 3, 32, 32))
+    d = cfg.dynamics
+    want = reprojection_flow(out["depth"], out["move"], hfov_deg=d.camera_hfov, aspect=d.camera_aspect, depth_unit=d.depth_unit)
+    assert (out["flow"] - want).abs().max() < 0.05 and want[:, 0].mean() < -2  # a left turn: pixels came from the left
+    b = batch(cfg, 1)
+    b.depth, b.move = torch.full((2, 1, 1, 32, 32), 0.2), torch.tensor([[[0.5, 0.0, 0.0, -1.0]]] * 2)
+    _, net = tiny(geometry_flow=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    before = None
+    for _ in range(30):
+        loss, _, logs, _ = warp_generator_loss(net, None, b, unroll=1, adv_weight=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before = before or (logs["depth_l1_0"], logs["move_l1_0"])
+    assert logs["depth_l1_0"] < before[0] / 2 and logs["move_l1_0"] < before[1] / 2

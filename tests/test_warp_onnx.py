@@ -300,3 +300,31 @@ def test_page_plays_the_warp_world_as_the_onnx_session_does(page, site, world, t
     assert page.evaluate("nw.messages.find(m => m.type === 'started')")["image"] == [48, 80]
     page.click("#reset")
     page.wait_for_function("nw.messages.some(m => m.type === 'reset' && m.step === 0)", timeout=10_000)
+
+
+def test_a_geometry_worlds_step_graph_equals_pytorch(tmp_path):
+    """geometry_flow (depth and camera move reprojected in the graph: trigonometry, a division
+    by depth) exports, and ONNX Runtime's step is PyTorch's."""
+    torch.manual_seed(1)
+    cfg = warp_preset("tiny", SPEC, resolution=(64, 64))
+    cfg.dynamics.geometry_flow = True
+    codec, net = build_networks(cfg.validate())
+    with torch.no_grad():
+        net.out.weight.normal_(0.0, 0.05)
+        net.pose_head[-1].weight.normal_(0.0, 0.3)  # the camera moves: the reprojection does real work
+    world = load_bundle(save_bundle(tmp_path / "geo", cfg, codec, net, name="random-geo", start_frames=start_frames()))
+    net = world.dynamics
+    backend = OnnxBackend(export_onnx(world, tmp_path / "onnx", batch_size=2), threads=1)
+    cache = backend.new_cache(2)
+    for seed in range(2):
+        latent, level, action, frames, actions = example_warp_step_inputs(net, 2, seed=seed)
+        action = torch.rand(action.shape) * 2 - 1
+        cache.frames.copy_(frames)
+        cache.actions.copy_(actions)
+        with torch.no_grad():
+            ref = net.step_with_cache_tensors(latent, level, action, frames, actions)
+            flow = net(frames, torch.cat([actions[:, -(net.config.action_frames - 1):], action[:, None]], 1), latent)["flow"]
+        assert flow.abs().mean() > 1.0, "the reprojection does not move the picture"
+        got = backend._run(latent, level, action, cache, ["velocity", "reward", "termination"])
+        for name, g, r in zip(("velocity", "reward", "termination"), got, ref):
+            np.testing.assert_allclose(g, r.numpy(), atol=1e-3, rtol=0, err_msg=f"{name}, draw {seed}")

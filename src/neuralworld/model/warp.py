@@ -92,6 +92,25 @@ class WarpNetConfig:
     bundles saved before it existed."""
     max_flow: float = 16.0
     """Flow is bounded to +-max_flow pixels (tanh) at 64 px wide, scaled with the width."""
+    geometry_flow: bool = False
+    """The flow is the camera's: the generator predicts the new frame's depth (a seventh output
+    channel, taught by the engine's depth buffer) and the camera's move since the last frame
+    (``pose_head``, taught by the recorded poses), and the flow is the one reprojects into the
+    other (``reprojection_flow``: each new pixel lifted by its depth, moved by the pose, projected
+    into the last camera), plus the network's own flow bounded to +-``residual_flow`` pixels (the
+    walking bob; things that move on their own). A turn or a step then moves every surface as the
+    engine's camera would, whatever the picture has become; only what that leaves is the network's.
+    Needs a dataset with depth and a camera (ViZDoom recordings); ``action_flow`` is not used with it."""
+    residual_flow: float = 2.0
+    """With ``geometry_flow``: bound (pixels at 64 px wide) of the network's flow on top of the geometry."""
+    camera_hfov: float = 90.0
+    """With ``geometry_flow``: the recording's camera (``data.flow.Camera``), set from the dataset by the trainer."""
+    camera_aspect: float = 4.0 / 3.0
+    depth_unit: float = 100.0 / 14.0
+    depth_weight: float = 1.0
+    """With ``geometry_flow``: weight of the depth's L1 (depth buffer / 255) to the recorded frame's."""
+    pose_weight: float = 1.0
+    """With ``geometry_flow``: weight of the camera move's L1 (``POSE_SCALE`` units) to the recorded one."""
     groups: int = 8
     # -- training objective ----------------------------------------------------------------
     l1_weight: float = 1.0
@@ -132,7 +151,8 @@ class WarpNetConfig:
             raise ConfigError(f"warp.flow_resolution must be >= 1, got {self.flow_resolution}")
         if self.rollout_lowpass < 1:
             raise ConfigError(f"warp.rollout_lowpass must be >= 1, got {self.rollout_lowpass}")
-        for name in ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "max_flow"):
+        for name in ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "max_flow",
+                     "residual_flow", "depth_weight", "pose_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"warp.{name} must be >= 0")
         return self
@@ -172,6 +192,56 @@ def backward_warp(frame: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
     scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=frame.device, dtype=frame.dtype)
     grid = torch.stack([gx, gy], -1)[None] + flow.permute(0, 2, 3, 1) * scale  # (B, H, W, 2)
     return F.grid_sample(frame, grid, mode=mode, padding_mode="border", align_corners=True)
+
+
+POSE_SCALE = (32.0, 32.0, 32.0, 10.0)
+"""A camera move (forward, left, up in map units, yaw in degrees, in the last camera's frame)
+as the network predicts it: divided by these (a step of Doom running is some tens of units)."""
+
+
+MAX_MOVE = 4.0
+"""Bound of each of a predicted camera move's four numbers (tanh), in ``POSE_SCALE`` units."""
+
+
+def camera_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
+    """Recorded poses (..., 4): x, y, z, angle in degrees (yaw counter-clockwise) -> the move
+    (..., 4) from the old camera to the new one in the old camera's frame (forward, left, up,
+    yaw turned, wrapped to [-180, 180)), divided by ``POSE_SCALE``."""
+    a0 = pose_old[..., 3] * (math.pi / 180.0)
+    dx, dy = pose_new[..., 0] - pose_old[..., 0], pose_new[..., 1] - pose_old[..., 1]
+    fwd = dx * torch.cos(a0) + dy * torch.sin(a0)
+    left = -dx * torch.sin(a0) + dy * torch.cos(a0)
+    yaw = torch.remainder(pose_new[..., 3] - pose_old[..., 3] + 180.0, 360.0) - 180.0
+    move = torch.stack([fwd, left, pose_new[..., 2] - pose_old[..., 2], yaw], -1)
+    return move / move.new_tensor(POSE_SCALE)
+
+
+def reprojection_flow(depth: torch.Tensor, move: torch.Tensor, *, hfov_deg: float, aspect: float, depth_unit: float) -> torch.Tensor:
+    """The backward flow (B, 2, H, W) pixels from the new frame's depth (B, 1, H, W) in depth-buffer
+    units / 255 and the camera's move (B, 4) (``camera_move``'s units): each new pixel lifted by
+    its depth, moved into the last camera and projected (``data.flow.reprojection_flow``'s geometry,
+    in torch and differentiable). Depth under one buffer step (the weapon, drawn over the view)
+    fades to zero flow, and so does a point behind the last camera."""
+    B, _, H, W = depth.shape
+    t = torch.tan(depth.new_tensor(math.radians(hfov_deg)) / 2.0)
+    fx, fy = (W / 2.0) / t, (H / 2.0) * aspect / t
+    cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
+    v = torch.arange(H, device=depth.device, dtype=depth.dtype)[:, None].expand(H, W)
+    u = torch.arange(W, device=depth.device, dtype=depth.dtype)[None, :].expand(H, W)
+    d = depth[:, 0] * 255.0  # (B, H, W) buffer units
+    Z = d * depth_unit
+    X, Y = (u - cx) / fx * Z, -(v - cy) / fy * Z  # right, up
+    m = move * move.new_tensor(POSE_SCALE)
+    tf, tl, tz = (m[:, i, None, None] for i in range(3))
+    a = (m[:, 3] * (math.pi / 180.0))[:, None, None]
+    ca, sa = torch.cos(a), torch.sin(a)
+    dx = tf + Z * ca + X * sa  # the point in the last camera's frame: forward, left, up
+    dy = tl + Z * sa - X * ca
+    dz = tz + Y
+    ok = ((d - 0.5) * 2.0).clamp(0.0, 1.0) * (dx > 1e-2).to(depth.dtype)  # (B, H, W): 0 at depth 0, 1 from one step
+    Z0 = torch.where(dx > 1e-2, dx, torch.ones_like(dx))
+    flow = torch.stack([cx - fx * dy / Z0 - u, cy - fy * dz / Z0 - v], 1)  # (B, 2, H, W)
+    return flow * ok[:, None]
 
 
 # ---------------------------------------------------------------------------
@@ -259,12 +329,16 @@ class WarpNet(nn.Module):
         self.up1 = nn.Conv2d(c2, c1, 3, padding=1)
         self.block1u = FiLMBlock(c1, cfg.cond_dim, g)
         self.up0 = nn.Conv2d(c1, c0, 3, padding=1)
-        self.out = nn.Conv2d(c0, 6, 3, padding=1)  # flow (2), mask (1), paint (3)
+        self.out = nn.Conv2d(c0, 7 if cfg.geometry_flow else 6, 3, padding=1)  # flow (2), mask (1), paint (3)[, depth (1)]
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
             self.out.bias.zero_()
             self.out.bias[2] = 3.0  # the mask starts near 1: the untrained world is copy-last, not grey
         self.heads = nn.Sequential(nn.Linear(c3 + cfg.cond_dim, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, 2))
+        if cfg.geometry_flow:  # the camera's move (POSE_SCALE units): what the actions and the memory say
+            self.pose_head = nn.Sequential(nn.Linear(c3 + cfg.cond_dim, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, 4))
+            nn.init.zeros_(self.pose_head[-1].weight)  # no move: the untrained world is still copy-last
+            nn.init.zeros_(self.pose_head[-1].bias)
         if cfg.action_flow:  # (k*A + 1, 2, H/4, W/4): flow per unit of each action, and a constant
             H, W = self.latent_size
             self.register_buffer("action_flow", torch.zeros(cfg.action_frames * action_size + 1, 2, H // 4, W // 4))
@@ -295,22 +369,33 @@ class WarpNet(nn.Module):
         h = F.silu(self.down3(e2))  # (B, c3, H/8, W/8)
         for block in self.mid:
             h = block(h, c)
-        heads = self.heads(torch.cat([h.mean(dim=(2, 3)), c], 1))  # (B, 2)
+        pooled = torch.cat([h.mean(dim=(2, 3)), c], 1)  # (B, c3 + cond)
+        heads = self.heads(pooled)  # (B, 2)
         h = self.block2u(self.up2(F.interpolate(h, scale_factor=2.0, mode="nearest")) + e2, c)  # (B, c2, H/4, W/4)
         h = self.block1u(self.up1(F.interpolate(h, scale_factor=2.0, mode="nearest")) + e1, c)  # (B, c1, H/2, W/2)
         h = F.silu(self.up0(F.interpolate(h, scale_factor=2.0, mode="nearest")) + x)  # (B, c0, H, W)
-        out = self.out(h)  # (B, 6, H, W)
-        flow = torch.tanh(out[:, :2] / cfg.max_flow) * cfg.max_flow * (W / 64.0)  # (B, 2, H, W) pixels
+        out = self.out(h)  # (B, 6 or 7, H, W)
+        bound = cfg.residual_flow if cfg.geometry_flow else cfg.max_flow
+        flow = torch.tanh(out[:, :2] / bound) * bound * (W / 64.0)  # (B, 2, H, W) pixels
         if cfg.flow_resolution > 1:
             flow = F.interpolate(F.avg_pool2d(flow, cfg.flow_resolution), size=(H, W), mode="bilinear", align_corners=False)
-        if cfg.action_flow:
+        geometry = {}
+        if cfg.geometry_flow:
+            depth = torch.sigmoid(out[:, 6:7])  # (B, 1, H, W)
+            move = torch.tanh(self.pose_head(pooled) / MAX_MOVE) * MAX_MOVE  # (B, 4)
+            # the geometry learns from the record's depth and poses alone: the frame's loss, through
+            # a projection that divides by depth, would tear it apart (the residual flow is the frame's)
+            flow = flow + reprojection_flow(depth.detach(), move.detach(), hfov_deg=cfg.camera_hfov, aspect=cfg.camera_aspect,
+                                            depth_unit=cfg.depth_unit)
+            geometry = {"depth": depth, "move": move}
+        elif cfg.action_flow:
             flow = flow + self.ego_flow(actions)
         mask = torch.sigmoid(out[:, 2:3])  # (B, 1, H, W)
         inside = torch.ones_like(mask)
         if cfg.reveal_paint:  # a sample from outside the frame has nothing to warp: paint it
             inside = self._inside(flow).to(mask.dtype)
             mask = mask * inside
-        paint = torch.tanh(out[:, 3:])  # (B, 3, H, W)
+        paint = torch.tanh(out[:, 3:6])  # (B, 3, H, W)
         if cfg.integer_warp:
             u = 0.5 * (1.0 + torch.erf(noise[:, :1, :1, :1] / math.sqrt(2.0)))  # (B, 1, 1, 1) ~ U[0, 1): the normal's CDF
             warped = backward_warp(frames[:, -1], torch.floor(flow + u), mode="nearest")
@@ -321,7 +406,7 @@ class WarpNet(nn.Module):
             warped = backward_warp(frames[:, -1], flow)
         frame = mask * warped + (1.0 - mask) * paint  # (B, 3, H, W)
         return {"frame": frame, "flow": flow, "mask": mask, "paint": paint, "warped": warped, "inside": inside,
-                "reward": heads[:, 0], "termination": heads[:, 1]}
+                "reward": heads[:, 0], "termination": heads[:, 1], **geometry}
 
     @staticmethod
     def _inside(flow: torch.Tensor) -> torch.Tensor:
@@ -445,6 +530,10 @@ class WarpBatch:
     earlier step (a rollout stream, train/warp.py) instead of ``frames[:, :window]``,
     so its first frame is a played frame too (low-pass L1, no flow target).
 
+    ``depth`` (B, unroll, 1, H, W) in depth-buffer units / 255 and ``move`` (B, unroll, 4)
+    (``camera_move``) or None: each predicted frame's recorded depth and the camera's move
+    into it, ``geometry_flow``'s targets (recordings with depth only).
+
     ``ends`` (a WarpBatch or None): episodes' last steps, the ones that ended them (a
     death): ``window`` frames of memory and no frame after (the recording stops there),
     actions (n, window + 1, A), rewards and terminated (n, 1). Only the heads learn from
@@ -458,6 +547,8 @@ class WarpBatch:
     flow: torch.Tensor | None = None
     memory: torch.Tensor | None = None
     played: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    move: torch.Tensor | None = None
     ends: "WarpBatch | None" = None
 
     def to(self, device: torch.device | str) -> "WarpBatch":
@@ -525,6 +616,10 @@ def warp_generator_loss(
                 fl = ((out["flow"] - batch.flow).abs().mean(dim=(1, 2, 3)) * fresh).sum() / fresh.sum().clamp(min=1.0)
                 loss = loss + cfg.flow_weight * fl
                 logs["flow_l1"] = float(fl.detach())
+        if cfg.geometry_flow and batch.depth is not None:  # every frame: the record's depth and camera move into it
+            dl, ml = (out["depth"] - batch.depth[:, u]).abs().mean(), (out["move"] - batch.move[:, u]).abs().mean()
+            loss = loss + cfg.depth_weight * dl + cfg.pose_weight * ml
+            logs[f"depth_l1_{u}"], logs[f"move_l1_{u}"] = float(dl.detach()), float(ml.detach())
         if disc is not None and adv_weight > 0:
             g_adv = -disc(memory[:, -1], out["frame"], acts).mean()
             loss = loss + adv_weight * g_adv

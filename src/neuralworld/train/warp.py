@@ -28,10 +28,11 @@ import torch
 
 from neuralworld.bundle import build_networks
 from neuralworld.data.flow import pair_flow
+from neuralworld.data.store import Dataset
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.unet import PixelCodec
 from neuralworld.model.warp import (
-    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, count_parameters, fit_action_flow, quantize,
+    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, camera_move, count_parameters, fit_action_flow, quantize,
     warp_discriminator_loss, warp_generator_loss, warp_preset,
 )  # fmt: skip
 from neuralworld.train.config import WARP_OBJECTIVE, TrainConfig, TrainingError
@@ -53,6 +54,13 @@ def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig
             if name not in WARP_OBJECTIVE:
                 raise TrainingError(f"--warp-objective {name}: not a warp objective setting; choose from {', '.join(WARP_OBJECTIVE)}")
             setattr(world.dynamics, name, type(getattr(world.dynamics, name))(value))
+        if world.dynamics.geometry_flow:  # the recording's camera goes into the world (its flow is that camera's)
+            camera = Dataset(data).info.camera
+            if camera is None:
+                raise TrainingError(f"geometry_flow needs a recording with depth and a camera; {data} has none "
+                                    "(neuralworld record with ViZDoom stores both): train without it (leave geometry_flow off)")
+            world.dynamics.camera_hfov, world.dynamics.camera_aspect = camera.hfov_deg, camera.aspect
+            world.dynamics.depth_unit = camera.depth_unit
         return world
 
     with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config,
@@ -79,8 +87,12 @@ class WarpWindows:
     rewards and terminations of those steps, and the flow into the first predicted frame
     (``data.flow.pair_flow``: the engine's geometry where the data has depth, else Farneback)."""
 
-    def __init__(self, ds: Any, episodes: list[int], memory: int, unroll: int, with_flow: bool):
+    def __init__(self, ds: Any, episodes: list[int], memory: int, unroll: int, with_flow: bool, with_geometry: bool = False):
         self.memory, self.unroll, self.with_flow = memory, unroll, with_flow
+        if with_geometry and ds.info.camera is None:
+            raise TrainingError("geometry_flow needs a recording with depth and a camera (neuralworld record with ViZDoom "
+                                "stores both); this dataset has none: train without it (leave geometry_flow off)")
+        self.with_geometry = with_geometry
         self.windows = windows(ds, episodes, memory + unroll + 1, "a warp window")  # the step before leads in
         self.source = FrameSource(ds, self.windows.episodes)
         self.camera = ds.info.camera
@@ -120,7 +132,7 @@ class WarpWindows:
         """The windows (episode, step) in ``where``: frames s+1 .. s+memory+unroll."""
         with_flow = self.with_flow if with_flow is None else with_flow
         k, M = self.memory + unroll, self.memory
-        frames, actions, rewards, terminated, flows = [], [], [], [], []
+        frames, actions, rewards, terminated, flows, depths, moves = [], [], [], [], [], [], []
         for e, s in where:
             f = np.stack([self.source.frame(e, t) for t in range(s + 1, s + 1 + k)])  # (k, H, W, 3)
             led = steps_into(s + 1, k)
@@ -133,12 +145,22 @@ class WarpWindows:
                 geo = {} if self.camera is None else dict(
                     depth_new=st["depth"][s + M], pose_new=st["poses"][s + M], pose_old=st["poses"][s + M - 1], camera=self.camera)
                 flows.append(pair_flow(f[M], f[M - 1], **geo))
+            if self.with_geometry:  # the predicted frames' (s+M+1 ..) depth, and the camera's move into each
+                t = np.arange(s + M, s + M + unroll)  # their steps' indices
+                depths.append(st["depth"][t][:, None])  # (unroll, 1, H, W) uint8
+                moves.append(np.stack([st["poses"][t], st["poses"][t - 1]]))  # (2, unroll, 4)
+        geometry = {}
+        if depths:
+            poses = torch.from_numpy(np.stack(moves)).double()  # (n, 2, unroll, 4)
+            geometry = dict(depth=torch.from_numpy(np.stack(depths)).float() / 255.0,  # (n, unroll, 1, H, W)
+                            move=camera_move(poses[:, 0], poses[:, 1]).float())  # (n, unroll, 4)
         return WarpBatch(
             frames=frames_to_tensor(np.stack(frames)),  # (n, k, 3, H, W)
             actions=torch.from_numpy(np.stack(actions)).float(),  # (n, k, A)
             rewards=torch.from_numpy(np.stack(rewards)).float(),  # (n, unroll)
             terminated=torch.from_numpy(np.stack(terminated)).float(),
             flow=torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous() if flows else None,  # (n, 2, H, W)
+            **geometry,
         )
 
 
@@ -286,7 +308,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
         raise TrainingError(f"warp batch size {sc.batch_size} must divide into {d.world_size} processes x {cfg.grad_accum} accumulation steps")
     micro = sc.batch_size // micro_total
     M = wcfg.window
-    train_windows = WarpWindows(data.ds, data.train_episodes, M, cfg.warp_unroll, wcfg.flow_weight > 0)
+    train_windows = WarpWindows(data.ds, data.train_episodes, M, cfg.warp_unroll, wcfg.flow_weight > 0, wcfg.geometry_flow)
     held = WarpWindows(data.ds, data.check_episodes, M, 8, False).batch(np.random.default_rng(HELD_OUT_SEED), 16, 8)
 
     streams = RolloutStreams(train_windows, sc.batch_size, cfg.warp_chain, cfg.seed) if cfg.warp_chain > 0 else None
@@ -294,7 +316,7 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     net.to(d.device)
     critic.to(d.device)
     ckpt = run.path / f"{STAGE}.safetensors"
-    if wcfg.action_flow and not ckpt.exists():
+    if wcfg.action_flow and not wcfg.geometry_flow and not ckpt.exists():
         explained = fit_ego_flow(net, train_windows, np.random.default_rng([cfg.seed, _stage_index(STAGE), 1]))
         if d.main:
             run.logger.scalars(STAGE, 0, {"action_flow_explained": explained}, kind="fit")
