@@ -471,3 +471,23 @@ def test_a_geometry_warp_world_learns_the_recordings_depth_and_camera_and_plays(
     ep.save()
     p = cli("train", tmp_path / "nocam", "--out", tmp_path / "nocam_run", *args, check=False)
     assert p.returncode != 0 and "geometry_flow needs a recording with depth" in p.stderr
+
+
+def test_resume_reads_settings_added_since_the_run_began_as_their_defaults(tmp_path):
+    """A run begun before a setting existed (its run.json lacks it) resumes when the setting is
+    at its default, and is refused when it is not."""
+    from neuralworld.model.warp import warp_preset
+    from neuralworld.state_io import atomic_write_json
+    from neuralworld.train.run import _check_run
+
+    from neuralworld.actions import ActionSpec
+
+    world = warp_preset("tiny", ActionSpec(buttons=("forward",), axes=(), fps=10)).validate()
+    record = {"action_spec": {"a": 1}, "resolution": [64, 64], "world": world.to_dict()}
+    old = {**record, "world": {**world.to_dict(), "dynamics": {k: v for k, v in world.to_dict()["dynamics"].items() if k != "geometry_flow"}}}
+    (tmp_path / "run").mkdir()
+    atomic_write_json(tmp_path / "run" / "run.json", old)
+    _check_run(tmp_path / "run", record, True, type(world))
+    world.dynamics.geometry_flow = True
+    with pytest.raises(TrainingError, match="model config differs"):
+        _check_run(tmp_path / "run", {**record, "world": world.to_dict()}, True, type(world))

@@ -63,7 +63,7 @@ def training_run(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     record = {"data": str(data), **named, "action_spec": ds.spec.to_json_dict(), "resolution": list(ds.resolution),
               "world": world.to_dict(), "train": cfg.to_dict(), "world_size": d.world_size}
     path = Path(out)
-    _start_run(path, record, resume, d)
+    _start_run(path, record, resume, d, type(world))
     train_eps, held_eps = ds.split(cfg.held_out)
     logger = Logger(path, d.main)
     t0 = time.perf_counter()
@@ -80,7 +80,7 @@ def training_run(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
         atomic_write_json(path / "summary.json", summary)
 
 
-def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
+def _check_run(run: Path, record: dict[str, Any], resume: bool, config_cls: Any = None) -> None:
     path = run / "run.json"
     if not resume:
         if run.exists() and any(run.iterdir()):
@@ -97,16 +97,22 @@ def _check_run(run: Path, record: dict[str, Any], resume: bool) -> None:
         problems.append("the dataset's ActionSpec differs from the run's")
     if old.get("resolution") != record["resolution"]:
         problems.append(f"the dataset's resolution {record['resolution']} differs from the run's {old.get('resolution')}")
-    if old.get("world") != record["world"]:
+    old_world = old.get("world")
+    if config_cls is not None and isinstance(old_world, dict):  # settings added since the run began read as their defaults
+        try:
+            old_world = config_cls.from_dict(old_world).to_dict()
+        except ConfigError:
+            pass
+    if old_world != record["world"]:
         problems.append("the model config differs (another --preset?)")
     if problems:
         raise TrainingError(f"cannot resume {run}: " + "; ".join(problems))
 
 
-def _start_run(run: Path, record: dict[str, Any], resume: bool, d: Dist) -> None:
+def _start_run(run: Path, record: dict[str, Any], resume: bool, d: Dist, config_cls: Any = None) -> None:
     """Rank 0 checks the run folder against ``record`` and writes run.json once; all ranks wait."""
     if d.main:
-        _check_run(run, record, resume)
+        _check_run(run, record, resume, config_cls)
         run.mkdir(parents=True, exist_ok=True)
         if not (run / "run.json").exists():
             atomic_write_json(run / "run.json", record)
