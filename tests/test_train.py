@@ -453,12 +453,16 @@ def test_a_geometry_warp_world_learns_the_recordings_depth_and_camera_and_plays(
     assert b.depth.shape == (1, 2, 1, 32, 32) and torch.equal(b.depth[0, :, 0] * 255, torch.from_numpy(st["depth"][3 + 16 : 3 + 18]).float())
     want = camera_move(torch.from_numpy(st["poses"][19:21]).double(), torch.from_numpy(st["poses"][18:20]).double()).float()
     assert torch.allclose(b.move[0], want)
-    args = ["--warp-steps", 6, "--checkpoint-every", 3, "--validate-every", 3, *WARP, "--warp-objective", "geometry_flow=1"]
+    args = ["--warp-steps", 6, "--checkpoint-every", 3, "--validate-every", 3, *WARP, "--warp-objective", "geometry_flow=1",
+            "--warp-objective", "overlay=1"]
     cli("train", data32, "--out", tmp_path / "geo", *args)
     logged = [json.loads(x) for x in (tmp_path / "geo" / "metrics.jsonl").read_text().splitlines()]
     assert any("depth_l1_0" in x and "move_l1_0" in x for x in logged if x["kind"] == "train")
     world = load_bundle(tmp_path / "geo" / "world")
     assert world.config.dynamics.geometry_flow and world.config.dynamics.depth_unit == ds.info.camera.depth_unit
+    zero = np.mean([(ds.episode(i).load(("depth",))["depth"] == 0).mean(0) for i in range(len(ds))], 0)  # each pixel: the share of frames at depth 0
+    over = world.dynamics.overlay[0, 0].numpy()
+    assert over.sum() > 0 and np.all(zero[over == 1] > 0.4)  # the weapon, from the recording's depth, kept in the bundle
     frames = world.start(seed=0).rollout(np.stack([world.spec.make(forward=1, turn=5.0)] * 3))
     assert frames.shape == (3, 32, 32, 3)
     # a recording without a camera (imported video has none) is refused with the reason

@@ -184,3 +184,28 @@ def test_a_geometry_world_moves_the_picture_as_its_depth_and_camera_move_say_and
         opt.step()
         before = before or (logs["depth_l1_0"], logs["move_l1_0"])
     assert logs["depth_l1_0"] < before[0] / 2 and logs["move_l1_0"] < before[1] / 2
+
+
+def test_what_is_drawn_over_the_view_stays_put_and_the_scene_is_never_warped_from_it():
+    """overlay: the overlay's pixels keep the last frame's (zero flow, whatever the network says),
+    and a scene pixel whose flow samples the overlay is paint (mask 0), not the weapon dragged."""
+    from neuralworld.model.warp import overlay_from_depth
+
+    depth = np.full((10, 32, 32), 50, np.uint8)
+    depth[:, 24:, 12:20] = 0  # the weapon, always
+    depth[:3, :4, :4] = 0  # a dark corner, now and then
+    over = overlay_from_depth([depth[:6], depth[6:]])
+    assert over.shape == (1, 1, 32, 32) and over[0, 0, 24:, 12:20].eq(1).all() and over.sum() == 8 * 8
+    cfg, net = tiny(overlay=True, action_flow=False, integer_warp=False, flow_resolution=1)
+    with torch.no_grad():
+        net.overlay.copy_(over)
+        net.out.bias[1] = 0.5 * cfg.dynamics.max_flow  # every pixel comes from further down (3.7 px at 32 wide)
+    M, k = cfg.dynamics.window, cfg.dynamics.action_frames
+    frames = quantize(torch.rand(1, M, 3, 32, 32) * 2 - 1)
+    out = net(frames, torch.zeros(1, k, SPEC.size), torch.randn(1, 3, 32, 32))
+    assert out["flow"][0, :, 24:, 12:20].abs().max() == 0  # the weapon does not move ...
+    assert torch.allclose(out["warped"][0, :, 24:, 12:20], frames[0, -1, :, 24:, 12:20], atol=1e-5)
+    assert out["flow"][0, 1, :16].mean() > 3  # ... the scene does
+    above = out["inside"][0, 0, 21:24, 13:19]  # sampled 3.7 px below: from the weapon
+    assert above.eq(0).all() and out["mask"][0, 0, 21:24, 13:19].eq(0).all()
+    assert out["inside"][0, 0, :8].eq(1).all() and out["inside"][0, 0, 24:, 12:20].eq(1).all()

@@ -304,12 +304,13 @@ def test_page_plays_the_warp_world_as_the_onnx_session_does(page, site, world, t
 
 def test_a_geometry_worlds_step_graph_equals_pytorch(tmp_path):
     """geometry_flow (depth and camera move reprojected in the graph: trigonometry, a division
-    by depth) exports, and ONNX Runtime's step is PyTorch's."""
+    by depth) and the overlay (a second, nearest GridSample) export, and ONNX Runtime's step is PyTorch's."""
     torch.manual_seed(1)
     cfg = warp_preset("tiny", SPEC, resolution=(64, 64))
-    cfg.dynamics.geometry_flow = True
+    cfg.dynamics.geometry_flow = cfg.dynamics.overlay = True
     codec, net = build_networks(cfg.validate())
     with torch.no_grad():
+        net.overlay[..., 48:, 24:40] = 1.0  # a weapon: it stays put, nothing is warped from it
         net.out.weight.normal_(0.0, 0.05)
         net.pose_head[-1].weight.normal_(0.0, 0.3)  # the camera moves: the reprojection does real work
     world = load_bundle(save_bundle(tmp_path / "geo", cfg, codec, net, name="random-geo", start_frames=start_frames()))

@@ -90,6 +90,12 @@ class WarpNetConfig:
     edges), the frame is paint alone: the mask is cut to 0 there (the warp would only repeat the
     edge's pixels into streaks), and ``mask_weight`` pulls toward the warp only inside. False in
     bundles saved before it existed."""
+    overlay: bool = False
+    """What the engine draws over the view (the weapon, the HUD: where the recording's depth is 0 in
+    most frames, ``overlay_from_depth``) stays out of the scene: it does not move (zero flow) and
+    no pixel of the scene is warped from it: where the flow samples the overlay, the frame is paint.
+    Without it a step forward drags the weapon's pixels into the walls around it. The overlay is a
+    buffer of the network, set by the trainer from the recording (ViZDoom recordings with depth)."""
     max_flow: float = 16.0
     """Flow is bounded to +-max_flow pixels (tanh) at 64 px wide, scaled with the width."""
     geometry_flow: bool = False
@@ -342,6 +348,8 @@ class WarpNet(nn.Module):
         if cfg.action_flow:  # (k*A + 1, 2, H/4, W/4): flow per unit of each action, and a constant
             H, W = self.latent_size
             self.register_buffer("action_flow", torch.zeros(cfg.action_frames * action_size + 1, 2, H // 4, W // 4))
+        if cfg.overlay:  # (1, 1, H, W) in {0, 1}: drawn over the view (overlay_from_depth)
+            self.register_buffer("overlay", torch.zeros(1, 1, *self.latent_size))
 
     @classmethod
     def from_world(cls, world: WarpConfig) -> "WarpNet":
@@ -392,9 +400,16 @@ class WarpNet(nn.Module):
             flow = flow + self.ego_flow(actions)
         mask = torch.sigmoid(out[:, 2:3])  # (B, 1, H, W)
         inside = torch.ones_like(mask)
-        if cfg.reveal_paint:  # a sample from outside the frame has nothing to warp: paint it
-            inside = self._inside(flow).to(mask.dtype)
+        if cfg.overlay:  # the overlay stays put, and the scene is never warped from it
+            over = self.overlay.to(flow.dtype)
+            flow = flow * (1.0 - over)
+            from_overlay = backward_warp(over.expand(B, 1, H, W), flow, mode="nearest")  # (B, 1, H, W)
+            inside = 1.0 - from_overlay * (1.0 - over)
             mask = mask * inside
+        if cfg.reveal_paint:  # a sample from outside the frame has nothing to warp: paint it
+            outside = self._inside(flow).to(mask.dtype)
+            inside = inside * outside
+            mask = mask * outside
         paint = torch.tanh(out[:, 3:6])  # (B, 3, H, W)
         if cfg.integer_warp:
             u = 0.5 * (1.0 + torch.erf(noise[:, :1, :1, :1] / math.sqrt(2.0)))  # (B, 1, 1, 1) ~ U[0, 1): the normal's CDF
@@ -507,6 +522,13 @@ def fit_action_flow(net: WarpNet, actions: torch.Tensor, flows: torch.Tensor, ri
     net.action_flow.copy_(coef.reshape(net.action_flow.shape).float())
     residual = y.reshape(N, -1) - x @ coef
     return float(1.0 - residual.var() / y.var().clamp(min=1e-12))
+
+
+def overlay_from_depth(depths: list, share: float = 0.5) -> torch.Tensor:
+    """(1, 1, H, W) float in {0, 1}: the pixels whose recorded depth (each (T, H, W) uint8 of
+    ``depths``) is 0 in more than ``share`` of the frames: what the engine draws over the view."""
+    zero = sum(float(len(d)) * (d == 0).mean(0) for d in depths) / max(sum(len(d) for d in depths), 1)
+    return torch.from_numpy((zero > share).astype("float32"))[None, None]
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -144,7 +144,8 @@ WARP_PRESETS: dict[str, StageConfig] = {
     "base": StageConfig(200_000, 64, 3e-4, warmup=1000, weight_decay=0.0),
 }
 WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
-                  "flow_resolution", "integer_warp", "reveal_paint", "geometry_flow", "residual_flow", "depth_weight", "pose_weight")
+                  "flow_resolution", "integer_warp", "reveal_paint", "geometry_flow", "residual_flow", "depth_weight", "pose_weight",
+                  "overlay")
 """``WarpNetConfig`` fields a run may override (``--warp-objective NAME=VALUE``): how it is
 trained, and how its flow is made and applied; not the network's widths."""
 PRESET_NAMES = tuple(TRAIN_PRESETS)

@@ -32,8 +32,8 @@ from neuralworld.data.store import Dataset
 from neuralworld.model.autoencoder import frames_to_tensor, tensor_to_frames
 from neuralworld.model.unet import PixelCodec
 from neuralworld.model.warp import (
-    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, camera_move, count_parameters, fit_action_flow, quantize,
-    warp_discriminator_loss, warp_generator_loss, warp_preset,
+    MODEL_KIND, PatchDiscriminator, WarpBatch, WarpConfig, WarpNet, camera_move, count_parameters, fit_action_flow,
+    overlay_from_depth, quantize, warp_discriminator_loss, warp_generator_loss, warp_preset,
 )  # fmt: skip
 from neuralworld.train.config import WARP_OBJECTIVE, TrainConfig, TrainingError
 from neuralworld.train.data import HELD_OUT_SEED, FrameSource, TrainData, draw, steps_into, windows
@@ -316,6 +316,14 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     net.to(d.device)
     critic.to(d.device)
     ckpt = run.path / f"{STAGE}.safetensors"
+    if wcfg.overlay and not ckpt.exists():  # from the recording's depth, once (the checkpoint keeps the buffer)
+        if train_windows.camera is None:
+            raise TrainingError("overlay needs a recording with depth (neuralworld record with ViZDoom stores it); "
+                                "this dataset has none: train without it")
+        with torch.no_grad():
+            net.overlay.copy_(overlay_from_depth([st["depth"] for st in train_windows.steps.values()]).to(net.overlay.device))
+        if d.main:
+            run.logger.scalars(STAGE, 0, {"overlay_share": float(net.overlay.mean())}, kind="fit")
     if wcfg.action_flow and not wcfg.geometry_flow and not ckpt.exists():
         explained = fit_ego_flow(net, train_windows, np.random.default_rng([cfg.seed, _stage_index(STAGE), 1]))
         if d.main:
