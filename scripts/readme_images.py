@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     session = world.start(sampler=args.sampler, seed=args.seed)
     script = [{"turn": -7.5}] * 24 + [{"turn": 7.5}] * 48 + [{"forward": 1}] * 30 + [{"forward": 1, "turn": -5.0}] * 18
     shots = [big(session.frame)] + [big(session.step(world.spec.make(**c))) for c in script]
-    gif = out / f"{world.name}_play.gif"
-    Image.fromarray(shots[0]).save(gif, save_all=True, append_images=[Image.fromarray(s) for s in shots[1:]],
-                                   duration=int(1000 / world.spec.fps), loop=0)
+    gif = save_gif(out / f"{world.name}_play.gif", shots, world.spec.fps)
     print(f"{png}\n{gif}")
     if args.agent:
         print(agent_gif(world, args, big, out))
@@ -87,10 +85,13 @@ def agent_gif(world, args, big, out: Path) -> Path:
         frame = session.step(agent.act(session.frame))
         dead = session.last_termination > 0.5
         shots.append(label(big(frame), f"{t + 1:3d}  r {session.last_reward:+.2f}" + ("  DEAD" if dead else "")))
-    gif = out / f"{world.name}_agent.gif"
-    Image.fromarray(shots[0]).save(gif, save_all=True, append_images=[Image.fromarray(s) for s in shots[1:]],
-                                   duration=int(1000 / world.spec.fps), loop=0)
-    return gif
+    return save_gif(out / f"{world.name}_agent.gif", shots, world.spec.fps)
+
+
+def save_gif(path: Path, shots: list[np.ndarray], fps: float) -> Path:
+    Image.fromarray(shots[0]).save(path, save_all=True, append_images=[Image.fromarray(s) for s in shots[1:]],
+                                   duration=int(1000 / fps), loop=0)
+    return path
 
 
 if __name__ == "__main__":

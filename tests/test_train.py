@@ -474,7 +474,7 @@ def test_a_geometry_warp_world_learns_the_recordings_depth_and_camera_and_plays(
         ep.add_frame(np.zeros((32, 32, 3), np.uint8), ds.spec.noop())
     ep.save()
     p = cli("train", tmp_path / "nocam", "--out", tmp_path / "nocam_run", *args, check=False)
-    assert p.returncode != 0 and "geometry_flow needs a recording with depth" in p.stderr
+    assert p.returncode != 0 and "geometry_flow and overlay need(s) a recording with depth" in p.stderr
 
 
 def test_resume_reads_settings_added_since_the_run_began_as_their_defaults(tmp_path):

@@ -54,11 +54,12 @@ def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig
             if name not in WARP_OBJECTIVE:
                 raise TrainingError(f"--warp-objective {name}: not a warp objective setting; choose from {', '.join(WARP_OBJECTIVE)}")
             setattr(world.dynamics, name, type(getattr(world.dynamics, name))(value))
-        if world.dynamics.geometry_flow:  # the recording's camera goes into the world (its flow is that camera's)
+        needs = [name for name in ("geometry_flow", "overlay") if getattr(world.dynamics, name)]
+        if needs:  # both read the recording's depth; the geometry's flow is its camera's
             camera = Dataset(data).info.camera
             if camera is None:
-                raise TrainingError(f"geometry_flow needs a recording with depth and a camera; {data} has none "
-                                    "(neuralworld record with ViZDoom stores both): train without it (leave geometry_flow off)")
+                raise TrainingError(f"{' and '.join(needs)} need(s) a recording with depth and a camera; {data} has none "
+                                    "(neuralworld record with ViZDoom stores both): train without it")
             world.dynamics.camera_hfov, world.dynamics.camera_aspect = camera.hfov_deg, camera.aspect
             world.dynamics.depth_unit = camera.depth_unit
         return world
@@ -89,10 +90,7 @@ class WarpWindows:
 
     def __init__(self, ds: Any, episodes: list[int], memory: int, unroll: int, with_flow: bool, with_geometry: bool = False):
         self.memory, self.unroll, self.with_flow = memory, unroll, with_flow
-        if with_geometry and ds.info.camera is None:
-            raise TrainingError("geometry_flow needs a recording with depth and a camera (neuralworld record with ViZDoom "
-                                "stores both); this dataset has none: train without it (leave geometry_flow off)")
-        self.with_geometry = with_geometry
+        self.with_geometry = with_geometry and ds.info.camera is not None  # (train_warp refuses geometry without depth)
         self.windows = windows(ds, episodes, memory + unroll + 1, "a warp window")  # the step before leads in
         self.source = FrameSource(ds, self.windows.episodes)
         self.camera = ds.info.camera
@@ -317,9 +315,6 @@ def train_warp_stage(world: WarpConfig, cfg: TrainConfig, data: TrainData, d: Di
     critic.to(d.device)
     ckpt = run.path / f"{STAGE}.safetensors"
     if wcfg.overlay and not ckpt.exists():  # from the recording's depth, once (the checkpoint keeps the buffer)
-        if train_windows.camera is None:
-            raise TrainingError("overlay needs a recording with depth (neuralworld record with ViZDoom stores it); "
-                                "this dataset has none: train without it")
         with torch.no_grad():
             net.overlay.copy_(overlay_from_depth([st["depth"] for st in train_windows.steps.values()]).to(net.overlay.device))
         if d.main:
