@@ -10,7 +10,7 @@ learned overlay (the weapon). It is trained by L1 on recorded frames at their re
 held-out episodes (the last tenth) are rendered at their recorded poses and scored.
 
 Writes OUT/metrics.json and OUT/strip.png (held-out real vs rendered; held turn each way and a
-walk forward from the first recorded pose, rendered at exact poses)."""
+walk forward (14 map units a frame, the recorded median held-forward speed) from the first recorded pose, rendered at exact poses)."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,32 @@ class Field(nn.Module):
         return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha
 
 
+class Critic(nn.Module):
+    """A patch critic on frames alone (spectral norm): (B, 3, 64, 64) -> (B, 8, 8) logits."""
+
+    def __init__(self, ch: tuple[int, int, int] = (32, 64, 128)):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.convs = nn.ModuleList([sn(nn.Conv2d(3, ch[0], 4, 2, 1)), sn(nn.Conv2d(ch[0], ch[1], 4, 2, 1)),
+                                    sn(nn.Conv2d(ch[1], ch[2], 4, 2, 1)), sn(nn.Conv2d(ch[2], ch[2], 3, padding=1))])
+        self.logit = sn(nn.Conv2d(ch[2], 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c in self.convs:
+            x = F.leaky_relu(c(x), 0.2)
+        return self.logit(x)[:, 0]
+
+
+def radial(fl: np.ndarray) -> float:
+    """Median flow away from the image centre (the weapon's box left out), world_check's measure."""
+    H, W = fl.shape[:2]
+    y, x = np.mgrid[0:H, 0:W]
+    dx, dy = x - (W - 1) / 2, y - (H - 1) / 2
+    r = np.sqrt(dx ** 2 + dy ** 2) + 1e-6
+    keep = ~((y > H * 0.6) & (np.abs(dx) < W * 0.2))
+    return float(np.median(((fl[..., 0] * dx + fl[..., 1] * dy) / r)[keep]))
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
@@ -96,6 +122,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--adv", type=float, default=0.0, help="weight of the hinge loss against a patch critic (0: L1 alone)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -116,6 +143,8 @@ def main() -> None:
     rest = [q for nme, q in net.named_parameters() if not nme.startswith("grids")]
     opt = torch.optim.Adam([{"params": grid_params, "lr": a.lr * 5}, {"params": rest, "lr": a.lr}])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[a.lr * 5, a.lr], total_steps=a.steps, pct_start=0.05)
+    critic = Critic() if a.adv > 0 else None
+    opt_d = torch.optim.Adam(critic.parameters(), lr=a.lr * 0.5, betas=(0.0, 0.99)) if critic is not None else None
     rng = np.random.default_rng(0)
     t0 = time.time()
     frames_t = torch.from_numpy(F_)
@@ -125,6 +154,12 @@ def main() -> None:
         x = frames_t[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
         y = net(poses_t[idx])
         loss = (y - x).abs().mean()
+        if critic is not None:
+            d_loss = F.relu(1 - critic(x)).mean() + F.relu(1 + critic(y.detach())).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            loss = loss + a.adv * -critic(y).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,7 +167,7 @@ def main() -> None:
         if step % 250 == 0 or step == a.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     net.eval()
-    res: dict = {"steps": a.steps, "seconds": round(time.time() - t0, 1), "parameters": sum(q.numel() for q in net.parameters())}
+    res: dict = {"adv": a.adv, "steps": a.steps, "seconds": round(time.time() - t0, 1), "parameters": sum(q.numel() for q in net.parameters())}
     with torch.no_grad():
         real, gen, copy = [], [], []
         for d in ho:
@@ -154,10 +189,12 @@ def main() -> None:
                 cur[0] += fwd * math.cos(r)
                 cur[1] += fwd * math.sin(r)
             return to_uint8(net(torch.stack(ps)))
-        rows = {"turn left": walk(8.0, 0.0), "turn right": walk(-8.0, 0.0), "forward": walk(0.0, 12.0)}
+        rows = {"turn left": walk(8.0, 0.0), "turn right": walk(-8.0, 0.0), "forward": walk(0.0, 14.0)}
         g = lambda f: cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY)  # noqa: E731
         for name, fr in rows.items():
             fl = [cv2.calcOpticalFlowFarneback(g(fr[t]), g(fr[t + 1]), None, 0.5, 3, 9, 3, 5, 1.1, 0) for t in range(24)]
+            if name == "forward":
+                res["forward median radial flow (real +1.05 px/frame)"] = round(float(np.median([radial(f) for f in fl])), 2)
             res[f"{name} median dx 1-12 / 13-24"] = [round(float(np.median([np.median(f[..., 0]) for f in fl[:12]])), 2),
                                                    round(float(np.median([np.median(f[..., 0]) for f in fl[12:]])), 2)]
         res["real turn slide px/frame at 8 deg"] = 3.84
