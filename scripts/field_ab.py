@@ -129,7 +129,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset(a.data)
-    n = len(ds.episodes) if hasattr(ds, "episodes") else 100
+    n = ds.num_episodes
     eps = list(range(n))
     held = eps[-max(1, n // 10):]
     train = eps[: -len(held)]
