@@ -1,6 +1,6 @@
 """A/B probe: can a network hold the level itself and render it from a camera pose, sharp?
 
-    .venv/bin/python scripts/field_ab.py DATA OUT [--steps 3000] [--threads 2]
+    .venv/bin/python scripts/field_ab.py DATA OUT [--steps 3000] [--threads 2] [--adv 0.1] [--resume]
 
 A feasibility experiment for docs/experiments.md, not part of the package. The network is a
 feature field over (x, y, ray angle) (two trilinear grids, coarse and fine) read once per screen
@@ -123,6 +123,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--adv", type=float, default=0.0, help="weight of the hinge loss against a patch critic (0: L1 alone)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (OUT/checkpoint.pt)")
+    p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -147,9 +149,19 @@ def main() -> None:
     opt_d = torch.optim.Adam(critic.parameters(), lr=a.lr * 0.5, betas=(0.0, 0.99)) if critic is not None else None
     rng = np.random.default_rng(0)
     t0 = time.time()
+    ckpt, first = out / "checkpoint.pt", 0
+    parts = {"net": net, "opt": opt, "sched": sched, **({"critic": critic, "opt_d": opt_d} if critic is not None else {})}
+    if a.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state.get("steps", a.steps) != a.steps or state.get("adv", a.adv) != a.adv:
+            raise SystemExit(f"{ckpt} is a run of --steps {state.get('steps')} --adv {state.get('adv')}: resume it with the same")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        rng.bit_generator.state, first, t0 = state["rng"], state["step"], time.time() - state["seconds"]
+        print(f"resumed at step {first}", flush=True)
     frames_t = torch.from_numpy(F_)
     poses_t = torch.from_numpy(P_)
-    for step in range(a.steps):
+    for step in range(first, a.steps):
         idx = torch.from_numpy(rng.integers(0, len(F_), a.batch))
         x = frames_t[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
         y = net(poses_t[idx])
@@ -164,6 +176,10 @@ def main() -> None:
         loss.backward()
         opt.step()
         sched.step()
+        if (step + 1) % a.checkpoint_every == 0 and step + 1 < a.steps:  # atomic: written aside, then renamed
+            torch.save({**{name: part.state_dict() for name, part in parts.items()}, "rng": rng.bit_generator.state,
+                        "step": step + 1, "seconds": time.time() - t0, "steps": a.steps, "adv": a.adv}, out / "checkpoint.tmp")
+            (out / "checkpoint.tmp").replace(ckpt)
         if step % 250 == 0 or step == a.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     net.eval()
