@@ -86,12 +86,13 @@ class Field(nn.Module):
 
 
 class Critic(nn.Module):
-    """A patch critic on frames alone (spectral norm): (B, 3, 64, 64) -> (B, 8, 8) logits."""
+    """A patch critic (spectral norm): (B, inputs, 64, 64) -> (B, 8, 8) logits; 3 inputs: the frame
+    alone, 6: the frame beside the real frame's low-pass (``lowpass``), so it judges detail, not layout."""
 
-    def __init__(self, ch: tuple[int, int, int] = (32, 64, 128)):
+    def __init__(self, ch: tuple[int, int, int] = (32, 64, 128), inputs: int = 3):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm
-        self.convs = nn.ModuleList([sn(nn.Conv2d(3, ch[0], 4, 2, 1)), sn(nn.Conv2d(ch[0], ch[1], 4, 2, 1)),
+        self.convs = nn.ModuleList([sn(nn.Conv2d(inputs, ch[0], 4, 2, 1)), sn(nn.Conv2d(ch[0], ch[1], 4, 2, 1)),
                                     sn(nn.Conv2d(ch[1], ch[2], 4, 2, 1)), sn(nn.Conv2d(ch[2], ch[2], 3, padding=1))])
         self.logit = sn(nn.Conv2d(ch[2], 1, 1))
 
@@ -99,6 +100,11 @@ class Critic(nn.Module):
         for c in self.convs:
             x = F.leaky_relu(c(x), 0.2)
         return self.logit(x)[:, 0]
+
+
+def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """The frame's layout and colour without its detail: averaged over factor x factor blocks, upsampled."""
+    return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
 
 
 def radial(fl: np.ndarray) -> float:
@@ -123,6 +129,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--adv", type=float, default=0.0, help="weight of the hinge loss against a patch critic (0: L1 alone)")
+    p.add_argument("--critic", choices=("frame", "lowpass"), default="frame",
+                   help="what the critic sees: the frame alone, or the frame beside the real frame's low-pass")
+    p.add_argument("--init", default=None, help="a field.pt to start from (a converged L1 field)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (OUT/checkpoint.pt)")
     p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
     a = p.parse_args()
@@ -141,11 +150,14 @@ def main() -> None:
     P_ = np.concatenate([d["poses"] for d in tr]).astype(np.float32)
     lo, hi = P_[:, :2].min(0) - 32, P_[:, :2].max(0) + 32
     net = Field(lo, hi)
+    if a.init:
+        net.load_state_dict(torch.load(a.init, weights_only=True))
     grid_params = list(net.grids.parameters())
     rest = [q for nme, q in net.named_parameters() if not nme.startswith("grids")]
     opt = torch.optim.Adam([{"params": grid_params, "lr": a.lr * 5}, {"params": rest, "lr": a.lr}])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[a.lr * 5, a.lr], total_steps=a.steps, pct_start=0.05)
-    critic = Critic() if a.adv > 0 else None
+    critic = Critic(inputs=6 if a.critic == "lowpass" else 3) if a.adv > 0 else None
+    seen = (lambda f, real: torch.cat([f, lowpass(real)], 1)) if a.critic == "lowpass" else (lambda f, real: f)  # noqa: E731
     opt_d = torch.optim.Adam(critic.parameters(), lr=a.lr * 0.5, betas=(0.0, 0.99)) if critic is not None else None
     rng = np.random.default_rng(0)
     t0 = time.time()
@@ -153,7 +165,7 @@ def main() -> None:
     parts = {"net": net, "opt": opt, "sched": sched, **({"critic": critic, "opt_d": opt_d} if critic is not None else {})}
     if a.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if state.get("steps", a.steps) != a.steps or state.get("adv", a.adv) != a.adv:
+        if state.get("steps", a.steps) != a.steps or state.get("adv", a.adv) != a.adv:  # (the schedule's length is in it)
             raise SystemExit(f"{ckpt} is a run of --steps {state.get('steps')} --adv {state.get('adv')}: resume it with the same")
         for name, part in parts.items():
             part.load_state_dict(state[name])
@@ -167,11 +179,11 @@ def main() -> None:
         y = net(poses_t[idx])
         loss = (y - x).abs().mean()
         if critic is not None:
-            d_loss = F.relu(1 - critic(x)).mean() + F.relu(1 + critic(y.detach())).mean()
+            d_loss = F.relu(1 - critic(seen(x, x))).mean() + F.relu(1 + critic(seen(y.detach(), x))).mean()
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            loss = loss + a.adv * -critic(y).mean()
+            loss = loss + a.adv * -critic(seen(y, x)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -183,7 +195,7 @@ def main() -> None:
         if step % 250 == 0 or step == a.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     net.eval()
-    res: dict = {"adv": a.adv, "steps": a.steps, "seconds": round(time.time() - t0, 1), "parameters": sum(q.numel() for q in net.parameters())}
+    res: dict = {"adv": a.adv, "critic": a.critic, "init": a.init, "steps": a.steps, "seconds": round(time.time() - t0, 1), "parameters": sum(q.numel() for q in net.parameters())}
     with torch.no_grad():
         real, gen, copy = [], [], []
         for d in ho:
