@@ -27,15 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from neuralworld.data.store import Dataset
-
-
-def sharp(frames: np.ndarray) -> float:
-    return float(np.median([cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in frames]))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+from neuralworld.eval.metrics import psnr, sharpness
+from neuralworld.eval.probes import flows, horizontal_flow, radial_flow
 
 
 class Field(nn.Module):
@@ -105,16 +98,6 @@ class Critic(nn.Module):
 def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
     """The frame's layout and colour without its detail: averaged over factor x factor blocks, upsampled."""
     return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
-
-
-def radial(fl: np.ndarray) -> float:
-    """Median flow away from the image centre (the weapon's box left out), world_check's measure."""
-    H, W = fl.shape[:2]
-    y, x = np.mgrid[0:H, 0:W]
-    dx, dy = x - (W - 1) / 2, y - (H - 1) / 2
-    r = np.sqrt(dx ** 2 + dy ** 2) + 1e-6
-    keep = ~((y > H * 0.6) & (np.abs(dx) < W * 0.2))
-    return float(np.median(((fl[..., 0] * dx + fl[..., 1] * dy) / r)[keep]))
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -203,9 +186,11 @@ def main() -> None:
             g = np.concatenate([to_uint8(net(po[i:i + 100])) for i in range(0, len(po), 100)])
             real.append(fr), gen.append(g)
         R, G = np.concatenate(real), np.concatenate(gen)
-        res["heldout_psnr"] = round(float(np.mean([psnr(r, g) for r, g in zip(R, G)])), 2)
-        res["heldout_copy_last_psnr"] = round(float(np.mean([psnr(r[1:], r[:-1]) for r in real])), 2)
-        res["heldout_sharpness_ratio"] = round(sharp(G) / sharp(R), 3)
+        res["heldout_psnr"] = round(float(np.mean(psnr(R, G))), 2)
+        # copying the previous frame: one PSNR per episode, of its pooled error (the episode as one tall frame)
+        res["heldout_copy_last_psnr"] = round(float(np.mean([psnr(r[1:].reshape(1, -1, *r.shape[2:]), r[:-1].reshape(1, -1, *r.shape[2:]))
+                                                             for r in real])), 2)
+        res["heldout_sharpness_ratio"] = round(float(np.median(sharpness(G)) / np.median(sharpness(R))), 3)
         # controls at exact poses from the first recorded pose
         p0 = torch.from_numpy(tr[0]["poses"][0].astype(np.float32))
         def walk(turn: float, fwd: float) -> np.ndarray:
@@ -218,13 +203,11 @@ def main() -> None:
                 cur[1] += fwd * math.sin(r)
             return to_uint8(net(torch.stack(ps)))
         rows = {"turn left": walk(8.0, 0.0), "turn right": walk(-8.0, 0.0), "forward": walk(0.0, 14.0)}
-        g = lambda f: cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY)  # noqa: E731
         for name, fr in rows.items():
-            fl = [cv2.calcOpticalFlowFarneback(g(fr[t]), g(fr[t + 1]), None, 0.5, 3, 9, 3, 5, 1.1, 0) for t in range(24)]
             if name == "forward":
-                res["forward median radial flow (real +1.05 px/frame)"] = round(float(np.median([radial(f) for f in fl])), 2)
-            res[f"{name} median dx 1-12 / 13-24"] = [round(float(np.median([np.median(f[..., 0]) for f in fl[:12]])), 2),
-                                                   round(float(np.median([np.median(f[..., 0]) for f in fl[12:]])), 2)]
+                res["forward median radial flow (real +1.05 px/frame)"] = round(float(np.median(flows(fr, radial_flow))), 2)
+            dx = flows(fr, horizontal_flow)  # (24,)
+            res[f"{name} median dx 1-12 / 13-24"] = [round(float(np.median(dx[:12])), 2), round(float(np.median(dx[12:])), 2)]
         res["real turn slide px/frame at 8 deg"] = 3.84
         big = lambda f: cv2.resize(f, (128, 128), interpolation=cv2.INTER_NEAREST)  # noqa: E731
         k = np.linspace(0, len(real[0]) - 1, 8).astype(int)
