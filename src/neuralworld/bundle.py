@@ -3,13 +3,16 @@
     WORLD/
       config.json          {"format": "neuralworld-bundle", "version", "name",
                             "model": the network kind (absent: "world", our transformer world;
-                                     "unet-baseline": the frame-stacking U-Net, model/unet.py),
+                                     "unet-baseline": the frame-stacking U-Net, model/unet.py;
+                                     "warp": model/warp.py; "field": model/field.py),
                             "world": WorldConfig (resolution, ActionSpec, both networks)
                                      or, for the baseline, BaselineConfig,
                             "weights_sha256", "created", "training": {...}}
       model.safetensors    autoencoder.* and dynamics.* weights (EMA), latent normalisation,
                            start.frames (T, H, W, 3) uint8 + start.actions (T, A): real frames
-                           a session begins from when given none (optional),
+                           a session begins from when given none (optional), start.poses
+                           (T, 4): the camera poses they were seen at (optional; a field
+                           world starts there),
                            distilled.*: the few-step student of the dynamics (optional; same
                            architecture; config.json "distilled": {"sampler_steps": n})
 
@@ -35,13 +38,14 @@ from neuralworld.actions import ActionSpec
 from neuralworld.model.autoencoder import Autoencoder
 from neuralworld.model.config import ConfigError, WorldConfig
 from neuralworld.model.dynamics import Dynamics
+from neuralworld.model.field import MODEL_KIND as FIELD_KIND, FieldConfig, FieldNet
 from neuralworld.model.unet import MODEL_KIND as BASELINE_KIND, BaselineConfig, FrameStackUNet, PixelCodec
 from neuralworld.model.warp import MODEL_KIND as WARP_KIND, WarpConfig, WarpNet
 from neuralworld.state_io import StateError, atomic_write_json, load_tensors, read_json, save_tensors
 
 FORMAT = "neuralworld-bundle"
 VERSION = 1
-MODEL_KINDS = ("world", BASELINE_KIND, WARP_KIND)
+MODEL_KINDS = ("world", BASELINE_KIND, WARP_KIND, FIELD_KIND)
 """Values of config.json's "model": which networks a bundle holds."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -55,7 +59,7 @@ class BundleError(Exception):
 class World:
     """A loaded world: its config, controls and networks (in eval mode)."""
 
-    config: WorldConfig | BaselineConfig | WarpConfig
+    config: WorldConfig | BaselineConfig | WarpConfig | FieldConfig
     autoencoder: Autoencoder | PixelCodec  # PixelCodec: pixel-space worlds' frames are their latents
     dynamics: Dynamics | FrameStackUNet
     name: str = ""
@@ -63,6 +67,7 @@ class World:
     meta: dict[str, Any] = field(default_factory=dict)
     start_frames: np.ndarray | None = None  # (T, H, W, 3) uint8: where a session begins by default
     start_actions: np.ndarray | None = None  # (T, A): the actions that led to them (ActionSpec units)
+    start_poses: np.ndarray | None = None  # (T, 4): the camera poses they were seen at (x, y, z, angle), if known
     distilled: Dynamics | None = None  # the few-step student (the ``fast`` sampler's network), if trained
     distilled_steps: int = 0  # Euler steps the student was distilled for
 
@@ -105,18 +110,24 @@ class World:
         return WorldSession(self, frames, sampler=sampler, backend=backend, **kw)
 
 
+_CONFIGS = {BASELINE_KIND: BaselineConfig, WARP_KIND: WarpConfig, FIELD_KIND: FieldConfig}
+"""The config class of each model kind but the latent world's (``WorldConfig``)."""
+
+
 def _kind_of(config: Any) -> str:
-    return BASELINE_KIND if isinstance(config, BaselineConfig) else WARP_KIND if isinstance(config, WarpConfig) else "world"
+    return next((kind for kind, cls in _CONFIGS.items() if isinstance(config, cls)), "world")
 
 
-def build_networks(config: WorldConfig | BaselineConfig | WarpConfig) -> tuple[Any, Any]:
+def build_networks(config: WorldConfig | BaselineConfig | WarpConfig | FieldConfig) -> tuple[Any, Any]:
     """(autoencoder, dynamics) for a config: ``Autoencoder`` + ``Dynamics`` for a world,
-    ``PixelCodec`` + ``FrameStackUNet`` for the baseline."""
+    ``PixelCodec`` + the pixel network for the others."""
     config.validate()
     if isinstance(config, BaselineConfig):
         return PixelCodec(), FrameStackUNet.from_world(config)
     if isinstance(config, WarpConfig):
         return PixelCodec(), WarpNet.from_world(config)
+    if isinstance(config, FieldConfig):
+        return PixelCodec(), FieldNet.from_world(config)
     return Autoencoder(config.autoencoder), Dynamics.from_world(config)
 
 
@@ -130,6 +141,7 @@ def save_bundle(
     training: Mapping[str, Any] | None = None,
     start_frames: np.ndarray | None = None,
     start_actions: np.ndarray | None = None,
+    start_poses: np.ndarray | None = None,
     distilled: Dynamics | None = None,
     distilled_steps: int = 0,
 ) -> Path:
@@ -159,6 +171,11 @@ def save_bundle(
             raise BundleError(f"start actions must have shape ({len(frames)}, {spec.size}), got {actions.shape}")
         tensors["start.frames"] = torch.from_numpy(np.ascontiguousarray(frames))
         tensors["start.actions"] = torch.from_numpy(np.ascontiguousarray(actions))
+        if start_poses is not None:
+            poses = np.asarray(start_poses, np.float32)
+            if poses.shape != (len(frames), 4):
+                raise BundleError(f"start poses must have shape ({len(frames)}, 4) (x, y, z, angle), got {poses.shape}")
+            tensors["start.poses"] = torch.from_numpy(np.ascontiguousarray(poses))
     try:
         sha = save_tensors(path / WEIGHTS_FILE, tensors, {"format": FORMAT})
         kind = {"model": _kind_of(config)} if _kind_of(config) != "world" else {}  # a world's config stays as it was
@@ -203,7 +220,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     if kind not in MODEL_KINDS:
         raise BundleError(f"{path / CONFIG_FILE}: unknown model {kind!r}; this neuralworld plays {list(MODEL_KINDS)}")
     try:
-        config_cls = {BASELINE_KIND: BaselineConfig, WARP_KIND: WarpConfig}.get(kind, WorldConfig)
+        config_cls = _CONFIGS.get(kind, WorldConfig)
         config = config_cls.from_dict(meta["world"]).validate()
     except (KeyError, ConfigError, ValueError, TypeError) as e:
         raise BundleError(f"{path / CONFIG_FILE}: bad world config ({e})") from None
@@ -230,6 +247,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     if "start.frames" in tensors:
         world.start_frames = tensors["start.frames"].numpy()
         world.start_actions = tensors["start.actions"].numpy() if "start.actions" in tensors else None
+        world.start_poses = tensors["start.poses"].numpy() if "start.poses" in tensors else None
     return world
 
 

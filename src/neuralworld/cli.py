@@ -107,10 +107,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **{"autoencoder.steps": args.autoencoder_steps, "dynamics.steps": args.dynamics_steps, "distill.steps": args.distill_steps,
            "rollout.steps": args.rollout_steps,
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch,
-           "dynamics.lr": args.dynamics_lr, "warp.steps": args.warp_steps, "warp.batch_size": args.warp_batch},
+           "dynamics.lr": args.dynamics_lr, "warp.steps": args.warp_steps, "warp.batch_size": args.warp_batch,
+           "field.steps": args.field_steps, "field.batch_size": args.field_batch, "field.lr": args.field_lr},
         warp_unroll=args.warp_unroll,
         warp_chain=args.warp_chain,
         warp_objective=dict(args.warp_objective) if args.warp_objective else None,
+        field_objective=dict(args.field_objective) if args.field_objective else None,
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -310,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="model and training sizes")
     t.add_argument("--model", default="world", choices=MODELS,
                    help="our latent world, the warp-and-paint world (pixels: flow + mask + paint, adversarial; "
-                        "one stage, --warp-*), or the DIAMOND-style frame-stacking U-Net baseline (trained with the "
-                        "dynamics' steps and batch)")
+                        "one stage, --warp-*), the field world (renders the place from the camera pose; needs a "
+                        "recording with poses; one stage, --field-*), or the DIAMOND-style frame-stacking U-Net "
+                        "baseline (trained with the dynamics' steps and batch)")
     t.add_argument("--stage", default="all", choices=("all", *STAGES),
                    help="train every stage in turn (autoencoder, dynamics, the fast sampler's distilled student, "
                         "that student on its own rollouts), or one")
@@ -335,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warp-chain", type=_non_negative_int, default=None,
                    help="--model warp: most frames a training stream plays itself, step after step, before it "
                         "starts again from recorded memory (default 48; 0: every sample starts from recorded memory)")
+    t.add_argument("--field-steps", type=_non_negative_int, default=None, help="--model field: override the preset's steps")
+    t.add_argument("--field-batch", type=_positive_int, default=None, help="--model field: batch (frames)")
+    t.add_argument("--field-lr", type=float, default=None, help="--model field: peak learning rate (the grids' is 5x)")
+    t.add_argument("--field-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
+                   help="--model field: override a setting (repeatable): adv_weight (the low-pass critic; start it from "
+                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")

@@ -241,10 +241,12 @@ class WorldSession:
         self.cache = self.backend.new_cache(self.batch_size, device=self.device)
         self._remembered = 0
         self.step_index = 0
+        poses = None
         if frames is None and getattr(self.world, "start_frames", None) is not None:
             frames, actions = self.world.start_frames, self.world.start_actions
+            poses = getattr(self.world, "start_poses", None)
         context = self._as_context(frames)
-        self._observe(context, actions)
+        self._observe(context, actions, poses=poses, start=True)
         # where ``step(restart=...)`` starts an element over: the last frame of this context
         self._restart_latent, self._restart_frame = self._latent, self._frame.copy()
         self._restart_action = self._context_actions(actions, context.shape[1])[:, -1]  # (B, A)
@@ -385,8 +387,11 @@ class WorldSession:
             arr = np.broadcast_to(arr, (B, T, A))
         return torch.from_numpy(self.spec.normalize(arr)).to(self.device)  # (B, T, A)
 
-    def _observe(self, context: np.ndarray, actions: np.ndarray | None) -> None:
-        """Encode real frames (B, T, H, W, 3) and remember each one."""
+    def _observe(self, context: np.ndarray, actions: np.ndarray | None, *, poses: np.ndarray | None = None,
+                 start: bool = False) -> None:
+        """Encode real frames (B, T, H, W, 3) and remember each one. A world that carries a
+        camera pose (``place``: the field world) is put where the last frame was seen: at
+        ``poses[-1]`` (T, 4) when known, else where it finds that frame; ``start``: a reset."""
         B, T = context.shape[:2]
         a = self._context_actions(actions, T)  # (B, T, A)
         ae = self.autoencoder
@@ -401,6 +406,10 @@ class WorldSession:
             self._remember(latents[:, t], a[:, t])
         self._latent = latents[:, -1]
         self._frame = np.ascontiguousarray(context[:, -1])  # (B, H, W, 3)
+        place = getattr(self.dynamics, "place", None)
+        if place is not None:
+            known = None if poses is None else torch.as_tensor(np.asarray(poses, np.float32)[-1], device=self.device).expand(B, 4)
+            place(self.cache, self._latent, known, start=start)
 
     def _remember(self, latent: torch.Tensor, action: torch.Tensor) -> None:
         """Append a finished latent (B, C, h, w) to memory at the preset's context level

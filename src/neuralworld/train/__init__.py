@@ -25,6 +25,7 @@ The package, top to bottom (each module imports only those below it):
 
     stages.py    the world's stages and ``train``
     warp.py      the warp-and-paint world's stage and ``train_warp``
+    field.py     the field world's fitted geometry, its stage and ``train_field``
     baseline.py  the U-Net baseline and ``train_baseline``
     run.py       a run from start to finish: processes, dataset, run.json, summary, bundle
     data.py      frames, windows and latent clips of a dataset; the latent cache
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what the lazy __getattr__ below returns, for type checkers
     from neuralworld.train.baseline import train_baseline
     from neuralworld.train.warp import train_warp
+    from neuralworld.train.field import train_field
     from neuralworld.train.config import (
         MODELS, PRESET_NAMES, STAGES, TRAIN_PRESETS, StageConfig, TrainConfig, TrainingError, train_config,
     )
@@ -59,6 +61,7 @@ _WHERE = {
     "stages": ("play_open_loop", "train", "train_autoencoder", "train_distill", "train_dynamics", "train_rollout"),
     "baseline": ("train_baseline",),
     "warp": ("train_warp",),
+    "field": ("train_field",),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = sorted(_MODULE_OF)

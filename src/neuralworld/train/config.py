@@ -13,9 +13,9 @@ from typing import Any
 
 STAGES = ("autoencoder", "dynamics", "distill", "rollout")
 """A world's training stages, in the order they run (``neuralworld train --stage``)."""
-MODELS = ("world", "warp", "unet-baseline")
+MODELS = ("world", "warp", "field", "unet-baseline")
 """What ``neuralworld train --model`` trains: our latent world, the warp-and-paint world
-(model/warp.py), or the DIAMOND-style baseline (model/unet.py)."""
+(model/warp.py), the field world (model/field.py), or the DIAMOND-style baseline (model/unet.py)."""
 PRECISIONS = ("auto", "fp32", "bf16")
 """Autocast while training: auto (bf16 where the hardware has it), fp32 or bf16."""
 STUDENT_STEPS = (1, 2)
@@ -103,6 +103,10 @@ class TrainConfig:
     warp_objective: dict[str, float] = dataclasses.field(default_factory=dict)
     """Overrides of the warp network's objective (``WARP_OBJECTIVE``: its loss weights,
     context noise, low-pass), e.g. {"mask_weight": 0.02}; the rest is the preset's."""
+    field: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 16, 2e-3, weight_decay=0.0))
+    """The field world's renderer (and its critic at half its rate, with ``adv_weight`` > 0)."""
+    field_objective: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Overrides of the field network's objective (``FIELD_OBJECTIVE``), e.g. {"adv_weight": 0.02}."""
     warp_chain: int = 48
     """Most frames a warp training sample's rollout stream plays itself before it starts again
     from recorded memory: each step goes on from where the stream's last step ended (its own
@@ -143,6 +147,15 @@ WARP_PRESETS: dict[str, StageConfig] = {
     "small": StageConfig(60_000, 32, 4e-4, warmup=500, weight_decay=0.0),
     "base": StageConfig(200_000, 64, 3e-4, warmup=1000, weight_decay=0.0),
 }
+FIELD_PRESETS: dict[str, StageConfig] = {
+    # the field world's one stage: (steps, batch, lr, warm-up)
+    "tiny": StageConfig(300, 16, 2e-3, warmup=20, weight_decay=0.0),
+    "mini": StageConfig(5000, 32, 2e-3, warmup=250, weight_decay=0.0),
+    "small": StageConfig(10_000, 32, 2e-3, warmup=500, weight_decay=0.0),
+    "base": StageConfig(40_000, 64, 2e-3, warmup=1000, weight_decay=0.0),
+}
+FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "locate_steps", "locate_candidates", "bank_size")
+"""``FieldNetConfig`` fields a run may override (``--field-objective NAME=VALUE``)."""
 WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
                   "flow_resolution", "integer_warp", "reveal_paint", "geometry_flow", "residual_flow", "depth_weight", "pose_weight",
                   "overlay")
@@ -161,7 +174,8 @@ def train_config(preset_name: str, **overrides: Any) -> TrainConfig:
     for stage in STAGES:
         if stage in base:
             base[stage] = dataclasses.replace(base[stage])
-    cfg = TrainConfig(preset=preset_name, warp=dataclasses.replace(WARP_PRESETS[preset_name]), **base)
+    cfg = TrainConfig(preset=preset_name, warp=dataclasses.replace(WARP_PRESETS[preset_name]),
+                      field=dataclasses.replace(FIELD_PRESETS[preset_name]), **base)
     for key, value in overrides.items():
         if value is None:
             continue

@@ -251,6 +251,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
             raise TrainingError(f"unknown model {cfg.model!r}; choose from {list(MODELS)}")
         if cfg.model == "warp":
             return train_warp(data, out, cfg, resume=resume, progress=progress)
+        if cfg.model == "field":
+            from neuralworld.train.field import train_field
+
+            return train_field(data, out, cfg, resume=resume, progress=progress)
         return train_baseline(data, out, cfg, resume=resume, progress=progress)
     _check_stages(cfg)
     # 0 distill steps keep a student only where there is one: --init-world's

@@ -1,0 +1,415 @@
+"""The field world: a network that holds the place itself and renders it from the player's pose.
+
+Why this network (docs/experiments.md, "a network that holds the place"): every world that
+makes the next frame from the last ones (latent, warp-and-paint) loses the place as its own
+frames feed back. This one has no frame memory at all. It learns the level as a **feature
+field** over (x, y, ray angle) and renders a frame from a camera pose, so it cannot melt:
+frame 10,000 is drawn from the same field as frame 1. Controls move the pose, so a turn
+turns at the engine's rate and a step forward walks into the place.
+
+* **Rendering** (``render``): Doom's view is 2.5-D, so one screen column is what one
+  horizontal ray meets. Each column reads two trilinear grids of features (a fine one and a
+  coarse one, ``cells`` map units and ``angles`` slices of the full turn) at the camera's
+  (x, y) and the column's ray angle; a 1-D conv mixes neighbouring columns into a short
+  stack of rows, and a 2-D conv decoder doubles it to the frame's height. A learned overlay
+  (colour and alpha, the same on every frame) draws what the camera carries: the weapon.
+  Trilinear reads are written as gathers of the eight corners (not a 5-D ``grid_sample``),
+  so the graph is plain Gather/Mul/Add.
+* **Kinematics** (``advance``): the camera's move between two frames (forward, left in map
+  units, yaw in degrees, in the earlier camera's frame) is linear in the previous move and
+  the action (least squares on the recording, ``fit_kinematics``: Doom's momentum is the
+  previous move). The player cannot leave the recorded place: ``walls`` marks the
+  ``wall_cell``-unit cells the recording visited; a move into another cell slides along one
+  axis or stops, as Doom's player slides along walls. The floor height is each cell's
+  recorded median.
+* **Localisation** (``locate``): a session started from an image must find where it is.
+  The bundle holds a bank of recorded thumbnails with their poses; the nearest few are
+  refined by gradient steps on the rendering's L1 to the image, and the best is kept.
+
+Playing through ``WorldSession`` as the pixel worlds do: the "latent" is the frame in [-1, 1]
+(``PixelCodec``); the cache is the pose, the last move and the start pose (``FieldCache``).
+``step`` renders the pose the action leads to (one Euler step from the noise lands on it);
+``append`` moves the pose there. Real frames the session observes are placed by ``place``.
+It models nothing that moves by itself (monsters, doors), and has no reward heads.
+
+Shapes: B batch, W columns (the frame's width), H rows, C features, A action size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from neuralworld.actions import ActionSpec
+from neuralworld.model.config import ConfigError
+from neuralworld.model.dynamics import CacheRows, DynamicsOutput, check_batch, run_cached_step
+from neuralworld.model.pixel import PixelWorldConfig, pixel_preset
+
+MODEL_KIND = "field"
+"""The bundle's ``"model"`` value for this network."""
+
+THUMB = 8
+"""Localisation thumbnails are frames averaged over THUMB x THUMB blocks."""
+
+
+@dataclass
+class FieldNetConfig:
+    cells: tuple[float, float] = (16.0, 64.0)
+    """Map units per grid cell of the fine and the coarse feature grid."""
+    angles: tuple[int, int] = (180, 36)
+    """Slices of the full turn in each grid (180: one per 2 degrees)."""
+    features: int = 8
+    column_channels: int = 256
+    decoder_channels: int = 48
+    hfov: float = 90.0
+    """The camera's horizontal field of view in degrees (the recording's)."""
+    bounds: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    """x0, y0, x1, y1: the map area the grids cover (the recorded positions and a margin)."""
+    wall_cell: float = 16.0
+    """Map units per cell of the walkable map (cells the recording visited)."""
+    bank_size: int = 4096
+    """Recorded thumbnails with their poses kept for localisation."""
+    locate_candidates: int = 4
+    locate_steps: int = 24
+    # -- training objective ----------------------------------------------------------------
+    adv_weight: float = 0.0
+    """Weight of the hinge loss against a patch critic that sees the candidate beside the real
+    frame's 8x8 low-pass (it judges detail, not layout; 0: L1 alone). Start it from an L1
+    field: from scratch a critic collapses the field to one frame (experiments, field C)."""
+    grid_lr_scale: float = 5.0
+    """The grids' learning rate as a multiple of the rest's (each grid cell is seen rarely)."""
+
+    def levels(self) -> int:
+        return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
+
+    def validate(self) -> "FieldNetConfig":
+        if len(self.cells) != len(self.angles) or not self.cells:
+            raise ConfigError("field: cells and angles need one entry per grid")
+        if min(self.cells) <= 0 or min(self.angles) < 2 or self.features < 1 or self.wall_cell <= 0:
+            raise ConfigError("field: cells and wall_cell must be > 0, angles >= 2, features >= 1")
+        x0, y0, x1, y1 = self.bounds
+        if not (x1 > x0 and y1 > y0):
+            raise ConfigError(f"field: bounds {self.bounds} must be x0, y0, x1, y1 with x1 > x0 and y1 > y0")
+        if not 0 < self.hfov < 180:
+            raise ConfigError(f"field: hfov {self.hfov} must be in (0, 180) degrees")
+        if self.bank_size < 1 or self.locate_candidates < 1 or self.locate_steps < 0:
+            raise ConfigError("field: bank_size and locate_candidates must be >= 1, locate_steps >= 0")
+        if self.adv_weight < 0 or self.grid_lr_scale <= 0:
+            raise ConfigError("field: adv_weight must be >= 0 and grid_lr_scale > 0")
+        return self
+
+    def grid_shape(self, i: int) -> tuple[int, int, int]:
+        """(angles, ny, nx) of grid ``i``."""
+        x0, y0, x1, y1 = self.bounds
+        c = self.cells[i]
+        return self.angles[i], int(math.ceil((y1 - y0) / c)) + 1, int(math.ceil((x1 - x0) / c)) + 1
+
+    def wall_shape(self) -> tuple[int, int]:
+        x0, y0, x1, y1 = self.bounds
+        return int(math.ceil((y1 - y0) / self.wall_cell)), int(math.ceil((x1 - x0) / self.wall_cell))
+
+
+@dataclass
+class FieldConfig(PixelWorldConfig):
+    NAME: ClassVar[str] = "field world"
+    dynamics: FieldNetConfig = field(default_factory=FieldNetConfig)
+    """A field bundle's config.json holds ``PixelWorldConfig``'s fields, with this network."""
+
+
+FIELD_PRESETS: dict[str, FieldNetConfig] = {
+    "tiny": FieldNetConfig(cells=(32.0, 128.0), angles=(60, 12), features=4, column_channels=64, decoder_channels=16,
+                           bank_size=512),
+    "mini": FieldNetConfig(),
+    "small": FieldNetConfig(),
+    "base": FieldNetConfig(cells=(8.0, 32.0), angles=(360, 72), features=16, column_channels=384, decoder_channels=64),
+}
+
+
+def field_preset(name: str, spec: ActionSpec | None = None, resolution: tuple[int, int] = (64, 64)) -> FieldConfig:
+    return pixel_preset(FieldConfig, FIELD_PRESETS, name, spec, resolution)
+
+
+# ---------------------------------------------------------------------------
+# the pose and how the controls move it
+# ---------------------------------------------------------------------------
+def body_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
+    """Poses (..., 4): x, y, z, angle in degrees (counter-clockwise) -> the move (..., 3):
+    forward, left (map units, in the old camera's frame) and the yaw turned (degrees, wrapped
+    to [-180, 180))."""
+    a = torch.deg2rad(pose_old[..., 3])
+    dx, dy = pose_new[..., 0] - pose_old[..., 0], pose_new[..., 1] - pose_old[..., 1]
+    fwd = dx * torch.cos(a) + dy * torch.sin(a)
+    left = -dx * torch.sin(a) + dy * torch.cos(a)
+    yaw = torch.remainder(pose_new[..., 3] - pose_old[..., 3] + 180.0, 360.0) - 180.0
+    return torch.stack([fwd, left, yaw], -1)
+
+
+def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray]) -> np.ndarray:
+    """Least squares: [previous move (forward, left), action, 1] -> move (forward, left, yaw),
+    over episodes (``moves[e][t]``: pose t -> t + 1 of episode e, after ``actions[e][t]``,
+    normalised). Returns K (2 + A + 1, 3)."""
+    X, Y = [], []
+    for mv, act in zip(moves, actions):
+        if len(mv) < 2:
+            continue
+        X.append(np.concatenate([mv[:-1, :2], act[1 : len(mv)], np.ones((len(mv) - 1, 1))], 1))
+        Y.append(mv[1:])
+    if not X:
+        raise ValueError("fit_kinematics needs episodes of at least three frames")
+    K, *_ = np.linalg.lstsq(np.concatenate(X).astype(np.float64), np.concatenate(Y).astype(np.float64), rcond=None)
+    return K.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# the memory: where the camera is
+# ---------------------------------------------------------------------------
+@dataclass
+class FieldCache(CacheRows):
+    """The camera's pose, its last move, where it started (a restarted element goes back
+    there), and whether the next frame appended is its start (not a move)."""
+
+    pose: torch.Tensor  # (B, 4) x, y, z, angle
+    move: torch.Tensor  # (B, 2) forward, left of the last move
+    home: torch.Tensor  # (B, 4)
+    fresh: torch.Tensor  # (B,) bool
+    reward: torch.Tensor  # (B,) always 0: the field world has no heads
+    termination: torch.Tensor  # (B,)
+    frames_seen: int = 0
+
+    FORGET: ClassVar[tuple[str, ...]] = ("move", "reward", "termination")
+
+    def reset(self, batch_index: int | torch.Tensor | None = None) -> None:
+        super().reset(batch_index)
+        index = slice(None) if batch_index is None else batch_index
+        self.pose[index] = self.home[index]
+        self.fresh[index] = True
+
+    def step_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (self.pose, self.move)
+
+
+# ---------------------------------------------------------------------------
+# the network
+# ---------------------------------------------------------------------------
+class FieldNet(nn.Module):
+    """Feature grids + column conv + decoder + overlay, with the kinematics, walls and
+    localisation bank as buffers (fitted from the recording, saved in the bundle)."""
+
+    one_step = True
+
+    def __init__(self, config: FieldNetConfig, *, resolution: tuple[int, int], action_size: int):
+        super().__init__()
+        self.config = config
+        self.latent_size = tuple(resolution)
+        self.latent_channels = 3
+        self.action_size = action_size
+        self.pos_embed = nn.Parameter(torch.zeros(0), requires_grad=False)  # a device anchor (sessions read its .device)
+        H, W = resolution
+        x0, y0, x1, y1 = config.bounds
+        self.register_buffer("lo", torch.tensor([x0, y0], dtype=torch.float32))
+        self.register_buffer("hi", torch.tensor([x1, y1], dtype=torch.float32))
+        u = (torch.arange(W, dtype=torch.float32) + 0.5) / W * 2 - 1
+        # each column's ray angle relative to the view direction, degrees (left of centre is +)
+        self.register_buffer("col_angle", -torch.rad2deg(torch.atan(u * math.tan(math.radians(config.hfov / 2)))))
+        self.grids = nn.ParameterList(
+            [nn.Parameter(torch.randn(1, config.features, *config.grid_shape(i)) * 0.1) for i in range(len(config.cells))])
+        C, ch = config.features * len(config.cells) + 1, config.decoder_channels
+        self.rows = rows = H // 2 ** config.levels()
+        self.col = nn.Sequential(nn.Conv1d(C, config.column_channels, 3, padding=1), nn.GELU(),
+                                 nn.Conv1d(config.column_channels, 32 * rows, 3, padding=1))
+        self.up = nn.ModuleList([nn.Sequential(nn.Conv2d(32 if i == 0 else ch, ch, 3, padding=1), nn.GELU(),
+                                               nn.Conv2d(ch, ch, 3, padding=1), nn.GELU()) for i in range(config.levels())])
+        self.out = nn.Conv2d(ch, 3, 3, padding=1)
+        self.overlay = nn.Parameter(torch.zeros(1, 4, H, W))  # rgb + alpha logit (the weapon)
+        with torch.no_grad():
+            self.overlay[:, 3] = -4.0
+        ny, nx = config.wall_shape()
+        self.register_buffer("kinematics", torch.zeros(2 + action_size + 1, 3))
+        self.register_buffer("walls", torch.ones(ny, nx))  # 1: walkable
+        self.register_buffer("floor", torch.zeros(ny, nx))  # floor height per cell
+        n = config.bank_size
+        self.register_buffer("bank_thumbs", torch.zeros(n, 3, H // THUMB, W // THUMB))
+        self.register_buffer("bank_poses", torch.zeros(n, 4))
+
+    @classmethod
+    def from_world(cls, world: FieldConfig) -> "FieldNet":
+        return cls(world.dynamics, resolution=world.resolution, action_size=world.action_size)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def _read(self, g: torch.Tensor, xy: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
+        """Trilinear read of grid ``g`` (1, C, A, ny, nx) at (x, y) in [0, 1] (B, 2) for the ray
+        angles ``ang`` (B, W) in degrees -> (B, C, W). Positions clamp to the border; angles wrap."""
+        _, C, A, ny, nx = g.shape
+        B, W = ang.shape
+        fx = (xy[:, 0:1] * (nx - 1)).clamp(0, nx - 1).expand(B, W)
+        fy = (xy[:, 1:2] * (ny - 1)).clamp(0, ny - 1).expand(B, W)
+        fa = torch.remainder(ang, 360.0) / 360.0 * A
+        x0, y0, a0 = fx.floor(), fy.floor(), fa.floor()
+        tx, ty, ta = fx - x0, fy - y0, fa - a0
+        x0, y0, a0 = x0.long(), y0.long(), a0.long()
+        x1, y1 = (x0 + 1).clamp(max=nx - 1), (y0 + 1).clamp(max=ny - 1)
+        a0, a1 = a0 % A, (a0 + 1) % A
+        table = g[0].permute(1, 2, 3, 0).reshape(A * ny * nx, C)
+        out = 0
+        for ia, wa in ((a0, 1 - ta), (a1, ta)):
+            for iy, wy in ((y0, 1 - ty), (y1, ty)):
+                for ix, wx in ((x0, 1 - tx), (x1, tx)):
+                    w = (wa * wy * wx).reshape(B * W, 1)
+                    out = out + table[((ia * ny + iy) * nx + ix).reshape(B * W)] * w
+        return out.reshape(B, W, C).transpose(1, 2)
+
+    def render(self, pose: torch.Tensor) -> torch.Tensor:
+        """Poses (B, 4): x, y, z, angle (degrees) -> frames (B, 3, H, W) in [-1, 1]."""
+        B = pose.shape[0]
+        xy = (pose[:, :2] - self.lo) / (self.hi - self.lo)  # (B, 2) in [0, 1]
+        ang = pose[:, 3:4] + self.col_angle[None]  # (B, W)
+        feats = [self._read(g, xy, ang) for g in self.grids]
+        z = (pose[:, 2:3, None] / 128.0).expand(B, 1, ang.shape[1])
+        x = self.col(torch.cat(feats + [z], 1)).reshape(B, 32, self.rows, ang.shape[1])
+        for blk in self.up:
+            x = blk(F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
+        scene = torch.tanh(self.out(x))
+        alpha = torch.sigmoid(self.overlay[:, 3:])
+        return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        return self.render(pose)
+
+    # -- moving --------------------------------------------------------------------------------
+    def _cell(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2) positions -> (row, column) (B,) of the walkable map, clamped to it."""
+        ny, nx = self.walls.shape
+        c = torch.floor((xy - self.lo) / self.config.wall_cell).long()
+        return c[:, 1].clamp(0, ny - 1), c[:, 0].clamp(0, nx - 1)
+
+    def _free(self, xy: torch.Tensor) -> torch.Tensor:
+        ny, nx = self.walls.shape
+        c = torch.floor((xy - self.lo) / self.config.wall_cell)
+        inside = (c[:, 0] >= 0) & (c[:, 0] < nx) & (c[:, 1] >= 0) & (c[:, 1] < ny)
+        iy, ix = self._cell(xy)
+        return inside & (self.walls[iy, ix] > 0.5)
+
+    def advance(self, pose: torch.Tensor, move: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where ``action`` (B, A, normalised) takes the camera at ``pose`` (B, 4) after ``move``
+        (B, 2): (pose (B, 4), move (B, 2)). Blocked moves slide along one axis or stop."""
+        pose, move, action = pose.float(), move.float(), action.float()
+        ones = torch.ones_like(pose[:, :1])
+        mv = torch.cat([move, action, ones], 1) @ self.kinematics  # (B, 3) forward, left, yaw
+        a = torch.deg2rad(pose[:, 3])
+        dx = mv[:, 0] * torch.cos(a) - mv[:, 1] * torch.sin(a)
+        dy = mv[:, 0] * torch.sin(a) + mv[:, 1] * torch.cos(a)
+        xy = pose[:, :2]
+        full = xy + torch.stack([dx, dy], 1)
+        only_x = xy + torch.stack([dx, torch.zeros_like(dy)], 1)
+        only_y = xy + torch.stack([torch.zeros_like(dx), dy], 1)
+        stranded = ~self._free(xy)  # placed outside the walked cells (a located image): any move is allowed
+        f_full, f_x, f_y = ((stranded | self._free(q))[:, None] for q in (full, only_x, only_y))
+        new_xy = torch.where(f_full, full, torch.where(f_x, only_x, torch.where(f_y, only_y, xy)))
+        new_move = torch.where(f_full, mv[:, :2], torch.zeros_like(mv[:, :2]))
+        iy, ix = self._cell(new_xy)
+        z = self.floor[iy, ix][:, None]
+        angle = torch.remainder(pose[:, 3:4] + mv[:, 2:3], 360.0)
+        return torch.cat([new_xy, z, angle], 1), new_move
+
+    # -- finding where an image was seen --------------------------------------------------
+    @torch.no_grad()
+    def _retrieve(self, frames: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, 3, H, W) -> the k nearest bank poses (B, k, 4) by thumbnail distance."""
+        thumbs = F.avg_pool2d(frames.float(), THUMB).flatten(1)  # (B, D)
+        d = torch.cdist(thumbs, self.bank_thumbs.flatten(1))  # (B, N)
+        idx = d.topk(min(k, d.shape[1]), largest=False).indices  # (B, k)
+        return self.bank_poses[idx]
+
+    def locate(self, frames: torch.Tensor, guess: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (B, 3, H, W) in [-1, 1] -> the poses (B, 4) that render closest to them: the
+        nearest bank poses (and ``guess`` (B, 4) when given) refined by gradient steps on the
+        rendering's L1 to the frame (x, y and angle; the floor height follows the cell)."""
+        with torch.inference_mode(False), torch.enable_grad():  # sessions run in inference mode
+            return self._locate(frames.detach().float().clone(), None if guess is None else guess.detach().float().clone())
+
+    def _locate(self, frames: torch.Tensor, guess: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        cand = self._retrieve(frames, cfg.locate_candidates)  # (B, k, 4)
+        if guess is not None:
+            cand = torch.cat([cand, guess[:, None]], 1)
+        B, k = cand.shape[:2]
+        target = frames[:, None].expand(B, k, *frames.shape[1:]).reshape(B * k, *frames.shape[1:])
+        p = cand.reshape(B * k, 4).clone()
+        xy, ang = p[:, :2].clone().requires_grad_(True), p[:, 3:].clone().requires_grad_(True)
+        opt = torch.optim.Adam([{"params": [xy], "lr": 2.0}, {"params": [ang], "lr": 1.0}])
+        frozen = [q.requires_grad for q in self.parameters()]
+        for q in self.parameters():
+            q.requires_grad_(False)
+        try:
+            for _ in range(cfg.locate_steps):
+                pose = torch.cat([xy, p[:, 2:3], ang], 1)
+                loss = (self.render(pose) - target).abs().mean()
+                opt.zero_grad(set_to_none=True)
+                (loss * B * k).backward()
+                opt.step()
+        finally:
+            for q, r in zip(self.parameters(), frozen):
+                q.requires_grad_(r)
+        with torch.no_grad():
+            iy, ix = self._cell(xy)
+            pose = torch.cat([xy, self.floor[iy, ix][:, None], torch.remainder(ang, 360.0)], 1)
+            err = (self.render(pose) - target).abs().mean(dim=(1, 2, 3)).reshape(B, k)
+            best = err.argmin(1)
+            return pose.reshape(B, k, 4)[torch.arange(B), best]
+
+    # -- the session's interface (as the pixel worlds') --------------------------------------
+    def new_cache(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> FieldCache:
+        device = device if device is not None else self.pos_embed.device
+        z = lambda *s: torch.zeros(batch_size, *s, device=device)  # noqa: E731
+        return FieldCache(pose=z(4), move=z(2), home=z(4), fresh=torch.ones(batch_size, dtype=torch.bool, device=device),
+                          reward=z(), termination=z())
+
+    def step_with_cache_tensors(self, latent: torch.Tensor, noise_level: torch.Tensor, action: torch.Tensor,
+                                pose: torch.Tensor, move: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The pure step: (velocity = latent - frame at the pose ``action`` leads to, reward 0,
+        termination logit -20)."""
+        new_pose, _ = self.advance(pose, move, action)
+        frame = self.render(new_pose).to(latent.dtype)
+        zeros = torch.zeros(latent.shape[0], device=latent.device)
+        return latent - frame, zeros, zeros - 20.0
+
+    def step(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: FieldCache) -> DynamicsOutput:
+        out, _ = run_cached_step(self, latent, noise_level, action, cache)
+        return out
+
+    def append(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: FieldCache) -> DynamicsOutput:
+        """The camera moves to where ``action`` (B, A) leads (the frame ``latent`` is what it sees
+        there); an element's first frame after a reset is its start: it stays put."""
+        check_batch(cache, latent)
+        with torch.no_grad():
+            pose, move = self.advance(cache.pose, cache.move, action)
+            stay = cache.fresh[:, None]
+            cache.pose.copy_(torch.where(stay, cache.pose, pose))
+            cache.move.copy_(torch.where(stay, torch.zeros_like(move), move))
+            cache.fresh.zero_()
+        cache.frames_seen += 1
+        zeros = torch.zeros(latent.shape[0], device=latent.device)
+        return DynamicsOutput(torch.zeros_like(latent), zeros, zeros - 20.0)
+
+    def place(self, cache: FieldCache, frames: torch.Tensor, poses: torch.Tensor | None = None, *, start: bool = False) -> None:
+        """Real frames (B, 3, H, W) were seen: put each camera where its frame was seen (``poses``
+        (B, 4) when known, else ``locate``: from the cache's pose too unless ``start``), with no
+        move. ``start``: that is also where the element restarts."""
+        if poses is None:
+            poses = self.locate(frames, None if start else cache.pose)
+        with torch.no_grad():
+            cache.pose.copy_(poses.to(cache.pose))
+            cache.move.zero_()
+            cache.fresh.zero_()
+            if start:
+                cache.home.copy_(cache.pose)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

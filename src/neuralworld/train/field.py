@@ -1,0 +1,274 @@
+"""The field world (model/field.py): fitted geometry, then one stage that trains the renderer.
+
+Before any step, the recording gives what is not learned by gradient: the map area the grids
+cover, the cells the player walked (walls) and their floor heights, the kinematics (least
+squares) and the localisation bank. Then the renderer learns the recorded frames at their
+recorded poses by L1 (Adam; the grids at ``grid_lr_scale`` x the rate), with a patch critic
+beside it when ``adv_weight`` > 0 (start that from an L1 field: ``--init-world``).
+
+One process (the field's grids are read sparsely; a run on this CPU is minutes to hours).
+The same promises as ``loop.run_stage``: exact resume (each step's frames come from
+(seed, stage, step)), EMA weights in the bundle, atomic checkpoints with both optimizers,
+metrics and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from neuralworld.bundle import build_networks, save_bundle
+from neuralworld.data.store import Dataset
+from neuralworld.model.field import (
+    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics,
+)  # fmt: skip
+from neuralworld.model.unet import PixelCodec
+from neuralworld.train.config import FIELD_OBJECTIVE, TrainConfig, TrainingError
+from neuralworld.train.data import TrainData
+from neuralworld.train.loop import EMA, _ema_copy, _rng, load_checkpoint, lr_at, mean_psnr, save_checkpoint, world_to_start_from
+from neuralworld.train.run import training_run
+
+STAGE = "field"
+POSE_NAMES = ("x", "y", "z", "angle")
+MARGIN = 32.0
+"""Map units the grids reach beyond the recorded positions."""
+
+
+def _check_poses(ds: Dataset, data: Any) -> None:
+    if tuple(ds.info.pose_names or ())[:4] != POSE_NAMES:
+        raise TrainingError(f"the field world needs camera poses {list(POSE_NAMES)} in the recording; {data} has "
+                            f"{list(ds.info.pose_names or []) or 'none'} (neuralworld record with ViZDoom stores them)")
+
+
+def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Train the field world on the dataset; its bundle lands in ``out/world``."""
+    def network_config(preset: str, **where: Any) -> FieldConfig:
+        world = field_preset(preset, **where)
+        for name, value in cfg.field_objective.items():
+            if name not in FIELD_OBJECTIVE:
+                raise TrainingError(f"--field-objective {name}: not a field setting; choose from {', '.join(FIELD_OBJECTIVE)}")
+            setattr(world.dynamics, name, type(getattr(world.dynamics, name))(value))
+        ds = Dataset(data)
+        _check_poses(ds, data)
+        xy = np.concatenate([ds.episode(e).load(("poses",))["poses"][:, :2] for e in range(ds.num_episodes)])
+        xy = xy[np.isfinite(xy).all(1)]
+        if not len(xy):
+            raise TrainingError(f"{data}: no frame has a known pose")
+        lo, hi = np.floor(xy.min(0) - MARGIN), np.ceil(xy.max(0) + MARGIN)
+        world.dynamics.bounds = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+        if ds.info.camera is not None:
+            world.dynamics.hfov = float(ds.info.camera.hfov_deg)
+        return world
+
+    with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config,
+                      model=MODEL_KIND) as r:
+        if r.d.world_size > 1:
+            raise TrainingError("the field world trains in one process: run it without torchrun")
+        torch.manual_seed(cfg.seed + 1)
+        _, net = build_networks(r.world)
+        frames, poses, starts = _fit_geometry(net, r.data, r.world)
+        r.summary["parameters"] = count_parameters(net)
+        r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
+        net = _train_stage(net, cfg, r, frames, poses)
+        held = _held_out(r.data)
+        if held is not None:
+            r.summary["held_out_psnr"] = _score(net, *held)
+        record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
+                  "batch_size": cfg.field.batch_size, "steps": {STAGE: cfg.field.steps}, "init": cfg.init_world}
+        save_bundle(r.path / "world", r.world, PixelCodec(), net, name=r.path.name, training=record, **starts)
+        r.summary["bundle"] = str(r.path / "world")
+    return r.summary
+
+
+def _load(ds: Dataset, episodes: list[int]) -> list[dict[str, np.ndarray]]:
+    return [ds.episode(e).load(("frames", "poses", "actions")) for e in episodes]
+
+
+def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Fill ``net``'s kinematics, walls, floor and bank from the training episodes; returns
+    their frames (N, H, W, 3) uint8 and poses (N, 4) with a known pose, and the bundle's start."""
+    ds, cfg = data.ds, world.dynamics
+    eps = _load(ds, data.train_episodes)
+    moves, acts = [], []
+    for d in eps:
+        p = torch.from_numpy(d["poses"][:, :4]).double()
+        mv = body_move(p[1:], p[:-1]).numpy()
+        ok = np.isfinite(mv).all(1)
+        if ok.all():  # an episode with an unknown pose in it adds no moves (they would straddle the gap)
+            moves.append(mv)
+            acts.append(ds.spec.normalize(d["actions"]))
+    if not moves:
+        raise TrainingError("the field world's kinematics need episodes with every pose known")
+    K = fit_kinematics(moves, acts)
+    X = np.concatenate([np.concatenate([m[:-1, :2], a[1 : len(m)], np.ones((len(m) - 1, 1))], 1) for m, a in zip(moves, acts)])
+    Y = np.concatenate([m[1:] for m in moves])
+    error = np.median(np.abs(X @ K - Y), 0)
+    frames = np.concatenate([d["frames"] for d in eps])
+    poses = np.concatenate([d["poses"][:, :4] for d in eps]).astype(np.float32)
+    keep = np.isfinite(poses).all(1)
+    frames, poses = frames[keep], poses[keep]
+    with torch.no_grad():
+        net.kinematics.copy_(torch.from_numpy(K))
+        ny, nx = net.walls.shape
+        cell = np.floor((poses[:, :2] - net.lo.numpy()) / cfg.wall_cell).astype(np.int64)
+        flat = np.clip(cell[:, 1], 0, ny - 1) * nx + np.clip(cell[:, 0], 0, nx - 1)
+        walls = np.zeros(ny * nx, np.float32)
+        walls[flat] = 1.0
+        floor = np.zeros(ny * nx, np.float32)
+        order = np.argsort(flat, kind="stable")
+        cells, first = np.unique(flat[order], return_index=True)
+        for c, chunk in zip(cells, np.split(poses[order, 2], first[1:])):
+            floor[c] = float(np.median(chunk))
+        net.walls.copy_(torch.from_numpy(walls.reshape(ny, nx)))
+        net.floor.copy_(torch.from_numpy(floor.reshape(ny, nx)))
+        pick = np.linspace(0, len(frames) - 1, cfg.bank_size).astype(np.int64)
+        bank = torch.from_numpy(frames[pick]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        net.bank_thumbs.copy_(F.avg_pool2d(bank, THUMB))
+        net.bank_poses.copy_(torch.from_numpy(poses[pick]))
+    first_ep = eps[0]
+    n = 1 if np.isfinite(first_ep["poses"][0, :4]).all() else 0
+    if n == 0:
+        raise TrainingError("the first training episode's first frame has no pose (the field world starts there)")
+    starts = {"start_frames": first_ep["frames"][:1], "start_actions": ds.spec.noop()[None],
+              "start_poses": first_ep["poses"][:1, :4].astype(np.float32),
+              "kinematics_error": {"forward": round(float(error[0]), 3), "left": round(float(error[1]), 3),
+                                   "yaw": round(float(error[2]), 4)}}
+    return torch.from_numpy(frames), torch.from_numpy(poses), starts
+
+
+def _held_out(data: TrainData) -> tuple[np.ndarray, np.ndarray] | None:
+    """Up to 512 frames of the held-out episodes with known poses, spread evenly."""
+    if not data.held_episodes:
+        return None
+    eps = _load(data.ds, data.held_episodes)
+    frames = np.concatenate([d["frames"] for d in eps])
+    poses = np.concatenate([d["poses"][:, :4] for d in eps]).astype(np.float32)
+    keep = np.isfinite(poses).all(1)
+    pick = np.linspace(0, int(keep.sum()) - 1, min(512, int(keep.sum()))).astype(np.int64)
+    return (frames[keep][pick], poses[keep][pick]) if keep.any() else None
+
+
+@torch.no_grad()
+def _score(net: FieldNet, frames: np.ndarray, poses: np.ndarray) -> float:
+    """Mean PSNR of the renders at the held-out poses against the recorded frames."""
+    out = []
+    for i in range(0, len(frames), 128):
+        y = net.render(torch.from_numpy(poses[i : i + 128]))
+        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return round(mean_psnr(np.concatenate(out), frames), 2)
+
+
+class Critic(nn.Module):
+    """A patch critic (spectral norm) of a frame beside the real frame's 8x8 low-pass:
+    (B, 6, H, W) -> (B, H/8, W/8) logits. It judges detail, not layout (a critic of the
+    frame alone collapses the field to one frame: experiments, field C)."""
+
+    def __init__(self, ch: tuple[int, int, int] = (32, 64, 128)):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.convs = nn.ModuleList([sn(nn.Conv2d(6, ch[0], 4, 2, 1)), sn(nn.Conv2d(ch[0], ch[1], 4, 2, 1)),
+                                    sn(nn.Conv2d(ch[1], ch[2], 4, 2, 1)), sn(nn.Conv2d(ch[2], ch[2], 3, padding=1))])
+        self.logit = sn(nn.Conv2d(ch[2], 1, 1))
+
+    def forward(self, frame: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([frame, lowpass(real)], 1)
+        for c in self.convs:
+            x = F.leaky_relu(c(x), 0.2)
+        return self.logit(x)[:, 0]
+
+
+def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """The frame's layout and colour without its detail: averaged over factor x factor blocks, upsampled."""
+    return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor) -> FieldNet:
+    sc, fc, run = cfg.field, r.world.dynamics, r.folder
+    ckpt = run.path / f"{STAGE}.safetensors"
+    if cfg.init_world and not ckpt.exists():  # a resume loads nothing from outside the run
+        other = world_to_start_from(cfg.init_world, "--init-world").dynamics
+        if not isinstance(other, FieldNet):
+            raise TrainingError(f"--init-world {cfg.init_world} is not a field world")
+        mine = net.state_dict()
+        learned = {k: v for k, v in other.state_dict().items() if k in mine and not k.startswith(("kinematics", "walls", "floor", "bank"))}
+        bad = [k for k, v in learned.items() if v.shape != mine[k].shape]
+        if bad or len(learned) != sum(1 for k in mine if not k.startswith(("kinematics", "walls", "floor", "bank"))):
+            raise TrainingError(f"--init-world {cfg.init_world}: its field does not fit this run's (another preset or map area? {bad[:3]})")
+        net.load_state_dict({**mine, **learned})
+    grids = list(net.grids.parameters())
+    rest = [p for name, p in net.named_parameters() if not name.startswith("grids") and p.requires_grad]
+    opt = torch.optim.Adam([{"params": grids}, {"params": rest}])
+    scale = (fc.grid_lr_scale, 1.0)
+    ema = EMA(net, sc.ema_decay)
+    critic = Critic() if fc.adv_weight > 0 else None
+    opt_d = torch.optim.Adam(critic.parameters(), lr=sc.lr * 0.5, betas=(0.0, 0.99)) if critic is not None else None
+    companions = {"critic": (critic, opt_d)} if critic is not None else None
+    step = 0
+    if ckpt.exists():
+        step = int(load_checkpoint(ckpt, net, ema, opt, companions)["step"])
+        print(f"[{STAGE}] resuming at step {step}/{sc.steps}", flush=True)
+    held = _held_out(r.data)
+    bar = None
+    if run.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sc.steps, initial=step, desc=STAGE, unit="step", dynamic_ncols=True)
+    t_last = time.perf_counter()
+    net.train()
+    while step < sc.steps:
+        lr = lr_at(step, sc)
+        for g, s in zip(opt.param_groups, scale):
+            g["lr"] = lr * s
+        idx = torch.from_numpy(_rng(cfg.seed, STAGE, step).integers(0, len(frames), sc.batch_size))
+        x = frames[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = net.render(poses[idx])
+        l1 = (y - x).abs().mean()
+        loss, metrics = l1, {"l1": l1.item()}
+        if critic is not None:
+            d_loss = F.relu(1 - critic(x, x)).mean() + F.relu(1 + critic(y.detach(), x)).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            g_adv = -critic(y, x).mean()
+            loss = loss + fc.adv_weight * g_adv
+            metrics.update(critic=d_loss.item(), adv=g_adv.item())
+        if not torch.isfinite(loss):
+            raise TrainingError(f"[{STAGE}] the loss became NaN/inf at step {step}; stopped. "
+                                + ("The last checkpoint is intact: lower the learning rate and --resume." if ckpt.exists() else ""))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(net, step)
+        step += 1
+        metrics["loss"] = loss.item()
+        if step % cfg.log_every == 0 or step == sc.steps:
+            dt = time.perf_counter() - t_last
+            run.logger.scalars(STAGE, step, {**metrics, "lr": lr, "samples_per_s": sc.batch_size * cfg.log_every / max(dt, 1e-9)})
+            t_last = time.perf_counter()
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == sc.steps:
+            save_checkpoint(ckpt, net, ema, opt, step, {"stage": STAGE}, companions)
+        if held is not None and (step % cfg.validate_every == 0 or step == sc.steps):
+            ev = _ema_copy(net, ema)
+            psnr = _score(ev, *held)
+            run.logger.scalars(STAGE, step, {"held_out_psnr": psnr}, kind="val")
+            with torch.no_grad():
+                shown = torch.from_numpy(held[1][:: max(1, len(held[1]) // 8)][:8])
+                gen = ((ev.render(shown).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            real = held[0][:: max(1, len(held[1]) // 8)][:8]
+            run.logger.images(f"{STAGE}/held_out", step, [real, gen])
+            net.train()
+    if bar is not None:
+        bar.close()
+    ema.copy_to(net)
+    return net.eval()

@@ -1,0 +1,218 @@
+"""The field world (model/field.py): rendering reads, kinematics and walls, the session's pose,
+localisation, and training it for real (slow: records with ViZDoom)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import neuralworld
+from neuralworld.actions import ActionSpec
+from neuralworld.bundle import BundleError, load_bundle, save_bundle
+from neuralworld.model.field import FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_kinematics
+from neuralworld.model.unet import PixelCodec
+from neuralworld.state_io import load_tensors
+
+CLI = str(Path(sys.executable).with_name("neuralworld"))
+
+
+def spec() -> ActionSpec:
+    from neuralworld.record.doom import doom_action_spec
+
+    return doom_action_spec(frame_skip=2)
+
+
+@pytest.fixture(scope="module")
+def data32(tmp_path_factory):
+    """Three short ViZDoom episodes at 32x32, with poses."""
+    pytest.importorskip("vizdoom")
+    from neuralworld.record.doom import RecordConfig, record
+
+    out = tmp_path_factory.mktemp("data") / "d32"
+    record(RecordConfig(env="doom/freedoom_map01", episodes=3, workers=2, resolution=(32, 32), max_steps=40), out, progress=False)
+    return out
+
+
+def small_net(resolution=(32, 32), walls=None) -> FieldNet:
+    cfg = FieldNetConfig(cells=(16.0, 64.0), angles=(36, 12), features=4, column_channels=32, decoder_channels=8,
+                         bounds=(0.0, 0.0, 256.0, 128.0), bank_size=64, locate_candidates=2, locate_steps=10).validate()
+    torch.manual_seed(0)
+    net = FieldNet(cfg, resolution=resolution, action_size=spec().size).eval()
+    if walls is not None:
+        net.walls.copy_(torch.as_tensor(walls, dtype=torch.float32))
+    return net
+
+
+def hand_kinematics(net: FieldNet) -> None:
+    """forward: 10 units a frame; the turn axis turns by minus its value (ViZDoom: + is right)."""
+    s = spec()
+    K = torch.zeros_like(net.kinematics)
+    K[2 + s.buttons.index("forward"), 0] = 10.0
+    turn = 2 + len(s.buttons) + [a.name for a in s.axes].index("turn")
+    scale = float(s.normalize(s.make(turn=1.0))[turn - 2])  # normalised units per degree
+    K[turn, 2] = -1.0 / scale
+    net.kinematics.copy_(K)
+
+
+def test_gathered_read_is_trilinear_grid_sample():
+    """The eight-corner gathers equal a 5-D grid_sample (align_corners, border, angle wrapped)."""
+    net = small_net()
+    g = torch.randn(1, 3, 12, 5, 7)
+    xy = torch.tensor([[0.3, 0.7], [-0.2, 1.4], [1.0, 0.0]])  # inside, beyond both borders, on them
+    ang = torch.tensor([[0.0, 17.5, 359.9], [-40.0, 400.0, 180.0], [29.99, 30.0, 330.01]])
+    got = net._read(g, xy, ang)  # (B, C, W)
+    wrapped = torch.cat([g, g[:, :, :1]], 2)
+    B, W = ang.shape
+    grid = torch.stack([xy[:, None, 0].expand(B, W) * 2 - 1, xy[:, None, 1].expand(B, W) * 2 - 1,
+                        torch.remainder(ang, 360.0) / 360.0 * 2 - 1], -1)
+    want = F.grid_sample(wrapped, grid.reshape(1, B * W, 1, 1, 3), align_corners=True, padding_mode="border")
+    assert torch.allclose(got, want.reshape(3, B, W).permute(1, 0, 2), atol=1e-5)
+
+
+def test_kinematics_fit_recovers_a_linear_law():
+    rng = np.random.default_rng(0)
+    K_true = rng.normal(size=(2 + 3 + 1, 3)).astype(np.float32) * 0.3
+    moves, actions = [], []
+    for _ in range(4):
+        a = rng.normal(size=(50, 3)).astype(np.float32)
+        mv = np.zeros((49, 3), np.float32)
+        for t in range(1, 49):
+            mv[t] = np.concatenate([mv[t - 1, :2], a[t], [1.0]]) @ K_true
+        moves.append(mv), actions.append(a)
+    assert np.allclose(fit_kinematics(moves, actions), K_true, atol=1e-4)
+    with pytest.raises(ValueError):
+        fit_kinematics([np.zeros((1, 3))], [np.zeros((1, 3))])
+
+
+def test_body_move_is_in_the_old_cameras_frame():
+    old = torch.tensor([[0.0, 0.0, 0.0, 90.0]])  # facing +y
+    new = torch.tensor([[-3.0, 10.0, 0.0, 80.0]])
+    assert torch.allclose(body_move(new, old), torch.tensor([[10.0, 3.0, -10.0]]), atol=1e-5)
+
+
+def test_advance_turns_walks_slides_and_stops_at_walls():
+    walls = np.ones((8, 16), np.float32)  # 16-unit cells over 256 x 128
+    walls[:, 8] = 0.0  # a wall at x in [128, 144)
+    walls[5, :] = 0.0  # and one at y in [80, 96)
+    net = small_net(walls=walls)
+    hand_kinematics(net)
+    s = spec()
+    a = lambda **kw: torch.from_numpy(s.normalize(s.make(**kw)))[None]  # noqa: E731
+    pose, move = torch.tensor([[40.0, 40.0, 0.0, 0.0]]), torch.zeros(1, 2)
+    p, m = net.advance(pose, move, a(turn=8.0))
+    assert torch.allclose(p[0, 3], torch.tensor(352.0)) and torch.allclose(p[0, :2], pose[0, :2])
+    p, m = net.advance(pose, move, a(forward=1))
+    assert torch.allclose(p[0, :2], torch.tensor([50.0, 40.0])) and torch.allclose(m, torch.tensor([[10.0, 0.0]]))
+    p, _ = net.advance(torch.tensor([[124.0, 40.0, 0.0, 0.0]]), move, a(forward=1))  # into the wall: stops
+    assert torch.allclose(p[0, :2], torch.tensor([124.0, 40.0]))
+    p, m = net.advance(torch.tensor([[124.0, 40.0, 0.0, 45.0]]), move, a(forward=1))  # at 45 degrees: slides along y
+    assert torch.allclose(p[0, 0], torch.tensor(124.0)) and p[0, 1] > 45.0 and torch.all(m == 0)
+    p, _ = net.advance(torch.tensor([[136.0, 40.0, 0.0, 180.0]]), move, a(forward=1))  # stranded in a wall: walks out
+    assert torch.allclose(p[0, :2], torch.tensor([126.0, 40.0]))
+
+
+def save_small(tmp_path: Path, net: FieldNet, poses: np.ndarray) -> Path:
+    cfg = FieldConfig(resolution=net.latent_size, dynamics=net.config).for_spec(spec())
+    frames = to_uint8(net.render(torch.from_numpy(poses)))
+    return save_bundle(tmp_path / "w", cfg, PixelCodec(), net, start_frames=frames[:1], start_poses=poses[:1])
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.detach().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def test_a_session_renders_its_pose_and_restarts_at_home(tmp_path):
+    net = small_net()
+    hand_kinematics(net)
+    start = np.array([[60.0, 40.0, 0.0, 30.0]], np.float32)
+    world = neuralworld.load(save_small(tmp_path, net, start))
+    assert world.model == "field" and np.allclose(world.start_poses, start)
+    s = world.start()
+    assert s.backend.name == "eager"  # no ONNX export for the field world yet
+    frames = s.rollout(np.stack([world.spec.make(forward=1, turn=5.0)] * 3))
+    pose = s.cache.pose.clone()
+    assert torch.allclose(pose, torch.tensor([[60 + 10 * (np.cos(np.radians(30)) + np.cos(np.radians(25)) + np.cos(np.radians(20))),
+                                               40 + 10 * (np.sin(np.radians(30)) + np.sin(np.radians(25)) + np.sin(np.radians(20))),
+                                               0.0, 15.0]], dtype=torch.float32), atol=1e-3)
+    with torch.no_grad():
+        assert np.abs(frames[-1].astype(int) - to_uint8(world.dynamics.render(pose))[0].astype(int)).max() <= 1
+    b = world.start(batch_size=2)
+    b.step(world.spec.make(forward=1))
+    b.step(np.stack([world.spec.make(forward=1)] * 2), restart=np.array([False, True]))
+    assert torch.allclose(b.cache.pose[1], torch.from_numpy(start[0])) and b.cache.pose[0, 0] > 75
+
+
+def test_reset_from_an_image_finds_where_it_was_seen(tmp_path):
+    """An image seen a few units and degrees off a bank pose: the session starts from the image
+    as given, near where it was seen, and renders it more closely than from the bank pose."""
+    net = small_net()
+    with torch.no_grad():  # a field whose look changes with the pose (an untrained one barely does)
+        for g in net.grids:
+            g.mul_(10)
+        for q in [*net.col.parameters(), *net.up.parameters(), *net.out.parameters()]:
+            q.mul_(2)
+    poses = np.array([[40.0 + 24 * (i % 8), 24.0 + 24 * ((i // 8) % 4), 0.0, 90.0 * (i // 32)] for i in range(64)], np.float32)
+    with torch.no_grad():
+        net.bank_thumbs.copy_(F.avg_pool2d(net.render(torch.from_numpy(poses)), 8))
+        net.bank_poses.copy_(torch.from_numpy(poses))
+    world = neuralworld.load(save_small(tmp_path, net, poses))
+    near = poses[19]
+    seen = (near + np.array([3.0, -2.0, 0.0, 4.0], np.float32))[None]
+    with torch.no_grad():
+        image = to_uint8(net.render(torch.from_numpy(seen)))[0]
+        from_bank = to_uint8(net.render(torch.from_numpy(near[None])))[0]
+    s = world.start(image)
+    assert np.array_equal(s.frame, image)  # the session shows the image it was given
+    with torch.no_grad():
+        located = to_uint8(net.render(s.cache.pose))[0]
+    assert np.abs(located.astype(int) - image).mean() < np.abs(from_bank.astype(int) - image).mean()
+    err = (s.cache.pose[0] - torch.from_numpy(seen[0])).abs()
+    assert float(err[:2].max()) < 4.0 and float(err[3]) < 4.0, s.cache.pose
+
+
+def test_bundle_start_poses_must_match_start_frames(tmp_path):
+    net = small_net()
+    cfg = FieldConfig(resolution=net.latent_size, dynamics=net.config).for_spec(spec())
+    with pytest.raises(BundleError, match="start poses"):
+        save_bundle(tmp_path / "w", cfg, PixelCodec(), net, start_frames=np.zeros((2, 32, 32, 3), np.uint8),
+                    start_poses=np.zeros((1, 4), np.float32))
+
+
+def test_presets_fit_their_configs():
+    for name in ("tiny", "mini", "small", "base"):
+        cfg = field_preset(name, spec(), (64, 64))
+        cfg.dynamics.bounds = (0.0, 0.0, 512.0, 256.0)
+        cfg.validate()
+
+
+def cli(*args, check=True):
+    p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"neuralworld {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def test_train_field_plays_and_resumes_exactly(tmp_path, data32):
+    """`neuralworld train --model field` on a ViZDoom recording: a world that plays, turns at
+    the kinematics' rate, and a run stopped and resumed ends with the same weights."""
+    args = ["--model", "field", "--preset", "tiny", "--log-every", 5, "--validate-every", 10, "--quiet"]
+    out = json.loads(cli("train", data32, "--out", tmp_path / "straight", "--field-steps", 20, *args).stdout.strip().splitlines()[-1])
+    assert out["model"] == "field" and out["held_out_psnr"] > 5 and out["kinematics_median_error"]["yaw"] < 0.5
+    cli("train", data32, "--out", tmp_path / "halves", "--field-steps", 10, *args)
+    p = cli("train", data32, "--out", tmp_path / "halves", "--field-steps", 20, "--resume", *args)
+    assert "resuming at step 10/20" in p.stdout + p.stderr
+    a, _ = load_tensors(tmp_path / "straight" / "world" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "halves" / "world" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("start."))
+    world = load_bundle(tmp_path / "straight" / "world")
+    s = world.start()
+    before = float(s.cache.pose[0, 3])
+    s.step(world.spec.make(turn=8.0))
+    assert abs((before - 8.0) % 360 - float(s.cache.pose[0, 3])) < 1.0  # ViZDoom's turn, fitted
+    refused = cli("train", data32, "--out", tmp_path / "x", "--model", "field", "--field-objective", "nope=1", check=False)
+    assert refused.returncode != 0 and "not a field setting" in refused.stderr
