@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput
+from neuralworld.model.field import FieldNet
 from neuralworld.model.warp import WarpNet
 
 PATHS = ("eager", "bf16", "compiled", "onnx", "onnx_int8")
@@ -103,10 +104,10 @@ class TorchBackend:
 def fastest_exact(world: Any) -> str:
     """The fastest path in ``EXACT_PATHS`` that plays ``world`` here (as ``neuralworld bench``
     measures it on a CPU): ``onnx`` where ``onnx`` and ``onnxruntime`` are installed and the
-    world is a transformer or warp world on the CPU; else ``eager`` (the U-Net baseline, a GPU,
+    world is a transformer, warp or field world on the CPU; else ``eager`` (the U-Net baseline, a GPU,
     no ONNX Runtime). ``compiled`` is never picked: it compiles a while before its first frame."""
     dynamics = world.dynamics
-    if not isinstance(dynamics, (Dynamics, WarpNet)) or dynamics.pos_embed.device.type != "cpu":
+    if not isinstance(dynamics, (Dynamics, WarpNet, FieldNet)) or dynamics.pos_embed.device.type != "cpu":
         return "eager"
     try:
         import onnx  # noqa: F401  (the export)

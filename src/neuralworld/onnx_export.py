@@ -32,6 +32,16 @@ and no ``decoder.onnx``: its frames are their latents, clamped to [-1, 1] (``Pix
 onnx.json says so with ``"decoder": {"file": null, "clamp": [-1, 1]}``. Its rings are
 ``WarpCache``'s shift register, pushed on the host without a network call.
 
+A field world (``model.field``, ``"model": "field"``) exports two graphs and no decoder:
+
+``dynamics_step.onnx``  ``FieldNet.step_with_cache_tensors``
+    inputs   latent (B, 3, H, W) f32, action (B, A) f32, pose (B, 4) f32 (x, y, z, angle),
+             move (B, 2) f32 (the last move: forward, left)
+    outputs  velocity (B, 3, H, W), reward (B,), termination (B,), new_pose (B, 4),
+             new_move (B, 2): where the action took the camera (the host keeps them on append)
+``locate.onnx``  ``FieldNet.nearest``: frame (1, 3, H, W) in [-1, 1] -> pose (1, 4), the
+             closest-rendering of the nearest bank poses (start from an image; no gradient steps)
+
 The graphs are exported for one batch size (fixed shapes let ONNX Runtime plan
 every buffer once; a browser plays batch 1). ``OnnxBackend`` runs them with the
 same interface as ``backends.TorchBackend`` so ``WorldSession`` drives either:
@@ -58,6 +68,7 @@ import torch.nn as nn
 
 from neuralworld.model.autoencoder import Autoencoder
 from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput, check_batch
+from neuralworld.model.field import MODEL_KIND as FIELD_KIND, FieldCache, FieldNet
 from neuralworld.model.warp import MODEL_KIND as WARP_KIND, WarpCache, WarpNet, quantize
 
 FORMAT = "neuralworld-onnx"
@@ -77,6 +88,10 @@ STEP_OUTPUTS = ("velocity", "reward", "termination", "new_full_k", "new_full_v",
 WARP_STEP_INPUTS = ("latent", "noise_level", "action", "frames", "actions")
 """``WarpNet.step_with_cache_tensors``'s arguments: the frame's, then ``WarpCache.step_inputs()``."""
 WARP_STEP_OUTPUTS = ("velocity", "reward", "termination")
+FIELD_STEP_INPUTS = ("latent", "noise_level", "action", "pose", "move")
+"""``FieldNet.step_with_cache_tensors``'s arguments: the frame's, then ``FieldCache.step_inputs()``."""
+FIELD_STEP_OUTPUTS = ("velocity", "reward", "termination", "new_pose", "new_move")
+LOCATE_FILE = "locate.onnx"
 
 
 class TracedCall(nn.Module):
@@ -120,10 +135,13 @@ def export_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, 
     ``decoder.onnx`` (``export_warp_onnx``); the U-Net baseline is refused."""
     if isinstance(world.dynamics, WarpNet):
         return export_warp_onnx(world, out_dir, batch_size=batch_size, opset=opset)
+    if isinstance(world.dynamics, FieldNet):
+        return export_field_onnx(world, out_dir, batch_size=batch_size, opset=opset)
     if not isinstance(world.dynamics, Dynamics):
         raise ValueError(
             f"{getattr(world, 'name', '') or 'this world'} is a {getattr(world, 'model', type(world.dynamics).__name__)}: "
-            "the ONNX export and the onnx backends play warp and transformer worlds only; use the eager, bf16 or compiled backend"
+            "the ONNX export and the onnx backends play warp, field and transformer worlds only; use the eager, bf16 or "
+            "compiled backend"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +275,34 @@ def export_warp_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int 
     return out
 
 
+def export_field_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int = 1, opset: int = OPSET) -> Path:
+    """A field world's ``dynamics_step.onnx``, ``locate.onnx`` and ``onnx.json`` (no decoder graph:
+    its frames are its latents); returns the folder. ``export_onnx`` calls it for a field world."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net: FieldNet = world.dynamics
+    device = net.pos_embed.device
+    net.cpu().eval()
+    g = torch.Generator().manual_seed(0)
+    B, (H, W) = batch_size, net.latent_size
+    poses = torch.tensor(world.start_poses[-1:] if world.start_poses is not None else [[0.0, 0.0, 0.0, 0.0]], dtype=torch.float32)
+    step_inputs = (torch.randn(B, 3, H, W, generator=g), torch.ones(B), torch.zeros(B, net.action_size),
+                   poses.expand(B, 4).clone(), torch.zeros(B, 2))
+    try:
+        trace_to_onnx(TracedCall(net, net.step_with_cache_tensors), step_inputs, out / STEP_FILE, FIELD_STEP_INPUTS,
+                      FIELD_STEP_OUTPUTS, opset)
+        trace_to_onnx(TracedCall(net, net.nearest), (torch.rand(1, 3, H, W, generator=g) * 2 - 1,), out / LOCATE_FILE,
+                      ("frame",), ("pose",), opset)
+    finally:
+        net.to(device)
+    for f in (STEP_FILE, LOCATE_FILE):
+        float64_to_float32(out / f)
+    meta = {"model": FIELD_KIND, **step_meta(world, net, out, opset, batch_size, FIELD_STEP_INPUTS, FIELD_STEP_OUTPUTS, step_inputs)}
+    meta.update({"memory_frames": 0, "decoder": {"file": None, "clamp": [-1.0, 1.0]}, "locate": {"file": LOCATE_FILE}})
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    return out
+
+
 def quantize_step(folder: str | os.PathLike) -> Path:
     """Write ``dynamics_step.int8.onnx`` beside ``dynamics_step.onnx``: int8 weights, activations
     quantised per call (ONNX Runtime's dynamic quantisation; no calibration data needed).
@@ -297,8 +343,8 @@ class OnnxBackend:
     """The step graph's inputs in ``step_with_cache_tensors``'s order (the graph may lack some)."""
 
     def __new__(cls, folder: str | os.PathLike, **kw: Any) -> "OnnxBackend":
-        if cls is OnnxBackend and read_meta(folder).get("model") == WARP_KIND:
-            cls = WarpOnnxBackend
+        if cls is OnnxBackend:
+            cls = {WARP_KIND: WarpOnnxBackend, FIELD_KIND: FieldOnnxBackend}.get(read_meta(folder).get("model"), cls)
         return super().__new__(cls)
 
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, int8: bool = False):
@@ -418,3 +464,43 @@ class WarpOnnxBackend(OnnxBackend):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Frames in [-1, 1] are the latents (B, 3, H, W): clamped, as ``PixelCodec.decode``."""
         return latent.float().cpu().clamp(-1.0, 1.0)
+
+
+class FieldOnnxBackend(WarpOnnxBackend):
+    """A field world's step on ONNX Runtime (``OnnxBackend(folder)`` opens a field export as one).
+
+    The cache is a ``FieldCache`` (torch tensors on the host). ``step`` runs the graph and keeps
+    where the action took the camera; ``append`` moves the camera there (no network call when
+    it follows the ``step`` of the same action, as in play; else one call), except for an
+    element's first frame after a reset, which is where it starts (``FieldNet.append``)."""
+
+    INPUTS = FIELD_STEP_INPUTS
+
+    def new_cache(self, batch_size: int, device: Any = None) -> FieldCache:
+        if batch_size != self.batch_size:
+            raise ValueError(f"this ONNX export is for batch {self.batch_size}, not {batch_size}")
+        z = lambda *s: torch.zeros(batch_size, *s)  # noqa: E731
+        cache = FieldCache(pose=z(4), move=z(2), home=z(4), fresh=torch.ones(batch_size, dtype=torch.bool),
+                           reward=z(), termination=z())
+        cache.stepped = None  # (action, new pose, new move) of the last step
+        return cache
+
+    def step(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: FieldCache) -> DynamicsOutput:
+        check_batch(cache, latent)
+        velocity, reward, term, pose, move = self._run(latent, noise_level, action, cache, list(FIELD_STEP_OUTPUTS))
+        cache.stepped = (action.float().cpu().clone(), torch.from_numpy(pose), torch.from_numpy(move))
+        return DynamicsOutput(torch.from_numpy(velocity), torch.from_numpy(reward), torch.from_numpy(term))
+
+    def append(self, latent: torch.Tensor, noise_level: Any, action: torch.Tensor, cache: FieldCache) -> DynamicsOutput:
+        check_batch(cache, latent)
+        stepped = getattr(cache, "stepped", None)
+        if stepped is None or not torch.equal(stepped[0], action.float().cpu()):
+            *_, pose, move = self._run(latent, noise_level, action, cache, list(FIELD_STEP_OUTPUTS))
+            stepped = (None, torch.from_numpy(pose), torch.from_numpy(move))
+        stay = cache.fresh[:, None]
+        cache.pose.copy_(torch.where(stay, cache.pose, stepped[1]))
+        cache.move.copy_(torch.where(stay, torch.zeros_like(stepped[2]), stepped[2]))
+        cache.fresh.zero_()
+        cache.stepped = None
+        zeros = torch.zeros(latent.shape[0])
+        return DynamicsOutput(torch.zeros_like(latent), zeros, zeros - 20.0)

@@ -142,7 +142,7 @@ def body_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
     """Poses (..., 4): x, y, z, angle in degrees (counter-clockwise) -> the move (..., 3):
     forward, left (map units, in the old camera's frame) and the yaw turned (degrees, wrapped
     to [-180, 180))."""
-    a = torch.deg2rad(pose_old[..., 3])
+    a = pose_old[..., 3] * (math.pi / 180.0)
     dx, dy = pose_new[..., 0] - pose_old[..., 0], pose_new[..., 1] - pose_old[..., 1]
     fwd = dx * torch.cos(a) + dy * torch.sin(a)
     left = -dx * torch.sin(a) + dy * torch.cos(a)
@@ -301,7 +301,7 @@ class FieldNet(nn.Module):
         pose, move, action = pose.float(), move.float(), action.float()
         ones = torch.ones_like(pose[:, :1])
         mv = torch.cat([move, action, ones], 1) @ self.kinematics  # (B, 3) forward, left, yaw
-        a = torch.deg2rad(pose[:, 3])
+        a = pose[:, 3] * (math.pi / 180.0)
         dx = mv[:, 0] * torch.cos(a) - mv[:, 1] * torch.sin(a)
         dy = mv[:, 0] * torch.sin(a) + mv[:, 1] * torch.cos(a)
         xy = pose[:, :2]
@@ -318,13 +318,27 @@ class FieldNet(nn.Module):
         return torch.cat([new_xy, z, angle], 1), new_move
 
     # -- finding where an image was seen --------------------------------------------------
-    @torch.no_grad()
     def _retrieve(self, frames: torch.Tensor, k: int) -> torch.Tensor:
         """(B, 3, H, W) -> the k nearest bank poses (B, k, 4) by thumbnail distance."""
         thumbs = F.avg_pool2d(frames.float(), THUMB).flatten(1)  # (B, D)
-        d = torch.cdist(thumbs, self.bank_thumbs.flatten(1))  # (B, N)
-        idx = d.topk(min(k, d.shape[1]), largest=False).indices  # (B, k)
-        return self.bank_poses[idx]
+        bank = self.bank_thumbs.flatten(1)  # (N, D)
+        d = (thumbs * thumbs).sum(1, keepdim=True) - 2 * thumbs @ bank.T + (bank * bank).sum(1)[None]  # (B, N) squared
+        idx = d.topk(min(k, d.shape[1]), dim=1, largest=False).indices  # (B, k)
+        return self.bank_poses[idx.reshape(-1)].reshape(frames.shape[0], -1, 4)
+
+    def _best(self, poses: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Candidate poses (B, k, 4) -> (B, 4): each element's whose rendering is closest (L1) to its frame."""
+        B, k = poses.shape[:2]
+        target = frames[:, None].expand(B, k, *frames.shape[1:]).reshape(B * k, *frames.shape[1:])
+        err = (self.render(poses.reshape(B * k, 4)) - target).abs().mean(dim=(1, 2, 3)).reshape(B, k)
+        best = err.argmin(1)  # (B,)
+        return torch.gather(poses, 1, best[:, None, None].expand(B, 1, 4))[:, 0]
+
+    def nearest(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (B, 3, H, W) in [-1, 1] -> the bank pose (B, 4), among the ``locate_candidates``
+        nearest thumbnails, that renders closest to each: ``locate`` without its gradient steps
+        (what the browser runs: the ``locate`` graph)."""
+        return self._best(self._retrieve(frames.float(), self.config.locate_candidates), frames.float())
 
     def locate(self, frames: torch.Tensor, guess: torch.Tensor | None = None) -> torch.Tensor:
         """Frames (B, 3, H, W) in [-1, 1] -> the poses (B, 4) that render closest to them: the
@@ -335,7 +349,8 @@ class FieldNet(nn.Module):
 
     def _locate(self, frames: torch.Tensor, guess: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
-        cand = self._retrieve(frames, cfg.locate_candidates)  # (B, k, 4)
+        with torch.no_grad():
+            cand = self._retrieve(frames, cfg.locate_candidates)  # (B, k, 4)
         if guess is not None:
             cand = torch.cat([cand, guess[:, None]], 1)
         B, k = cand.shape[:2]
@@ -359,9 +374,7 @@ class FieldNet(nn.Module):
         with torch.no_grad():
             iy, ix = self._cell(xy)
             pose = torch.cat([xy, self.floor[iy, ix][:, None], torch.remainder(ang, 360.0)], 1)
-            err = (self.render(pose) - target).abs().mean(dim=(1, 2, 3)).reshape(B, k)
-            best = err.argmin(1)
-            return pose.reshape(B, k, 4)[torch.arange(B), best]
+            return self._best(pose.reshape(B, k, 4), frames)
 
     # -- the session's interface (as the pixel worlds') --------------------------------------
     def new_cache(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> FieldCache:
@@ -373,11 +386,12 @@ class FieldNet(nn.Module):
     def step_with_cache_tensors(self, latent: torch.Tensor, noise_level: torch.Tensor, action: torch.Tensor,
                                 pose: torch.Tensor, move: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The pure step: (velocity = latent - frame at the pose ``action`` leads to, reward 0,
-        termination logit -20)."""
-        new_pose, _ = self.advance(pose, move, action)
+        termination logit -20, that pose (B, 4), the move (B, 2)): what ``append`` makes the
+        cache (a backend without the network's buffers takes them from here)."""
+        new_pose, new_move = self.advance(pose, move, action)
         frame = self.render(new_pose).to(latent.dtype)
-        zeros = torch.zeros(latent.shape[0], device=latent.device)
-        return latent - frame, zeros, zeros - 20.0
+        zeros = latent[:, 0, 0, 0] * 0
+        return latent - frame, zeros, zeros - 20.0, new_pose, new_move
 
     def step(self, latent: torch.Tensor, noise_level: torch.Tensor | float, action: torch.Tensor, cache: FieldCache) -> DynamicsOutput:
         out, _ = run_cached_step(self, latent, noise_level, action, cache)

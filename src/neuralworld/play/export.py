@@ -23,7 +23,10 @@ A warp world (model/warp.py) ships the same folder without ``decoder.onnx`` and
 ``encoder.onnx``: its frames are its latents (in [-1, 1], so start.bin holds the start
 frames themselves), and the manifest's ``graphs.decoder`` and ``graphs.encoder`` are null;
 its step graph reads the last frames and actions (``onnx_export``), which the page keeps
-in a shift register (world-worker.js's ``WarpMemory``). The U-Net baseline does not export.
+in a shift register (world-worker.js's ``WarpMemory``). A field world (model/field.py) ships
+the same way, with ``locate.onnx`` (start from an image: the nearest bank pose) and its start
+pose in the manifest's ``memory`` (world-worker.js's ``FieldMemory``). The U-Net baseline does
+not export.
 
 Why it looks like this
     * The page is the server player's page. It asks for ``world.json`` first: this one
@@ -56,6 +59,7 @@ import numpy as np
 import torch
 
 from neuralworld.model.autoencoder import frames_to_tensor
+from neuralworld.model.field import MODEL_KIND as FIELD_KIND
 from neuralworld.model.warp import MODEL_KIND as WARP_KIND
 from neuralworld.onnx_export import (
     DECODER_FILE, META_FILE, OPSET, STEP_FILE, STEP_INT8_FILE, TracedCall, export_onnx, quantize_step,
@@ -164,9 +168,16 @@ def build_manifest(
     latent_bytes = T * int(np.prod(latent_shape)) * 4
     step_inputs = onnx_meta["step_inputs"]
     kind = onnx_meta.get("model", "world")
+    locate = None
     if kind == WARP_KIND:  # a shift register of frames; frames are latents: no decoder or encoder graph
         memory = {k: onnx_meta[k] for k in ("window", "full_frames", "memory_frames", "action_frames")}
         decoder = encoder = None
+    elif kind == FIELD_KIND:  # a camera pose; frames are latents
+        poses = world.start_poses
+        memory = {"start_pose": [float(v) for v in (poses[-1] if poses is not None else np.zeros(4))]}
+        decoder = encoder = None
+        locate = {"file": onnx_meta["locate"]["file"], "inputs": {"frame": [[1, 3, *world.config.resolution], "float32"]},
+                  "outputs": ["pose"]}
     else:
         memory = {
             "memory_frames": onnx_meta["memory_frames"],
@@ -202,6 +213,7 @@ def build_manifest(
             "step": {"file": STEP_INT8_FILE if int8 else STEP_FILE, "int8": int8, "inputs": step_inputs, "outputs": onnx_meta["step_outputs"]},
             "decoder": decoder,
             "encoder": encoder,
+            "locate": locate,
         },
         "start": {
             "file": START_FILE, "frames": T,
@@ -268,8 +280,8 @@ def export_web(
         world = load_bundle(resolve_world(str(world_path)))
     except (BundleError, PlayError) as e:
         raise ExportError(str(e)) from None
-    if getattr(world, "model", "world") not in ("world", WARP_KIND):
-        raise ExportError(f"{world_path} is a {world.model} bundle: only transformer and warp worlds export to the web")
+    if getattr(world, "model", "world") not in ("world", WARP_KIND, FIELD_KIND):
+        raise ExportError(f"{world_path} is a {world.model} bundle: only transformer, warp and field worlds export to the web")
     preset = _Sampler(sampler, world)
     world = preset.world
 
@@ -277,7 +289,7 @@ def export_web(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         onnx_meta = json.loads((export_onnx(world, tmp, batch_size=1) / META_FILE).read_text())
-        if onnx_meta.get("model") != WARP_KIND:  # a warp world's encoder is the identity
+        if onnx_meta.get("model") not in (WARP_KIND, FIELD_KIND):  # a pixel world's encoder is the identity
             export_encoder(world, tmp)
         if int8:
             quantize_step(tmp)

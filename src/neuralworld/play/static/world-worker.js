@@ -12,6 +12,10 @@
 // noise - velocity, the step's heads kept; append pushes the frame, quantised, and its action
 // without a network call; the first push after a reset fills every slot. Its frames are its
 // latents: no decoder or encoder graph (decode clamps and rounds, as PixelCodec).
+// A field world (manifest "model": "field", model/field.py) keeps a camera pose instead
+// (FieldMemory, FieldCache): the step graph renders where the action takes the camera and says
+// where that is; append moves it there; the first frame after a reset is where it starts.
+// Starting from an image runs the locate graph (the nearest bank pose: FieldNet.nearest).
 // Noise: a seeded 32-bit generator (mulberry32) + Box-Muller, drawn in session.py's order;
 // tests/test_web_export.py mirrors it in Python to check frames against PyTorch.
 //
@@ -201,6 +205,51 @@ class WarpMemory {
   }
 }
 
+// ---- memory: FieldCache, where the camera is ----------------------------------------------
+class FieldMemory {
+  constructor(manifest) {
+    this.home = Float32Array.from(manifest.memory.start_pose);  // x, y, z, angle
+    this.pose = Float32Array.from(this.home);
+    this.move = new Float32Array(2);  // the last move: forward, left
+    this.fresh = true;
+    this.stepped = null;  // {act, pose, move} of the last step
+  }
+
+  feeds() {
+    return { pose: new ort.Tensor("float32", this.pose, [1, 4]), move: new ort.Tensor("float32", this.move, [1, 2]) };
+  }
+
+  reset() { this.pose.set(this.home); this.move.fill(0); this.fresh = true; this.stepped = null; }
+
+  /** FieldNet.step: the frame at the pose the action leads to; that pose is kept for append. */
+  async velocity(z, t, act) {
+    const out = await runStep(z, t, act, M.graphs.step.outputs);
+    this.stepped = { act: Float32Array.from(act), pose: out.new_pose.data.slice(), move: out.new_move.data.slice() };
+    return out.velocity.data;
+  }
+
+  /** FieldNet.append: the camera moves where the action took it; the first frame after a reset
+   *  is where it starts (it stays). No network call after a step of the same action. */
+  async append(z, level, act) {
+    if (this.fresh) { this.fresh = false; this.move.fill(0); this.stepped = null; return; }
+    let s = this.stepped;
+    if (!s || s.act.length !== act.length || s.act.some((v, i) => v !== act[i])) {
+      const out = await runStep(z, level, act, ["new_pose", "new_move"]);
+      s = { pose: out.new_pose.data, move: out.new_move.data };
+    }
+    this.pose.set(s.pose);
+    this.move.set(s.move);
+    this.stepped = null;
+  }
+
+  /** Start from an image (frame (3*H*W) in [-1, 1]): its place is the new home. */
+  async locate(frame) {
+    const [H, W] = M.resolution;
+    const out = await graphs.locate.run({ frame: new ort.Tensor("float32", frame, [1, 3, H, W]) });
+    this.home = Float32Array.from(out.pose.data);
+  }
+}
+
 // ---- the world ---------------------------------------------------------------------------
 function latentShape() { return [1, ...M.latent_shape]; }
 
@@ -309,6 +358,7 @@ async function imageContext(pixels) {
   const [H, W] = M.resolution, hw = H * W;
   const x = new Float32Array(3 * hw);
   for (let i = 0; i < hw; i++) for (let c = 0; c < 3; c++) x[c * hw + i] = pixels[i * 4 + c] / 127.5 - 1;
+  if (mem.locate) await mem.locate(x);  // a field world finds where the image was seen
   const latent = graphs.encoder ? (await graphs.encoder.run({ frame: new ort.Tensor("float32", x, [1, 3, H, W]) })).latent.data : x;
   return { latents: [Float32Array.from(latent)], actions: [Float32Array.from(M.action.noop)] };
 }
@@ -405,8 +455,9 @@ async function init(msg) {
     postMessage({ type: "ready", threads: ort.env.wasm.numThreads });
     return;
   }
-  graphs = { step: await open("step"), decoder: await open("decoder"), encoder: await open("encoder") };
-  mem = M.model === "warp" ? new WarpMemory(M) : new Memory(M);
+  graphs = { step: await open("step"), decoder: await open("decoder"), encoder: await open("encoder"),
+             locate: await open("locate") };
+  mem = M.model === "warp" ? new WarpMemory(M) : M.model === "field" ? new FieldMemory(M) : new Memory(M);
   rng = makeRng(msg.seed);
   action = Float32Array.from(M.action.noop);
   context = await loadStart(msg.base);

@@ -1,0 +1,130 @@
+"""The field world (model/field.py) on both ONNX paths: ONNX Runtime against eager PyTorch, and
+``neuralworld export --web`` in headless Chromium against the Python session. Random weights,
+made to depend on the pose (tests/test_field.py's small field), with hand-set kinematics."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("onnxruntime")
+
+from neuralworld.backends import fastest_exact  # noqa: E402
+from neuralworld.bundle import load_bundle  # noqa: E402
+from neuralworld.onnx_export import LOCATE_FILE, FieldOnnxBackend, OnnxBackend, export_onnx  # noqa: E402
+from neuralworld.session import WorldSession  # noqa: E402
+from test_field import hand_kinematics, save_small, small_net  # noqa: E402
+from test_warp_onnx import _rollout, session_rollout  # noqa: E402
+from test_web_export import HAVE_ORT_WEB, _browser_page, needs_ort_web, turn_actions  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world_path(tmp_path_factory):
+    net = small_net(resolution=(64, 64))
+    hand_kinematics(net)
+    with torch.no_grad():  # a look that changes with the pose
+        for g in net.grids:
+            g.mul_(10)
+        for q in [*net.col.parameters(), *net.up.parameters(), *net.out.parameters()]:
+            q.mul_(2)
+    poses = np.array([[40.0 + 24 * (i % 8), 24.0 + 24 * ((i // 8) % 4), 0.0, 90.0 * (i // 32)] for i in range(64)], np.float32)
+    with torch.no_grad():
+        net.bank_thumbs.copy_(F.avg_pool2d(net.render(torch.from_numpy(poses)), 8))
+        net.bank_poses.copy_(torch.from_numpy(poses))
+    return save_small(tmp_path_factory.mktemp("field"), net, poses[19:20])
+
+
+@pytest.fixture(scope="module")
+def world(world_path):
+    return load_bundle(world_path)
+
+
+def actions(world, n: int = 12) -> np.ndarray:
+    return np.stack([world.spec.make(forward=float(t % 3 != 2), turn=float(6 - t)) for t in range(n)])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_onnx_session_plays_the_same_frames_and_poses_as_eager(world, batch_size):
+    assert fastest_exact(world) == "onnx"
+    eager = world.start(backend="eager", batch_size=batch_size)
+    onnx = world.start(backend="onnx", batch_size=batch_size)
+    assert isinstance(onnx.backend, FieldOnnxBackend)
+    a = actions(world)
+    for t in range(len(a)):
+        restart = np.array([False, t == 5])[:batch_size] if batch_size > 1 else None
+        f_e, f_o = eager.step(a[t], restart=restart), onnx.step(a[t], restart=restart)
+        assert np.abs(f_e.astype(int) - f_o).max() <= 1
+        assert torch.allclose(eager.cache.pose, onnx.cache.pose, atol=1e-4)
+    assert float((eager.cache.pose[..., :2] - torch.from_numpy(world.start_poses[0, :2])).abs().max()) > 20, "it walked"
+
+
+def test_locate_graph_is_nearest(world, tmp_path):
+    import onnxruntime as ort
+
+    folder = export_onnx(world, tmp_path / "onnx")
+    meta = json.loads((folder / "onnx.json").read_text())
+    assert meta["model"] == "field" and meta["locate"]["file"] == LOCATE_FILE and meta["decoder"]["file"] is None
+    net = world.dynamics
+    with torch.no_grad():
+        frame = net.render(torch.tensor([[100.0, 50.0, 0.0, 5.0]]))
+        want = net.nearest(frame)
+    (got,) = ort.InferenceSession(str(folder / LOCATE_FILE)).run(["pose"], {"frame": frame.numpy()})
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    assert isinstance(OnnxBackend(folder, threads=1), FieldOnnxBackend)
+
+
+@pytest.fixture(scope="module")
+def site(world_path, tmp_path_factory):
+    if not HAVE_ORT_WEB:
+        pytest.skip("onnxruntime-web is not installed (npm ci; ./setup.sh does)")
+    from neuralworld.play.export import export_web
+
+    return export_web(world_path, tmp_path_factory.mktemp("web") / "site")
+
+
+@needs_ort_web
+def test_web_manifest_and_the_page_loop_in_python(site, world):
+    m = json.loads((site / "world.json").read_text())
+    assert m["model"] == "field" and m["graphs"]["locate"]["file"] == LOCATE_FILE and m["graphs"]["decoder"] is None
+    assert m["memory"]["start_pose"] == [float(v) for v in world.start_poses[-1]]
+    assert (site / LOCATE_FILE).is_file() and not (site / "encoder.onnx").exists()
+    acts = turn_actions(m, 6, -15.0)
+    z_onnx, f_onnx = session_rollout(WorldSession(world, backend=OnnxBackend(site, threads=1)), acts, seed=7)
+    z_ref, f_ref = session_rollout(WorldSession(world, backend="eager"), acts, seed=7)
+    assert np.abs(f_onnx.astype(int) - f_ref).max() <= 1 and np.abs(z_onnx - z_ref).max() < 1e-3
+
+
+@pytest.fixture
+def page(site, tmp_path):
+    from neuralworld.play.export import StaticServer
+
+    with StaticServer(site) as served, _browser_page(served.url, tmp_path) as page:
+        yield page
+
+
+@needs_ort_web
+def test_page_walks_the_field_as_the_python_session_does(page, site, world, tmp_path):
+    """The exported page in headless Chromium, network cut: its seeded rollout (turning and
+    walking) is the Python session's, frame for frame; starting from an image locates it."""
+    assert "in this browser" in page.inner_text("#status")
+    m = json.loads((site / "world.json").read_text())
+    norm = lambda a: [float(v) for v in world.spec.normalize(a)]  # noqa: E731
+    acts = [norm(a) for a in actions(world, 8)]
+    frames, latents = _rollout(page, acts, 7)
+    z_ref, f_ref = session_rollout(WorldSession(world, backend="eager"), acts, seed=7)
+    diff = np.abs(frames[..., :3].astype(int) - f_ref)
+    assert diff.max() <= 1 and np.abs(latents - z_ref).max() < 1e-3
+    assert np.abs(f_ref[-1].astype(int) - world.start_frames[-1]).mean() > 5, "the view moved"
+    assert m["model"] == "field"
+
+    import cv2
+
+    with torch.no_grad():
+        seen = world.dynamics.render(torch.tensor([[136.0, 48.0, 0.0, 3.0]]))
+    img = ((seen[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "start.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    page.set_input_files("#start-image", str(tmp_path / "start.png"))
+    page.wait_for_function("nw.messages.some(m => m.type === 'started')", timeout=20_000)
+    assert page.evaluate("nw.messages.find(m => m.type === 'started')")["image"] == [64, 64]
