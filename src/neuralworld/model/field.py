@@ -88,6 +88,12 @@ class FieldNetConfig:
     def levels(self) -> int:
         return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
 
+    @property
+    def memory_frames(self) -> int:
+        """Frames a session needs to start (eval's context is this minus one): the field has no
+        frame memory; it finds its pose from the last real frame it is shown."""
+        return 2
+
     def validate(self) -> "FieldNetConfig":
         if len(self.cells) != len(self.angles) or not self.cells:
             raise ConfigError("field: cells and angles need one entry per grid")
@@ -342,15 +348,18 @@ class FieldNet(nn.Module):
 
     def locate(self, frames: torch.Tensor, guess: torch.Tensor | None = None) -> torch.Tensor:
         """Frames (B, 3, H, W) in [-1, 1] -> the poses (B, 4) that render closest to them: the
-        nearest bank poses (and ``guess`` (B, 4) when given) refined by gradient steps on the
-        rendering's L1 to the frame (x, y and angle; the floor height follows the cell)."""
+        nearest bank poses refined by gradient steps on the rendering's L1 to the frame (x, y and
+        angle; the floor height follows the cell). With a ``guess`` (B, 4) (tracking: where the
+        camera should be) the guess and the nearest bank pose, a third of the steps."""
         with torch.inference_mode(False), torch.enable_grad():  # sessions run in inference mode
             return self._locate(frames.detach().float().clone(), None if guess is None else guess.detach().float().clone())
 
     def _locate(self, frames: torch.Tensor, guess: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
+        # tracking (a guess: where the kinematics took the camera) needs fewer candidates and steps
+        k, steps = (cfg.locate_candidates, cfg.locate_steps) if guess is None else (1, max(1, cfg.locate_steps // 3))
         with torch.no_grad():
-            cand = self._retrieve(frames, cfg.locate_candidates)  # (B, k, 4)
+            cand = self._retrieve(frames, k)  # (B, k, 4)
         if guess is not None:
             cand = torch.cat([cand, guess[:, None]], 1)
         B, k = cand.shape[:2]
@@ -362,7 +371,7 @@ class FieldNet(nn.Module):
         for q in self.parameters():
             q.requires_grad_(False)
         try:
-            for _ in range(cfg.locate_steps):
+            for _ in range(steps):
                 pose = torch.cat([xy, p[:, 2:3], ang], 1)
                 loss = (self.render(pose) - target).abs().mean()
                 opt.zero_grad(set_to_none=True)
