@@ -14,12 +14,12 @@ import neuralworld
 import neuralworld.envs as envs
 from neuralworld import ActionError, bundle
 from neuralworld.envs import DiscreteActions, DiscreteVectorActions, EnvError, WorldEnv, WorldVectorEnv
+from neuralworld.model.config import preset as latent_preset
 from neuralworld.model.unet import baseline_preset
 from neuralworld.model.warp import warp_preset
 from neuralworld.record.doom import doom_action_spec
 from neuralworld.session import SessionError
 
-SHIPPED = Path(__file__).resolve().parents[1] / "worlds" / "freedoom-map01"
 NEVER = 1.0  # a termination threshold no probability passes: random heads would end every step
 
 
@@ -36,8 +36,14 @@ def warp_world(tmp_path_factory) -> Path:
     return tiny_world(tmp_path_factory.mktemp("envs") / "warp-tiny")
 
 
-def test_registered_and_check_env(warp_world):
-    for world in (warp_world, SHIPPED):
+@pytest.fixture(scope="module")
+def latent_world(tmp_path_factory) -> Path:
+    """The transformer world (random weights, tiny preset) at 64x64."""
+    return tiny_world(tmp_path_factory.mktemp("envs") / "latent-tiny", lambda name, spec: latent_preset(name, spec, (64, 64)))
+
+
+def test_registered_and_check_env(warp_world, latent_world):
+    for world in (warp_world, latent_world):
         env = gym.make("neuralworld/World-v0", world=world)
         check_env(env.unwrapped, skip_render_check=False)
         obs, info = env.reset(seed=3)
@@ -84,14 +90,14 @@ def test_bad_actions_are_refused_and_change_nothing(warp_world):
     env.step(env.spec_actions.make(forward=1, turn=-5))  # a flat vector in the spec's units plays
 
 
-def test_world_without_heads_is_refused(tmp_path):
+def test_world_without_heads_is_refused(tmp_path, latent_world):
     unet = tiny_world(tmp_path / "unet-tiny", baseline_preset)
     with pytest.raises(EnvError, match="U-Net baseline .* no reward or termination heads"):
         gym.make("neuralworld/World-v0", world=unet)
     env = WorldEnv(unet, require_heads=False, max_steps=2)  # asked for: reward 0, the step limit ends it
     env.reset(seed=0)
     assert env.step(env.action_space.sample())[1] == 0.0
-    assert envs.heads_problem(neuralworld.load(unet)) and not envs.heads_problem(neuralworld.load(SHIPPED))
+    assert envs.heads_problem(neuralworld.load(unet)) and not envs.heads_problem(neuralworld.load(latent_world))
 
 
 def test_discrete_actions(warp_world):

@@ -30,7 +30,8 @@ import pytest
 
 from neuralworld.actions import ActionSpec, Axis
 from neuralworld.cli import build_parser
-from neuralworld.model.config import ConfigError, WorldConfig
+from neuralworld.model.config import ConfigError, WorldConfig, preset as config_preset
+from neuralworld.record.doom import doom_action_spec
 from neuralworld.play.protocol import (
     MessageError,
     decode_image,
@@ -449,8 +450,8 @@ def test_start_images_are_measured_before_they_are_decoded():
 
 
 def test_a_config_value_of_the_wrong_type_names_its_field():
-    d = json.loads(Path(__file__).parents[1].joinpath("worlds/freedoom-map01/config.json").read_text())["world"]
-    WorldConfig.from_dict(d)  # the shipped world's config passes the type checks
+    d = json.loads(json.dumps(config_preset("small", doom_action_spec(2), (64, 64)).to_dict()))
+    WorldConfig.from_dict(d)  # a world's config as config.json holds it passes the type checks
     for section, key, value, says in [
         ("dynamics", "n_layers", "four", "dynamics config key 'n_layers' must be int, got 'four'"),
         ("dynamics", "n_layers", 4.0, "must be int"),

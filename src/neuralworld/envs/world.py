@@ -35,7 +35,8 @@ from neuralworld.actions import ActionError, ActionSpec
 
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_THRESHOLD = 0.5
-NO_HEADS = {"unet-baseline": "the U-Net baseline (model/unet.py) has no reward or termination heads"}
+NO_HEADS = {"unet-baseline": "the U-Net baseline (model/unet.py) has no reward or termination heads",
+            "field": "the field world (model/field.py) has no reward or termination heads"}
 """World kinds (``World.model``) whose networks predict neither reward nor termination, and why."""
 
 
