@@ -16,7 +16,7 @@ out = Path("worlds") / name
 tmp = out.with_name(f".{name}.new")
 shutil.rmtree(tmp, ignore_errors=True)
 save_bundle(tmp, world.config, world.autoencoder, world.dynamics, name=name, training=training,
-            start_frames=world.start_frames, start_actions=world.start_actions)
+            start_frames=world.start_frames, start_actions=world.start_actions, start_poses=world.start_poses)
 load_bundle(tmp)  # it loads before it replaces anything
 shutil.rmtree(out, ignore_errors=True)
 tmp.rename(out)

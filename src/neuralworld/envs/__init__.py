@@ -3,7 +3,7 @@ batched call (``WorldVectorEnv``) and the real ViZDoom twin of a recorded world
 (``DoomEnv``). Importing this package registers them::
 
     import gymnasium, neuralworld.envs
-    env = gymnasium.make("neuralworld/World-v0", world="worlds/freedoom-map01")
+    env = gymnasium.make("neuralworld/World-v0", world="runs/doom/world")   # a world with reward heads
     envs = gymnasium.make_vec("neuralworld/World-v0", num_envs=64, vectorization_mode="vector_entry_point", world=...)
     real = gymnasium.make("neuralworld/Doom-v0", env="doom/take_cover", world="worlds/take-cover")
 
