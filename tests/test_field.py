@@ -213,5 +213,11 @@ def test_train_field_plays_and_resumes_exactly(tmp_path, data32):
     before = float(s.cache.pose[0, 3])
     s.step(world.spec.make(turn=8.0))
     assert abs((before - 8.0) % 360 - float(s.cache.pose[0, 3])) < 1.0  # ViZDoom's turn, fitted
+    # the critic stage goes on from it: same map area, its renderer as the start
+    cli("train", data32, "--out", tmp_path / "adv", "--init-world", tmp_path / "straight", "--field-steps", 5,
+        "--field-objective", "adv_weight=0.02", *args)
+    adv = load_bundle(tmp_path / "adv" / "world")
+    assert adv.config.dynamics.bounds == world.config.dynamics.bounds and adv.config.dynamics.adv_weight == 0.02
+    assert not torch.equal(adv.dynamics.overlay, world.dynamics.overlay)  # it trained on from there
     refused = cli("train", data32, "--out", tmp_path / "x", "--model", "field", "--field-objective", "nope=1", check=False)
     assert refused.returncode != 0 and "not a field setting" in refused.stderr

@@ -65,6 +65,11 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         world.dynamics.bounds = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
         if ds.info.camera is not None:
             world.dynamics.hfov = float(ds.info.camera.hfov_deg)
+        if cfg.init_world:  # going on from a field: its map area (its grids' cells must stay where they are)
+            other = world_to_start_from(cfg.init_world, "--init-world")
+            if getattr(other, "model", None) != MODEL_KIND:
+                raise TrainingError(f"--init-world {cfg.init_world} is not a field world")
+            world.dynamics.bounds = tuple(other.config.dynamics.bounds)
         return world
 
     with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config,
