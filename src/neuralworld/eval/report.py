@@ -70,6 +70,8 @@ from neuralworld.eval.inputs import (
 from neuralworld.eval.markdown import render_markdown
 from neuralworld.state_io import atomic_write_bytes, atomic_write_json
 
+NO_HEADS = {"unet-baseline": "the U-Net baseline", "field": "the field world"}
+"""World kinds with no reward or termination heads: the heads part skips them."""
 PARTS = ("fidelity", "control", "stability", "memory", "speed", "probes", "heads")
 
 
@@ -322,8 +324,8 @@ def _heads(s: _Suite) -> dict[str, Any]:
     """Each world's termination head on the held-out episodes, teacher-forced (heads.py)."""
     result: dict[str, Any] = {"worlds": {}}
     for name, w, _ in s.worlds:
-        if w.model == "unet-baseline":
-            result["worlds"][name] = {"skipped": "the U-Net baseline has no heads"}
+        if w.model in NO_HEADS:
+            result["worlds"][name] = {"skipped": f"{NO_HEADS[w.model]} has no heads"}
             continue
         s.log(f"heads: {name}")
         result["worlds"][name] = hd.death_timing(w, s.inputs.data, list(s.inputs.held_episodes), context=s.rollouts.context,
