@@ -48,6 +48,22 @@ def small_net(resolution=(32, 32), walls=None) -> FieldNet:
     return net
 
 
+def lively_net(resolution=(32, 32)) -> tuple[FieldNet, np.ndarray]:
+    """A small field whose look changes with the pose (an untrained one barely does), its bank
+    filled with its own renders at a grid of 64 poses; returns (net, those poses)."""
+    net = small_net(resolution)
+    with torch.no_grad():
+        for g in net.grids:
+            g.mul_(10)
+        for q in [*net.col.parameters(), *net.up.parameters(), *net.out.parameters()]:
+            q.mul_(2)
+    poses = np.array([[40.0 + 24 * (i % 8), 24.0 + 24 * ((i // 8) % 4), 0.0, 90.0 * (i // 32)] for i in range(64)], np.float32)
+    with torch.no_grad():
+        net.bank_thumbs.copy_(F.avg_pool2d(net.render(torch.from_numpy(poses)), 8))
+        net.bank_poses.copy_(torch.from_numpy(poses))
+    return net, poses
+
+
 def hand_kinematics(net: FieldNet) -> None:
     """forward: 10 units a frame; the turn axis turns by minus its value (ViZDoom: + is right)."""
     s = spec()
@@ -149,16 +165,7 @@ def test_a_session_renders_its_pose_and_restarts_at_home(tmp_path):
 def test_reset_from_an_image_finds_where_it_was_seen(tmp_path):
     """An image seen a few units and degrees off a bank pose: the session starts from the image
     as given, near where it was seen, and renders it more closely than from the bank pose."""
-    net = small_net()
-    with torch.no_grad():  # a field whose look changes with the pose (an untrained one barely does)
-        for g in net.grids:
-            g.mul_(10)
-        for q in [*net.col.parameters(), *net.up.parameters(), *net.out.parameters()]:
-            q.mul_(2)
-    poses = np.array([[40.0 + 24 * (i % 8), 24.0 + 24 * ((i // 8) % 4), 0.0, 90.0 * (i // 32)] for i in range(64)], np.float32)
-    with torch.no_grad():
-        net.bank_thumbs.copy_(F.avg_pool2d(net.render(torch.from_numpy(poses)), 8))
-        net.bank_poses.copy_(torch.from_numpy(poses))
+    net, poses = lively_net()
     world = neuralworld.load(save_small(tmp_path, net, poses))
     near = poses[19]
     seen = (near + np.array([3.0, -2.0, 0.0, 4.0], np.float32))[None]

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("onnxruntime")
 
@@ -15,24 +14,15 @@ from neuralworld.backends import fastest_exact  # noqa: E402
 from neuralworld.bundle import load_bundle  # noqa: E402
 from neuralworld.onnx_export import LOCATE_FILE, FieldOnnxBackend, OnnxBackend, export_onnx  # noqa: E402
 from neuralworld.session import WorldSession  # noqa: E402
-from test_field import hand_kinematics, save_small, small_net  # noqa: E402
+from test_field import hand_kinematics, lively_net, save_small  # noqa: E402
 from test_warp_onnx import _rollout, session_rollout  # noqa: E402
 from test_web_export import HAVE_ORT_WEB, _browser_page, needs_ort_web, turn_actions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def world_path(tmp_path_factory):
-    net = small_net(resolution=(64, 64))
+    net, poses = lively_net(resolution=(64, 64))
     hand_kinematics(net)
-    with torch.no_grad():  # a look that changes with the pose
-        for g in net.grids:
-            g.mul_(10)
-        for q in [*net.col.parameters(), *net.up.parameters(), *net.out.parameters()]:
-            q.mul_(2)
-    poses = np.array([[40.0 + 24 * (i % 8), 24.0 + 24 * ((i // 8) % 4), 0.0, 90.0 * (i // 32)] for i in range(64)], np.float32)
-    with torch.no_grad():
-        net.bank_thumbs.copy_(F.avg_pool2d(net.render(torch.from_numpy(poses)), 8))
-        net.bank_poses.copy_(torch.from_numpy(poses))
     return save_small(tmp_path_factory.mktemp("field"), net, poses[19:20])
 
 

@@ -81,8 +81,8 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         frames, poses, starts = _fit_geometry(net, r.data, r.world)
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
-        net = _train_stage(net, cfg, r, frames, poses)
         held = _held_out(r.data)
+        net = _train_stage(net, cfg, r, frames, poses, held)
         if held is not None:
             r.summary["held_out_psnr"] = _score(net, *held)
         record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
@@ -194,7 +194,8 @@ def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
     return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
 
 
-def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor) -> FieldNet:
+def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor,
+                 held: tuple[np.ndarray, np.ndarray] | None) -> FieldNet:
     sc, fc, run = cfg.field, r.world.dynamics, r.folder
     ckpt = run.path / f"{STAGE}.safetensors"
     if cfg.init_world and not ckpt.exists():  # a resume loads nothing from outside the run
@@ -219,7 +220,6 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
     if ckpt.exists():
         step = int(load_checkpoint(ckpt, net, ema, opt, companions)["step"])
         print(f"[{STAGE}] resuming at step {step}/{sc.steps}", flush=True)
-    held = _held_out(r.data)
     bar = None
     if run.progress:
         from tqdm import tqdm
