@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # Tests share two cores with everything else: keep torch and BLAS to one thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -43,6 +44,13 @@ def pytest_collection_modifyitems(config, items):
         uses = set(getattr(item, "fixturenames", ()))
         if uses & (RECORDS_OR_TRAINS | OPENS_A_BROWSER) or getattr(item, "originalname", item.name) in named:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_export_cache(tmp_path_factory):
+    """ONNX exports go to this test session's own cache (onnx_export.cached_export), not the user's."""
+    os.environ["NEURALWORLD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield Path(os.environ["NEURALWORLD_CACHE"])
 
 
 @pytest.fixture(scope="session")

@@ -38,9 +38,10 @@ def data32(tmp_path_factory):
     return out
 
 
-def small_net(resolution=(32, 32), walls=None) -> FieldNet:
+def small_net(resolution=(32, 32), walls=None, renderer="column") -> FieldNet:
     cfg = FieldNetConfig(cells=(16.0, 64.0), angles=(36, 12), features=4, column_channels=32, decoder_channels=8,
-                         bounds=(0.0, 0.0, 256.0, 128.0), bank_size=64, locate_candidates=2, locate_steps=10).validate()
+                         bounds=(0.0, 0.0, 256.0, 128.0), bank_size=64, locate_candidates=2, locate_steps=10,
+                         renderer=renderer, hit_cells=(8.0, 32.0), hit_features=4, reach=64.0).validate()
     torch.manual_seed(0)
     net = FieldNet(cfg, resolution=resolution, action_size=spec().size).eval()
     if walls is not None:
@@ -48,15 +49,16 @@ def small_net(resolution=(32, 32), walls=None) -> FieldNet:
     return net
 
 
-def lively_net(resolution=(32, 32)) -> tuple[FieldNet, np.ndarray]:
+def lively_net(resolution=(32, 32), renderer="column") -> tuple[FieldNet, np.ndarray]:
     """A small field whose look changes with the pose (an untrained one barely does), its bank
     filled with its own renders at a grid of 64 poses; returns (net, those poses)."""
-    net = small_net(resolution)
+    net = small_net(resolution, renderer=renderer)
     with torch.no_grad():
-        for g in net.grids:
-            g.mul_(10)
-        for q in [*net.col.parameters(), *net.up.parameters(), *net.out.parameters()]:
-            q.mul_(2)
+        for name, q in net.named_parameters():
+            if name.startswith(("grids.", "hit_grids.")):
+                q.mul_(10)
+            elif not name.startswith(("overlay", "camera")):
+                q.mul_(2)
     poses = np.array([[40.0 + 24 * (i % 8), 24.0 + 24 * ((i // 8) % 4), 0.0, 90.0 * (i // 32)] for i in range(64)], np.float32)
     with torch.no_grad():
         net.bank_thumbs.copy_(F.avg_pool2d(net.render(torch.from_numpy(poses)), 8))
@@ -88,6 +90,39 @@ def test_gathered_read_is_trilinear_grid_sample():
                         torch.remainder(ang, 360.0) / 360.0 * 2 - 1], -1)
     want = F.grid_sample(wrapped, grid.reshape(1, B * W, 1, 1, 3), align_corners=True, padding_mode="border")
     assert torch.allclose(got, want.reshape(3, B, W).permute(1, 0, 2), atol=1e-5)
+
+
+def test_ray_renderer_places_rows_by_depth_and_reads_the_hit_point():
+    """The "ray" renderer's geometry: a wall twice as near spans twice the rows (each row's world
+    height scales with depth about the eye), and a column's ray meets the map at its planar depth."""
+    net = small_net(renderer="ray")
+    pose = torch.tensor([[100.0, 60.0, 8.0, 90.0]])  # facing +y, floor at 8
+    near, far = net.pixel_heights(pose, torch.full((1, 32), 50.0)), net.pixel_heights(pose, torch.full((1, 32), 100.0))
+    eye = 8.0 + 41.0
+    assert torch.allclose(far - eye, 2 * (near - eye), atol=1e-4)
+    assert near[0, 0, 0] > eye > near[0, -1, 0]  # the top row looks up, the bottom row down
+    wall_rows = lambda h: int(((h[0, :, 0] > 8.0) & (h[0, :, 0] < 8.0 + 72.0)).sum())  # noqa: E731  a 72-unit wall
+    assert wall_rows(near) > 1.6 * wall_rows(far)
+    ang = pose[:, 3:4] + net.col_angle[None]
+    hit = net.hit_points(pose, ang, torch.full((1, 32), 40.0))
+    assert torch.allclose(hit[0, :, 1], torch.full((32,), 100.0), atol=1e-3)  # every column meets the plane 40 ahead
+    assert hit[0, 0, 0] < 100.0 < hit[0, -1, 0]  # the left column meets it to the left (-x when facing +y)
+    frames, log_depth = net.render_with_depth(torch.tensor([[100.0, 60.0, 0.0, 0.0], [150.0, 80.0, 0.0, 200.0]]))
+    assert frames.shape == (2, 3, 32, 32) and log_depth.shape == (2, 32) and torch.isfinite(frames).all()
+    assert small_net().render_with_depth(pose)[1] is None
+
+
+def test_column_depth_skips_the_weapon():
+    from neuralworld.train.field import column_depth
+
+    d = np.full((2, 8, 4), 30, np.uint8)
+    d[:, 3, 1], d[:, 4, 1] = 0, 6  # the weapon hides one of column 1's middle rows
+    d[:, 2:6, 2] = 0  # all of column 2
+    d[1, :, 3] = 90
+    d[0, 2:4, 3] = 4
+    got = column_depth(d)
+    assert got.shape == (2, 4) and np.allclose(got[:, 1], 30.0)  # of 30, 6, 30 (not 0)
+    assert np.all(got[:, 2] == 0) and got[0, 0] == 30 and got[1, 3] == 90 and got[0, 3] == 17
 
 
 def test_kinematics_fit_recovers_a_linear_law():
@@ -226,5 +261,11 @@ def test_train_field_plays_and_resumes_exactly(tmp_path, data32):
     adv = load_bundle(tmp_path / "adv" / "world")
     assert adv.config.dynamics.bounds == world.config.dynamics.bounds and adv.config.dynamics.adv_weight == 0.02
     assert not torch.equal(adv.dynamics.overlay, world.dynamics.overlay)  # it trained on from there
+    # the ray renderer learns its depth from the recording's depth buffer
+    cli("train", data32, "--out", tmp_path / "ray", "--field-steps", 10, "--field-renderer", "ray", *args)
+    ray = load_bundle(tmp_path / "ray" / "world")
+    assert ray.config.dynamics.renderer == "ray" and ray.start().step(ray.spec.make(forward=1)).shape == (32, 32, 3)
+    logged = [json.loads(line) for line in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
+    assert any("depth_l1_log" in row for row in logged)
     refused = cli("train", data32, "--out", tmp_path / "x", "--model", "field", "--field-objective", "nope=1", check=False)
     assert refused.returncode != 0 and "not a field setting" in refused.stderr

@@ -113,6 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         warp_chain=args.warp_chain,
         warp_objective=dict(args.warp_objective) if args.warp_objective else None,
         field_objective=dict(args.field_objective) if args.field_objective else None,
+        field_renderer=args.field_renderer,
     )
     summary = train(args.data, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -343,7 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--field-lr", type=float, default=None, help="--model field: peak learning rate (the grids' is 5x)")
     t.add_argument("--field-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
                    help="--model field: override a setting (repeatable): adv_weight (the low-pass critic; start it from "
-                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size")
+                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size, "
+                        "depth_weight (--field-renderer ray)")
+    t.add_argument("--field-renderer", choices=("column", "ray"), default=None,
+                   help="--model field: how columns become the picture: 'column' (a conv decoder) or 'ray' (each "
+                        "column's depth places its rows; a second grid at the hit point; learns depth from the "
+                        "recording's depth buffer where it has one)")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")

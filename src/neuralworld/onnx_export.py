@@ -54,9 +54,11 @@ reset, not per frame.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -70,6 +72,8 @@ from neuralworld.model.autoencoder import Autoencoder
 from neuralworld.model.dynamics import Dynamics, DynamicsCache, DynamicsOutput, check_batch
 from neuralworld.model.field import MODEL_KIND as FIELD_KIND, FieldCache, FieldNet
 from neuralworld.model.warp import MODEL_KIND as WARP_KIND, WarpCache, WarpNet, quantize
+
+log = logging.getLogger(__name__)
 
 FORMAT = "neuralworld-onnx"
 OPSET = 17
@@ -330,6 +334,70 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+CACHE_ENTRIES = 8
+"""Exports the cache keeps (the newest by use); each is about the size of the world's weights."""
+
+
+def cache_root() -> Path | None:
+    """Where exports are kept: ``$NEURALWORLD_CACHE/onnx``, else the user's cache folder
+    (``$XDG_CACHE_HOME`` or ~/.cache) ``/neuralworld/onnx``; None when NEURALWORLD_CACHE is "off"."""
+    env = os.environ.get("NEURALWORLD_CACHE")
+    if env == "off":
+        return None
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neuralworld"
+    return base / "onnx"
+
+
+def export_key(world: Any, batch_size: int, int8: bool) -> str:
+    """What an export depends on: the networks' weights and config, the batch, int8, the opset,
+    torch's version and the source of the code that traces it (the model and this module)."""
+    h = hashlib.sha256(json.dumps([FORMAT, OPSET, batch_size, int8, torch.__version__, repr(world.config)]).encode())
+    package = Path(__file__).parent
+    for source in sorted((package / "model").glob("*.py")) + [Path(__file__)]:
+        h.update(source.read_bytes())
+    for net in (world.dynamics, world.autoencoder):
+        for name, tensor in net.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def cached_export(world: Any, batch_size: int, *, int8: bool = False) -> Path | None:
+    """The folder of ``world``'s export at ``batch_size`` in the cache (``cache_root``), made
+    there once (atomically: written aside, then renamed) and reused by every later start of the
+    same weights; None when the cache is off or cannot be written (the caller exports into a
+    temporary folder)."""
+    root = cache_root()
+    if root is None:
+        return None
+    key = export_key(world, batch_size, int8)
+    folder = root / key
+    if (folder / META_FILE).exists():
+        os.utime(folder)  # used: the newest are kept
+        return folder
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        part = Path(tempfile.mkdtemp(prefix=".part-", dir=root))
+    except OSError as e:
+        log.info("no ONNX export cache at %s (%s): exporting into a temporary folder", root, e)
+        return None
+    try:
+        export_onnx(world, part, batch_size=batch_size)
+        if int8:
+            quantize_step(part)
+        try:
+            part.rename(folder)
+        except OSError:  # another process finished the same export first
+            if not (folder / META_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    old = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for stale in old[:-CACHE_ENTRIES]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
 class OnnxBackend:
     """``WorldSession``'s network calls on ONNX Runtime (CPU), one batch size.
 
@@ -370,8 +438,12 @@ class OnnxBackend:
 
     @classmethod
     def from_world(cls, world: Any, batch_size: int, *, threads: int | None = None, int8: bool = False) -> "OnnxBackend":
-        """Export ``world`` at ``batch_size`` into a temporary folder (and quantise the step
-        when ``int8``) and open it; the folder is gone once the graphs are loaded."""
+        """Open ``world``'s export at ``batch_size`` (step quantised when ``int8``): from the
+        export cache (``cached_export``) when it can hold one, else exported into a temporary
+        folder that is gone once the graphs are loaded."""
+        folder = cached_export(world, batch_size, int8=int8)
+        if folder is not None:
+            return cls(folder, threads=threads, int8=int8)
         with tempfile.TemporaryDirectory(prefix="neuralworld-onnx-") as folder:
             export_onnx(world, folder, batch_size=batch_size)
             if int8:

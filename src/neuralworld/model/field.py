@@ -56,6 +56,12 @@ MODEL_KIND = "field"
 
 THUMB = 8
 """Localisation thumbnails are frames averaged over THUMB x THUMB blocks."""
+EYE = 41.0
+"""Map units from the floor to a Doom player's eye."""
+RAY_CODE = 48
+"""Channels of the "ray" renderer's column code."""
+HEIGHT_WAVES = (8.0, 16.0, 32.0, 64.0, 128.0)
+"""Wavelengths (map units) of the "ray" renderer's encoding of each pixel's world height."""
 
 
 @dataclass
@@ -84,6 +90,25 @@ class FieldNetConfig:
     field: from scratch a critic collapses the field to one frame (experiments, field C)."""
     grid_lr_scale: float = 5.0
     """The grids' learning rate as a multiple of the rest's (each grid cell is seen rarely)."""
+    # -- the renderer ------------------------------------------------------------------------
+    renderer: str = "column"
+    """"column": a conv decoder turns the row of column features into the picture (it must learn
+    how tall a wall is from how far it is). "ray": each column also finds the distance to what it
+    meets (a depth head, taught by the recording's depth buffer where it has one), reads a
+    second feature grid at that hit point on the map, and each pixel row is placed by its world
+    height at that distance, as Doom's renderer places them: a wall twice as near is drawn twice
+    as tall, and its texture stays on the wall as the camera moves."""
+    hit_cells: tuple[float, ...] = (4.0, 32.0)
+    """"ray": map units per cell of the hit-point grids (x, y on the map; no angle)."""
+    hit_features: int = 16
+    reach: float = 256.0
+    """"ray": map units the hit-point grids reach beyond ``bounds`` (farther hits read their border)."""
+    depth_weight: float = 0.1
+    """"ray": weight of the L1 of log column depth against the depth buffer's (where recorded)."""
+    depth_unit: float = 100.0 / 14.0
+    """"ray": map units per step of the recording's depth buffer (``data.flow.Camera``)."""
+    aspect: float = 4.0 / 3.0
+    """"ray": width / height of the engine's render (sets the vertical focal length's start)."""
 
     def levels(self) -> int:
         return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
@@ -108,6 +133,10 @@ class FieldNetConfig:
             raise ConfigError("field: bank_size and locate_candidates must be >= 1, locate_steps >= 0")
         if self.adv_weight < 0 or self.grid_lr_scale <= 0:
             raise ConfigError("field: adv_weight must be >= 0 and grid_lr_scale > 0")
+        if self.renderer not in ("column", "ray"):
+            raise ConfigError(f"field: renderer {self.renderer!r} must be 'column' or 'ray'")
+        if not self.hit_cells or min(self.hit_cells) <= 0 or self.hit_features < 1 or self.reach < 0 or self.depth_weight < 0:
+            raise ConfigError("field: hit_cells must be > 0, hit_features >= 1, reach and depth_weight >= 0")
         return self
 
     def grid_shape(self, i: int) -> tuple[int, int, int]:
@@ -115,6 +144,12 @@ class FieldNetConfig:
         x0, y0, x1, y1 = self.bounds
         c = self.cells[i]
         return self.angles[i], int(math.ceil((y1 - y0) / c)) + 1, int(math.ceil((x1 - x0) / c)) + 1
+
+    def hit_shape(self, i: int) -> tuple[int, int, int]:
+        """(1, ny, nx) of hit-point grid ``i`` (over ``bounds`` widened by ``reach``)."""
+        x0, y0, x1, y1 = self.bounds
+        c, r = self.hit_cells[i], 2 * self.reach
+        return 1, int(math.ceil((y1 - y0 + r) / c)) + 1, int(math.ceil((x1 - x0 + r) / c)) + 1
 
     def wall_shape(self) -> tuple[int, int]:
         x0, y0, x1, y1 = self.bounds
@@ -227,11 +262,14 @@ class FieldNet(nn.Module):
             [nn.Parameter(torch.randn(1, config.features, *config.grid_shape(i)) * 0.1) for i in range(len(config.cells))])
         C, ch = config.features * len(config.cells) + 1, config.decoder_channels
         self.rows = rows = H // 2 ** config.levels()
-        self.col = nn.Sequential(nn.Conv1d(C, config.column_channels, 3, padding=1), nn.GELU(),
-                                 nn.Conv1d(config.column_channels, 32 * rows, 3, padding=1))
-        self.up = nn.ModuleList([nn.Sequential(nn.Conv2d(32 if i == 0 else ch, ch, 3, padding=1), nn.GELU(),
-                                               nn.Conv2d(ch, ch, 3, padding=1), nn.GELU()) for i in range(config.levels())])
-        self.out = nn.Conv2d(ch, 3, 3, padding=1)
+        if config.renderer == "ray":
+            self._build_ray(C, H)
+        else:
+            self.col = nn.Sequential(nn.Conv1d(C, config.column_channels, 3, padding=1), nn.GELU(),
+                                     nn.Conv1d(config.column_channels, 32 * rows, 3, padding=1))
+            self.up = nn.ModuleList([nn.Sequential(nn.Conv2d(32 if i == 0 else ch, ch, 3, padding=1), nn.GELU(),
+                                                   nn.Conv2d(ch, ch, 3, padding=1), nn.GELU()) for i in range(config.levels())])
+            self.out = nn.Conv2d(ch, 3, 3, padding=1)
         self.overlay = nn.Parameter(torch.zeros(1, 4, H, W))  # rgb + alpha logit (the weapon)
         with torch.no_grad():
             self.overlay[:, 3] = -4.0
@@ -243,18 +281,38 @@ class FieldNet(nn.Module):
         self.register_buffer("bank_thumbs", torch.zeros(n, 3, H // THUMB, W // THUMB))
         self.register_buffer("bank_poses", torch.zeros(n, 4))
 
+    def _build_ray(self, C: int, H: int) -> None:
+        cfg, ch = self.config, self.config.decoder_channels
+        x0, y0, x1, y1 = cfg.bounds
+        self.register_buffer("hit_lo", torch.tensor([x0 - cfg.reach, y0 - cfg.reach], dtype=torch.float32))
+        self.register_buffer("hit_hi", torch.tensor([x1 + cfg.reach, y1 + cfg.reach], dtype=torch.float32))
+        self.register_buffer("col_cos", torch.cos(self.col_angle * (math.pi / 180.0)))
+        self.hit_grids = nn.ParameterList(
+            [nn.Parameter(torch.randn(1, cfg.hit_features, *cfg.hit_shape(i)) * 0.1) for i in range(len(cfg.hit_cells))])
+        self.depth_head = nn.Sequential(nn.Conv1d(C, 128, 3, padding=1), nn.GELU(), nn.Conv1d(128, 1, 3, padding=1))
+        hits = cfg.hit_features * len(cfg.hit_cells)
+        self.col = nn.Sequential(nn.Conv1d(C + hits + 1, cfg.column_channels, 3, padding=1), nn.GELU(),
+                                 nn.Conv1d(cfg.column_channels, RAY_CODE, 1))
+        self.pix = nn.Sequential(nn.Conv2d(RAY_CODE + 2 + 2 * len(HEIGHT_WAVES), 64, 1), nn.GELU(), nn.Conv2d(64, ch, 1), nn.GELU(),
+                                 nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(), nn.Conv2d(ch, ch, 3, padding=1), nn.GELU())
+        self.out = nn.Conv2d(ch, 3, 3, padding=1)
+        fy = (H / 2) * cfg.aspect / math.tan(math.radians(cfg.hfov / 2))
+        self.camera = nn.Parameter(torch.tensor([(H - 1) / 2, math.log(fy)]))  # the horizon's row, log vertical focal
+
     @classmethod
     def from_world(cls, world: FieldConfig) -> "FieldNet":
         return cls(world.dynamics, resolution=world.resolution, action_size=world.action_size)
 
     # -- rendering ---------------------------------------------------------------------------
     def _read(self, g: torch.Tensor, xy: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
-        """Trilinear read of grid ``g`` (1, C, A, ny, nx) at (x, y) in [0, 1] (B, 2) for the ray
-        angles ``ang`` (B, W) in degrees -> (B, C, W). Positions clamp to the border; angles wrap."""
+        """Trilinear read of grid ``g`` (1, C, A, ny, nx) at (x, y) in [0, 1] ((B, 2), or (B, W, 2):
+        one per column) for the ray angles ``ang`` (B, W) in degrees -> (B, C, W). Positions clamp
+        to the border; angles wrap."""
         _, C, A, ny, nx = g.shape
         B, W = ang.shape
-        fx = (xy[:, 0:1] * (nx - 1)).clamp(0, nx - 1).expand(B, W)
-        fy = (xy[:, 1:2] * (ny - 1)).clamp(0, ny - 1).expand(B, W)
+        xy = xy[:, None, :] if xy.dim() == 2 else xy
+        fx = (xy[..., 0] * (nx - 1)).clamp(0, nx - 1).expand(B, W)
+        fy = (xy[..., 1] * (ny - 1)).clamp(0, ny - 1).expand(B, W)
         fa = torch.remainder(ang, 360.0) / 360.0 * A
         x0, y0, a0 = fx.floor(), fy.floor(), fa.floor()
         tx, ty, ta = fx - x0, fy - y0, fa - a0
@@ -272,17 +330,61 @@ class FieldNet(nn.Module):
 
     def render(self, pose: torch.Tensor) -> torch.Tensor:
         """Poses (B, 4): x, y, z, angle (degrees) -> frames (B, 3, H, W) in [-1, 1]."""
+        return self.render_with_depth(pose)[0]
+
+    def render_with_depth(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(frames (B, 3, H, W), log of each column's depth along the view (B, W) in map units;
+        None for the "column" renderer)."""
         B = pose.shape[0]
         xy = (pose[:, :2] - self.lo) / (self.hi - self.lo)  # (B, 2) in [0, 1]
         ang = pose[:, 3:4] + self.col_angle[None]  # (B, W)
+        W = ang.shape[1]
         feats = [self._read(g, xy, ang) for g in self.grids]
-        z = (pose[:, 2:3, None] / 128.0).expand(B, 1, ang.shape[1])
-        x = self.col(torch.cat(feats + [z], 1)).reshape(B, 32, self.rows, ang.shape[1])
-        for blk in self.up:
-            x = blk(F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
+        z = (pose[:, 2:3, None] / 128.0).expand(B, 1, W)
+        view = torch.cat(feats + [z], 1)
+        log_depth = None
+        if self.config.renderer == "ray":
+            x, log_depth = self._ray(pose, ang, view)
+        else:
+            x = self.col(view).reshape(B, 32, self.rows, W)
+            for blk in self.up:
+                x = blk(F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
         scene = torch.tanh(self.out(x))
         alpha = torch.sigmoid(self.overlay[:, 3:])
-        return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha
+        return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha, log_depth
+
+    def _ray(self, pose: torch.Tensor, ang: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The "ray" renderer's features (B, ch, H, W) and log column depth (B, W)."""
+        B, W = ang.shape
+        H = self.latent_size[0]
+        log_depth = (self.depth_head(view)[:, 0] + math.log(128.0)).clamp(math.log(2.0), math.log(4096.0))
+        depth = log_depth.exp()  # (B, W) along the view
+        hxy = (self.hit_points(pose, ang, depth) - self.hit_lo) / (self.hit_hi - self.hit_lo)
+        flat = torch.zeros_like(ang)
+        hits = [self._read(g, hxy, flat) for g in self.hit_grids]
+        code = self.col(torch.cat([view] + hits + [log_depth[:, None] / 5.0], 1))  # (B, RAY_CODE, W)
+        height = self.pixel_heights(pose, depth)
+        enc = [height / 64.0, (log_depth / 5.0)[:, None, :].expand(B, H, W)]
+        for wave in HEIGHT_WAVES:
+            t = height * (2 * math.pi / wave)
+            enc += [torch.sin(t), torch.cos(t)]
+        x = torch.cat([code[:, :, None, :].expand(B, code.shape[1], H, W), torch.stack(enc, 1)], 1)
+        return self.pix(x), log_depth
+
+    def hit_points(self, pose: torch.Tensor, ang: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Where each column's ray meets what it sees: poses (B, 4), ray angles (B, W) in degrees,
+        depths along the view (B, W) -> map points (B, W, 2)."""
+        rad = ang * (math.pi / 180.0)
+        dist = depth / self.col_cos  # along the column's own ray
+        return pose[:, None, :2] + dist[..., None] * torch.stack([torch.cos(rad), torch.sin(rad)], -1)
+
+    def pixel_heights(self, pose: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Each pixel's height in the world (B, H, W), where its row meets its column's depth (B, W):
+        the eye is EYE above the pose's floor; a row's offset from the horizon scales with depth
+        (a pinhole camera with no pitch, as Doom's)."""
+        rows = torch.arange(self.latent_size[0], dtype=depth.dtype, device=depth.device)
+        up = (self.camera[0] - rows)[None, :, None] / self.camera[1].exp() * depth[:, None, :]
+        return pose[:, 2, None, None] + EYE + up
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
         return self.render(pose)

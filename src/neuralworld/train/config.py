@@ -107,6 +107,8 @@ class TrainConfig:
     """The field world's renderer (and its critic at half its rate, with ``adv_weight`` > 0)."""
     field_objective: dict[str, float] = dataclasses.field(default_factory=dict)
     """Overrides of the field network's objective (``FIELD_OBJECTIVE``), e.g. {"adv_weight": 0.02}."""
+    field_renderer: str | None = None
+    """The field network's renderer ("column" or "ray", ``FieldNetConfig.renderer``); None: the preset's."""
     warp_chain: int = 48
     """Most frames a warp training sample's rollout stream plays itself before it starts again
     from recorded memory: each step goes on from where the stream's last step ended (its own
@@ -154,7 +156,7 @@ FIELD_PRESETS: dict[str, StageConfig] = {
     "small": StageConfig(10_000, 32, 2e-3, warmup=500, weight_decay=0.0),
     "base": StageConfig(40_000, 64, 2e-3, warmup=1000, weight_decay=0.0),
 }
-FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "locate_steps", "locate_candidates", "bank_size")
+FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "locate_steps", "locate_candidates", "bank_size", "depth_weight")
 """``FieldNetConfig`` fields a run may override (``--field-objective NAME=VALUE``)."""
 WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
                   "flow_resolution", "integer_warp", "reveal_paint", "geometry_flow", "residual_flow", "depth_weight", "pose_weight",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,8 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             if name not in FIELD_OBJECTIVE:
                 raise TrainingError(f"--field-objective {name}: not a field setting; choose from {', '.join(FIELD_OBJECTIVE)}")
             setattr(world.dynamics, name, type(getattr(world.dynamics, name))(value))
+        if cfg.field_renderer is not None:
+            world.dynamics.renderer = cfg.field_renderer
         ds = Dataset(data)
         _check_poses(ds, data)
         xy = np.concatenate([ds.episode(e).load(("poses",))["poses"][:, :2] for e in range(ds.num_episodes)])
@@ -65,6 +68,8 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         world.dynamics.bounds = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
         if ds.info.camera is not None:
             world.dynamics.hfov = float(ds.info.camera.hfov_deg)
+            world.dynamics.aspect = float(ds.info.camera.aspect)
+            world.dynamics.depth_unit = float(ds.info.camera.depth_unit)
         if cfg.init_world:  # going on from a field: its map area (its grids' cells must stay where they are)
             other = world_to_start_from(cfg.init_world, "--init-world")
             if getattr(other, "model", None) != MODEL_KIND:
@@ -78,11 +83,11 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             raise TrainingError("the field world trains in one process: run it without torchrun")
         torch.manual_seed(cfg.seed + 1)
         _, net = build_networks(r.world)
-        frames, poses, starts = _fit_geometry(net, r.data, r.world)
+        frames, poses, depth, starts = _fit_geometry(net, r.data, r.world)
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
         held = _held_out(r.data)
-        net = _train_stage(net, cfg, r, frames, poses, held)
+        net = _train_stage(net, cfg, r, frames, poses, depth, held)
         if held is not None:
             r.summary["held_out_psnr"] = _score(net, *held)
         record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
@@ -92,15 +97,38 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     return r.summary
 
 
-def _load(ds: Dataset, episodes: list[int]) -> list[dict[str, np.ndarray]]:
-    return [ds.episode(e).load(("frames", "poses", "actions")) for e in episodes]
+def _load(ds: Dataset, episodes: list[int], depth: bool = False) -> list[dict[str, np.ndarray]]:
+    """The episodes' frames, poses and actions; with ``depth`` (and a recording that has it) each
+    frame's column depth too (``column_depth``)."""
+    out = []
+    for e in episodes:
+        ep = ds.episode(e)
+        d = ep.load(("frames", "poses", "actions"))
+        if depth and ds.info.camera is not None:
+            d["depth"] = column_depth(ep.load(("depth",))["depth"])
+        out.append(d)
+    return out
 
 
-def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def column_depth(depth: np.ndarray) -> np.ndarray:
+    """Depth buffers (T, H, W) uint8 -> each column's depth at the horizon (T, W) in buffer steps:
+    the median of the middle four rows' nonzero values (0: the weapon covers them: unknown)."""
+    H = depth.shape[1]
+    mid = depth[:, H // 2 - 2 : H // 2 + 2].astype(np.float32)
+    mid[mid == 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-weapon column: unknown
+        out = np.nanmedian(mid, axis=1)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """Fill ``net``'s kinematics, walls, floor and bank from the training episodes; returns
-    their frames (N, H, W, 3) uint8 and poses (N, 4) with a known pose, and the bundle's start."""
+    their frames (N, H, W, 3) uint8, poses (N, 4) with a known pose, column depths (N, W) in map
+    units (0: unknown; None: the "column" renderer or no depth recorded), and the bundle's start."""
     ds, cfg = data.ds, world.dynamics
-    eps = _load(ds, data.train_episodes)
+    eps = _load(ds, data.train_episodes, depth=cfg.renderer == "ray")
     moves, acts = [], []
     for d in eps:
         p = torch.from_numpy(d["poses"][:, :4]).double()
@@ -119,6 +147,9 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     poses = np.concatenate([d["poses"][:, :4] for d in eps]).astype(np.float32)
     keep = np.isfinite(poses).all(1)
     frames, poses = frames[keep], poses[keep]
+    depth = None
+    if all("depth" in d for d in eps):
+        depth = torch.from_numpy(np.concatenate([d["depth"] for d in eps])[keep] * np.float32(cfg.depth_unit))
     with torch.no_grad():
         net.kinematics.copy_(torch.from_numpy(K))
         ny, nx = net.walls.shape
@@ -145,7 +176,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
               "start_poses": first_ep["poses"][:1, :4].astype(np.float32),
               "kinematics_error": {"forward": round(float(error[0]), 3), "left": round(float(error[1]), 3),
                                    "yaw": round(float(error[2]), 4)}}
-    return torch.from_numpy(frames), torch.from_numpy(poses), starts
+    return torch.from_numpy(frames), torch.from_numpy(poses), depth, starts
 
 
 def _held_out(data: TrainData) -> tuple[np.ndarray, np.ndarray] | None:
@@ -195,7 +226,7 @@ def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
 
 
 def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor,
-                 held: tuple[np.ndarray, np.ndarray] | None) -> FieldNet:
+                 depth: torch.Tensor | None, held: tuple[np.ndarray, np.ndarray] | None) -> FieldNet:
     sc, fc, run = cfg.field, r.world.dynamics, r.folder
     ckpt = run.path / f"{STAGE}.safetensors"
     if cfg.init_world and not ckpt.exists():  # a resume loads nothing from outside the run
@@ -208,8 +239,9 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
         if bad or len(learned) != sum(1 for k in mine if not k.startswith(("kinematics", "walls", "floor", "bank"))):
             raise TrainingError(f"--init-world {cfg.init_world}: its field does not fit this run's (another preset or map area? {bad[:3]})")
         net.load_state_dict({**mine, **learned})
-    grids = list(net.grids.parameters())
-    rest = [p for name, p in net.named_parameters() if not name.startswith("grids") and p.requires_grad]
+    is_grid = lambda name: name.startswith(("grids.", "hit_grids."))  # noqa: E731
+    grids = [p for name, p in net.named_parameters() if is_grid(name)]
+    rest = [p for name, p in net.named_parameters() if not is_grid(name) and p.requires_grad]
     opt = torch.optim.Adam([{"params": grids}, {"params": rest}])
     scale = (fc.grid_lr_scale, 1.0)
     ema = EMA(net, sc.ema_decay)
@@ -233,9 +265,15 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
             g["lr"] = lr * s
         idx = torch.from_numpy(_rng(cfg.seed, STAGE, step).integers(0, len(frames), sc.batch_size))
         x = frames[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
-        y = net.render(poses[idx])
+        y, log_depth = net.render_with_depth(poses[idx])
         l1 = (y - x).abs().mean()
         loss, metrics = l1, {"l1": l1.item()}
+        if log_depth is not None and depth is not None and fc.depth_weight > 0:
+            target = depth[idx]
+            known = target > 0
+            d_err = ((log_depth - target.clamp(min=1.0).log()).abs() * known).sum() / known.sum().clamp(min=1)
+            loss = loss + fc.depth_weight * d_err
+            metrics["depth_l1_log"] = d_err.item()
         if critic is not None:
             d_loss = F.relu(1 - critic(x, x)).mean() + F.relu(1 + critic(y.detach(), x)).mean()
             opt_d.zero_grad(set_to_none=True)
