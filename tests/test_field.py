@@ -216,6 +216,18 @@ def test_reset_from_an_image_finds_where_it_was_seen(tmp_path):
     assert float(err[:2].max()) < 4.0 and float(err[3]) < 4.0, s.cache.pose
 
 
+def test_bundle_keeps_the_feature_tables_at_half_precision(tmp_path):
+    net, poses = lively_net(resolution=(64, 64), renderer="ray")
+    path = save_small(tmp_path, net, poses[:1])
+    stored, _ = load_tensors(path / "model.safetensors")
+    assert stored["dynamics.hit_grids.0"].dtype == torch.float16 and stored["dynamics.pix.0.weight"].dtype == torch.float32
+    loaded = neuralworld.load(path).dynamics
+    assert loaded.hit_grids[0].dtype == torch.float32
+    with torch.no_grad():
+        a, b = to_uint8(net.render(torch.from_numpy(poses))), to_uint8(loaded.render(torch.from_numpy(poses)))
+    assert np.abs(a.astype(int) - b).max() <= 2 and np.abs(a.astype(int) - b).mean() < 0.05
+
+
 def test_bundle_start_poses_must_match_start_frames(tmp_path):
     net = small_net()
     cfg = FieldConfig(resolution=net.latent_size, dynamics=net.config).for_spec(spec())

@@ -157,7 +157,9 @@ def save_bundle(
     if spec is None:
         raise BundleError("a bundle needs its ActionSpec: build the config with .for_spec(spec)")
     tensors = {f"autoencoder.{k}": v for k, v in autoencoder.state_dict().items() if v.numel()}  # PixelCodec: none
-    tensors.update({f"dynamics.{k}": v for k, v in dynamics.state_dict().items()})
+    half = tuple(getattr(dynamics, "HALF_STORED", ()))  # big tables kept at half precision (loaded back to float32)
+    tensors.update({f"dynamics.{k}": v.half() if k.startswith(half) and v.is_floating_point() else v
+                    for k, v in dynamics.state_dict().items()})
     if distilled is not None:
         if distilled_steps < 1:
             raise BundleError("a distilled network needs the Euler steps it was distilled for (distilled_steps >= 1)")

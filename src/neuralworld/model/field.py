@@ -243,6 +243,8 @@ class FieldNet(nn.Module):
     localisation bank as buffers (fitted from the recording, saved in the bundle)."""
 
     one_step = True
+    HALF_STORED = ("grids.", "hit_grids.", "bank_thumbs")
+    """State kept at half precision in a bundle (the feature tables: most of its bytes)."""
 
     def __init__(self, config: FieldNetConfig, *, resolution: tuple[int, int], action_size: int):
         super().__init__()

@@ -1,0 +1,74 @@
+"""Probe a field world against the engine at the recorded poses of held-out episodes: does it
+draw what the engine drew there, as sharp, and does a walk forward expand as the engine's does?
+
+    .venv/bin/python scripts/field_probe.py WORLD DATA [--episodes 90:100] [--strip OUT.png]
+
+Prints one JSON line: the mean PSNR of renders at every recorded pose against the recorded
+frames (and copy-last's, for scale), the median sharpness (variance of the Laplacian) of the
+renders over the frames', and the radial flow (eval.probes.radial_flow, Farneback, weapon
+masked) of runs of 6 frames with forward held and |turn| < 1 degree: the engine's frames and
+the renders at the same poses. ``--strip``: 8 held-out frames above their renders. For
+docs/experiments.md; not the package."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+import neuralworld
+from neuralworld.data.store import Dataset
+from neuralworld.eval.metrics import psnr, sharpness
+from neuralworld.eval.probes import flows, radial_flow
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("world"), p.add_argument("data")
+    p.add_argument("--episodes", default="90:100")
+    p.add_argument("--strip", default=None)
+    a = p.parse_args()
+    torch.manual_seed(0)
+    w = neuralworld.load(a.world)
+    ds = Dataset(a.data)
+    first, last = (int(x) for x in a.episodes.split(":"))
+    fwd = ds.spec.buttons.index("forward")
+    turn = len(ds.spec.buttons) + [x.name for x in ds.spec.axes].index("turn")
+    real, gen, copy, r_flow, g_flow = [], [], [], [], []
+    for e in range(first, min(last, ds.num_episodes)):
+        d = ds.episode(e).load(("frames", "poses", "actions"))
+        poses = torch.from_numpy(d["poses"][:, :4].astype(np.float32))
+        with torch.no_grad():
+            g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])
+        real.append(d["frames"]), gen.append(g)
+        copy.append(psnr(d["frames"][1:], d["frames"][:-1]))
+        ok = (d["actions"][:, fwd] > 0.5) & (np.abs(d["actions"][:, turn]) < 1)
+        t = 0
+        while t < len(ok) - 6:
+            if not ok[t : t + 6].all():
+                t += 1
+                continue
+            r_flow += list(flows(d["frames"][t + 1 : t + 7], radial_flow))
+            g_flow += list(flows(g[t + 1 : t + 7], radial_flow))
+            t += 6
+    R, G = np.concatenate(real), np.concatenate(gen)
+    out = {"frames": len(R), "psnr": round(float(np.mean(psnr(R, G))), 2), "copy_last_psnr": round(float(np.mean(np.concatenate(copy))), 2),
+           "sharpness_ratio": round(float(np.median(sharpness(G)) / np.median(sharpness(R))), 3),
+           "forward_runs": len(r_flow) // 5, "radial_flow_engine": round(float(np.median(r_flow)), 2),
+           "radial_flow_world": round(float(np.median(g_flow)), 2)}
+    print(json.dumps(out))
+    if a.strip:
+        k = np.linspace(0, len(R) - 1, 8).astype(int)
+        big = lambda f: cv2.resize(f, (128, 128), interpolation=cv2.INTER_NEAREST)  # noqa: E731
+        Image.fromarray(np.concatenate([np.concatenate([big(f) for f in X[k]], 1) for X in (R, G)], 0)).save(a.strip)
+
+
+if __name__ == "__main__":
+    main()
