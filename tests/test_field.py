@@ -125,6 +125,40 @@ def test_column_depth_skips_the_weapon():
     assert np.all(got[:, 2] == 0) and got[0, 0] == 30 and got[1, 3] == 90 and got[0, 3] == 17
 
 
+def wall_at_x(net: FieldNet, x: float) -> None:
+    """A wall map with one wall: the plane x = ``x`` (a column of cells)."""
+    cell = net.config.occupancy_cell
+    occ = torch.zeros_like(net.occupancy)
+    occ[:, int((x - float(net.hit_lo[0])) // cell)] = 1.0
+    net.occupancy.copy_(occ)
+
+
+def test_march_finds_the_first_wall_and_fit_occupancy_finds_the_walls():
+    net = small_net(renderer="ray")
+    wall_at_x(net, 200.0)
+    pose = torch.tensor([[100.0, 60.0, 0.0, 0.0]])  # facing the wall (+x), 100 units from it
+    depth = net.march_depth(pose, pose[:, 3:4] + net.col_angle[None])
+    assert torch.allclose(depth, torch.full_like(depth, 100.0), atol=2.5)  # a wall square to the view: one depth
+    away = torch.tensor([[100.0, 60.0, 0.0, 180.0]])
+    assert torch.all(net.march_depth(away, away[:, 3:4] + net.col_angle[None]) > 500)  # nothing that way: far
+    # recorded rays against that wall (and, in a few frames, a monster at x = 150) give the wall back
+    from neuralworld.train.field import fit_occupancy
+
+    rng = np.random.default_rng(0)
+    poses = np.stack([rng.uniform(20, 180, 200), rng.uniform(10, 110, 200), np.zeros(200), rng.uniform(-30, 30, 200)], 1)
+    ang = np.radians(poses[:, 3:4] + net.col_angle.numpy()[None])
+    planar = ((200.0 - poses[:, 0:1]) / np.cos(ang)) * np.cos(np.radians(net.col_angle.numpy()))[None]
+    planar[:10] = np.maximum(1.0, (150.0 - poses[:10, 0:1]) / np.cos(ang[:10])) * np.cos(np.radians(net.col_angle.numpy()))[None]
+    planar[:10][poses[:10, 0] > 150] = 0.0  # (behind the monster: unknown)
+    planar[:, 3] = 0.0  # a column the weapon hides
+    occ = fit_occupancy(net, poses.astype(np.float32), planar.astype(np.float32))
+    x_of = lambda ix: float(net.hit_lo[0]) + (ix + 0.5) * net.config.occupancy_cell  # noqa: E731
+    walls_x = {round(x_of(ix)) for ix in np.nonzero(occ.any(0))[0]}
+    assert walls_x and all(195 <= x <= 205 for x in walls_x), walls_x  # the wall, not the monster
+    band = occ[(np.arange(occ.shape[0]) * 2 - 64 > 20) & (np.arange(occ.shape[0]) * 2 - 64 < 100)]
+    assert band.any(1).mean() > 0.9  # along the wall where the rays met it
+
+
 def test_kinematics_fit_recovers_a_linear_law():
     rng = np.random.default_rng(0)
     K_true = rng.normal(size=(2 + 3 + 1, 3)).astype(np.float32) * 0.3

@@ -14,7 +14,7 @@ from neuralworld.backends import fastest_exact  # noqa: E402
 from neuralworld.bundle import load_bundle  # noqa: E402
 from neuralworld.onnx_export import LOCATE_FILE, FieldOnnxBackend, OnnxBackend, export_onnx  # noqa: E402
 from neuralworld.session import WorldSession  # noqa: E402
-from test_field import hand_kinematics, lively_net, save_small  # noqa: E402
+from test_field import hand_kinematics, lively_net, save_small, wall_at_x  # noqa: E402
 from test_warp_onnx import _rollout, session_rollout  # noqa: E402
 from test_web_export import HAVE_ORT_WEB, _browser_page, needs_ort_web, turn_actions  # noqa: E402
 
@@ -34,6 +34,7 @@ def world(world_path):
 @pytest.fixture(scope="module")
 def ray_world(tmp_path_factory):
     net, poses = lively_net(resolution=(64, 64), renderer="ray")
+    wall_at_x(net, 200.0)
     hand_kinematics(net)
     return load_bundle(save_small(tmp_path_factory.mktemp("ray"), net, poses[19:20]))
 

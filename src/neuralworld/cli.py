@@ -344,12 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--field-lr", type=float, default=None, help="--model field: peak learning rate (the grids' is 5x)")
     t.add_argument("--field-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
                    help="--model field: override a setting (repeatable): adv_weight (the low-pass critic; start it from "
-                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size, "
-                        "depth_weight (--field-renderer ray)")
+                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size")
     t.add_argument("--field-renderer", choices=("column", "ray"), default=None,
                    help="--model field: how columns become the picture: 'column' (a conv decoder) or 'ray' (each "
-                        "column's depth places its rows; a second grid at the hit point; learns depth from the "
-                        "recording's depth buffer where it has one)")
+                        "column marches a wall map fitted from the recording's depth buffers; the distance places "
+                        "its rows and a second grid is read where it meets the wall; needs a recording with depth)")
     t.add_argument("--init-world", default=None, metavar="WORLD",
                    help="start every stage from this trained world (bundle or run folder; same preset and controls): "
                         "each stage's --*-steps then trains on from it (0: keep that network)")

@@ -93,18 +93,20 @@ class FieldNetConfig:
     # -- the renderer ------------------------------------------------------------------------
     renderer: str = "column"
     """"column": a conv decoder turns the row of column features into the picture (it must learn
-    how tall a wall is from how far it is). "ray": each column also finds the distance to what it
-    meets (a depth head, taught by the recording's depth buffer where it has one), reads a
+    how tall a wall is from how far it is). "ray": each column marches its ray through a map of
+    walls fitted from the recording's depth buffers (``occupancy``) to the first wall, reads a
     second feature grid at that hit point on the map, and each pixel row is placed by its world
     height at that distance, as Doom's renderer places them: a wall twice as near is drawn twice
-    as tall, and its texture stays on the wall as the camera moves."""
+    as tall, and its texture stays on the wall as the camera moves. Needs a recording with depth."""
     hit_cells: tuple[float, ...] = (4.0, 32.0)
     """"ray": map units per cell of the hit-point grids (x, y on the map; no angle)."""
     hit_features: int = 16
     reach: float = 256.0
     """"ray": map units the hit-point grids reach beyond ``bounds`` (farther hits read their border)."""
-    depth_weight: float = 0.1
-    """"ray": weight of the L1 of log column depth against the depth buffer's (where recorded)."""
+    occupancy_cell: float = 2.0
+    """"ray": map units per cell of the wall map (and per step of a column's march through it)."""
+    march: float = 1024.0
+    """"ray": the farthest a column looks (map units); nothing met by then is drawn at that distance."""
     depth_unit: float = 100.0 / 14.0
     """"ray": map units per step of the recording's depth buffer (``data.flow.Camera``)."""
     aspect: float = 4.0 / 3.0
@@ -135,8 +137,10 @@ class FieldNetConfig:
             raise ConfigError("field: adv_weight must be >= 0 and grid_lr_scale > 0")
         if self.renderer not in ("column", "ray"):
             raise ConfigError(f"field: renderer {self.renderer!r} must be 'column' or 'ray'")
-        if not self.hit_cells or min(self.hit_cells) <= 0 or self.hit_features < 1 or self.reach < 0 or self.depth_weight < 0:
-            raise ConfigError("field: hit_cells must be > 0, hit_features >= 1, reach and depth_weight >= 0")
+        if not self.hit_cells or min(self.hit_cells) <= 0 or self.hit_features < 1 or self.reach < 0:
+            raise ConfigError("field: hit_cells must be > 0, hit_features >= 1, reach >= 0")
+        if self.occupancy_cell <= 0 or self.march < self.occupancy_cell:
+            raise ConfigError("field: occupancy_cell must be > 0 and march at least one cell")
         return self
 
     def grid_shape(self, i: int) -> tuple[int, int, int]:
@@ -150,6 +154,12 @@ class FieldNetConfig:
         x0, y0, x1, y1 = self.bounds
         c, r = self.hit_cells[i], 2 * self.reach
         return 1, int(math.ceil((y1 - y0 + r) / c)) + 1, int(math.ceil((x1 - x0 + r) / c)) + 1
+
+    def occupancy_shape(self) -> tuple[int, int]:
+        """(ny, nx) of the "ray" renderer's wall map (over ``bounds`` widened by ``reach``)."""
+        x0, y0, x1, y1 = self.bounds
+        r = 2 * self.reach
+        return int(math.ceil((y1 - y0 + r) / self.occupancy_cell)), int(math.ceil((x1 - x0 + r) / self.occupancy_cell))
 
     def wall_shape(self) -> tuple[int, int]:
         x0, y0, x1, y1 = self.bounds
@@ -243,7 +253,7 @@ class FieldNet(nn.Module):
     localisation bank as buffers (fitted from the recording, saved in the bundle)."""
 
     one_step = True
-    HALF_STORED = ("grids.", "hit_grids.", "bank_thumbs")
+    HALF_STORED = ("grids.", "hit_grids.", "bank_thumbs", "occupancy")
     """State kept at half precision in a bundle (the feature tables: most of its bytes)."""
 
     def __init__(self, config: FieldNetConfig, *, resolution: tuple[int, int], action_size: int):
@@ -291,7 +301,9 @@ class FieldNet(nn.Module):
         self.register_buffer("col_cos", torch.cos(self.col_angle * (math.pi / 180.0)))
         self.hit_grids = nn.ParameterList(
             [nn.Parameter(torch.randn(1, cfg.hit_features, *cfg.hit_shape(i)) * 0.1) for i in range(len(cfg.hit_cells))])
-        self.depth_head = nn.Sequential(nn.Conv1d(C, 128, 3, padding=1), nn.GELU(), nn.Conv1d(128, 1, 3, padding=1))
+        self.register_buffer("occupancy", torch.zeros(cfg.occupancy_shape()))  # 1: a wall (fitted, train/field.py)
+        self.register_buffer("march_at", torch.arange(1, int(cfg.march / cfg.occupancy_cell) + 1, dtype=torch.float32)
+                             * cfg.occupancy_cell)  # (S,) distances along a ray where the march looks
         hits = cfg.hit_features * len(cfg.hit_cells)
         self.col = nn.Sequential(nn.Conv1d(C + hits + 1, cfg.column_channels, 3, padding=1), nn.GELU(),
                                  nn.Conv1d(cfg.column_channels, RAY_CODE, 1))
@@ -359,8 +371,8 @@ class FieldNet(nn.Module):
         """The "ray" renderer's features (B, ch, H, W) and log column depth (B, W)."""
         B, W = ang.shape
         H = self.latent_size[0]
-        log_depth = (self.depth_head(view)[:, 0] + math.log(128.0)).clamp(math.log(2.0), math.log(4096.0))
-        depth = log_depth.exp()  # (B, W) along the view
+        depth = self.march_depth(pose, ang)  # (B, W) along the view
+        log_depth = depth.log()
         hxy = (self.hit_points(pose, ang, depth) - self.hit_lo) / (self.hit_hi - self.hit_lo)
         flat = torch.zeros_like(ang)
         hits = [self._read(g, hxy, flat) for g in self.hit_grids]
@@ -372,6 +384,26 @@ class FieldNet(nn.Module):
             enc += [torch.sin(t), torch.cos(t)]
         x = torch.cat([code[:, :, None, :].expand(B, code.shape[1], H, W), torch.stack(enc, 1)], 1)
         return self.pix(x), log_depth
+
+    def march_depth(self, pose: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
+        """Each column's depth along the view (B, W) in map units: its ray, from the pose at the
+        ray angles ``ang`` (B, W) in degrees, stepped through the wall map to the first wall cell
+        (``march`` when it meets none). Fitted geometry: no gradient flows through it."""
+        with torch.no_grad():
+            rad = ang * (math.pi / 180.0)
+            d = self.march_at  # (S,)
+            px = pose[:, 0, None, None] + torch.cos(rad)[..., None] * d  # (B, W, S)
+            py = pose[:, 1, None, None] + torch.sin(rad)[..., None] * d
+            ny, nx = self.occupancy.shape
+            ix = torch.floor((px - self.hit_lo[0]) / self.config.occupancy_cell)
+            iy = torch.floor((py - self.hit_lo[1]) / self.config.occupancy_cell)
+            inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+            flat = (iy.clamp(0, ny - 1) * nx + ix.clamp(0, nx - 1)).long()
+            wall = (self.occupancy.reshape(-1)[flat] > 0.5) & inside  # (B, W, S)
+            wall = torch.cat([wall, torch.ones_like(wall[..., :1])], -1)  # the far end counts as met
+            first = wall.float().argmax(-1)  # (B, W) index of the first wall
+            along = torch.cat([d, d[-1:]])[first] - self.config.occupancy_cell / 2  # the cell's middle
+            return (along * self.col_cos).clamp(min=1.0)
 
     def hit_points(self, pose: torch.Tensor, ang: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Where each column's ray meets what it sees: poses (B, 4), ray angles (B, W) in degrees,

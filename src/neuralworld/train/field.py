@@ -83,11 +83,11 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             raise TrainingError("the field world trains in one process: run it without torchrun")
         torch.manual_seed(cfg.seed + 1)
         _, net = build_networks(r.world)
-        frames, poses, depth, starts = _fit_geometry(net, r.data, r.world)
+        frames, poses, starts = _fit_geometry(net, r.data, r.world)
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
         held = _held_out(r.data)
-        net = _train_stage(net, cfg, r, frames, poses, depth, held)
+        net = _train_stage(net, cfg, r, frames, poses, held)
         if held is not None:
             r.summary["held_out_psnr"] = _score(net, *held)
         record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
@@ -122,12 +122,14 @@ def column_depth(depth: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0)
 
 
-def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """Fill ``net``'s kinematics, walls, floor and bank from the training episodes; returns
-    their frames (N, H, W, 3) uint8, poses (N, 4) with a known pose, column depths (N, W) in map
-    units (0: unknown; None: the "column" renderer or no depth recorded), and the bundle's start."""
+def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Fill ``net``'s kinematics, walls, floor and bank (and the "ray" renderer's wall map) from
+    the training episodes; returns their frames (N, H, W, 3) uint8 and poses (N, 4) with a known
+    pose, and the bundle's start."""
     ds, cfg = data.ds, world.dynamics
+    if cfg.renderer == "ray" and ds.info.camera is None:
+        raise TrainingError(f"--field-renderer ray fits its walls from the recording's depth buffers; {ds.where} has none "
+                            "(neuralworld record with ViZDoom stores them)")
     eps = _load(ds, data.train_episodes, depth=cfg.renderer == "ray")
     moves, acts = [], []
     for d in eps:
@@ -147,9 +149,10 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig
     poses = np.concatenate([d["poses"][:, :4] for d in eps]).astype(np.float32)
     keep = np.isfinite(poses).all(1)
     frames, poses = frames[keep], poses[keep]
-    depth = None
-    if all("depth" in d for d in eps):
-        depth = torch.from_numpy(np.concatenate([d["depth"] for d in eps])[keep] * np.float32(cfg.depth_unit))
+    if cfg.renderer == "ray":
+        depth = np.concatenate([d["depth"] for d in eps])[keep] * np.float32(cfg.depth_unit)
+        with torch.no_grad():
+            net.occupancy.copy_(torch.from_numpy(fit_occupancy(net, poses, depth)))
     with torch.no_grad():
         net.kinematics.copy_(torch.from_numpy(K))
         ny, nx = net.walls.shape
@@ -176,7 +179,42 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig
               "start_poses": first_ep["poses"][:1, :4].astype(np.float32),
               "kinematics_error": {"forward": round(float(error[0]), 3), "left": round(float(error[1]), 3),
                                    "yaw": round(float(error[2]), 4)}}
-    return torch.from_numpy(frames), torch.from_numpy(poses), depth, starts
+    return torch.from_numpy(frames), torch.from_numpy(poses), starts
+
+
+def fit_occupancy(net: FieldNet, poses: np.ndarray, depth: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """The "ray" renderer's wall map (ny, nx) float32 (1: a wall) from recorded poses (N, 4) and
+    column depths along the view (N, W) in map units (0: unknown): each column's ray votes
+    "wall" in the cell where it met something and "free" in the cells it crossed before (up to
+    a depth step and a cell short of it: the buffer's 8 bits are coarse). A cell is a wall when
+    at least two rays met it and a quarter of its votes are "wall" (a monster that walked
+    through a room is outvoted by the rays that crossed it later)."""
+    cfg = net.config
+    cell, ny, nx = cfg.occupancy_cell, *net.occupancy.shape
+    lo = net.hit_lo.numpy().astype(np.float64)
+    col = net.col_angle.numpy().astype(np.float64)
+    cos_col = np.cos(np.radians(col))
+    steps = net.march_at.numpy().astype(np.float64)  # (S,)
+    hits, passes = np.zeros(ny * nx), np.zeros(ny * nx)
+
+    def cells(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        ix, iy = np.floor((x - lo[0]) / cell).astype(np.int64), np.floor((y - lo[1]) / cell).astype(np.int64)
+        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        return (iy * nx + ix)[ok]
+
+    for i in range(0, len(poses), chunk):
+        p, d = poses[i : i + chunk].astype(np.float64), depth[i : i + chunk].astype(np.float64)
+        ang = np.radians(p[:, 3:4] + col[None])  # (n, W)
+        dist = d / cos_col  # along each column's own ray
+        known = d > 0
+        c, s = np.cos(ang), np.sin(ang)
+        hits += np.bincount(cells((p[:, 0:1] + c * dist)[known], (p[:, 1:2] + s * dist)[known]), minlength=ny * nx)
+        free = known[..., None] & (steps < dist[..., None] - cfg.depth_unit / cos_col[None, :, None] - cell)  # (n, W, S)
+        x = p[:, 0, None, None] + c[..., None] * steps
+        y = p[:, 1, None, None] + s[..., None] * steps
+        passes += np.bincount(cells(x[free], y[free]), minlength=ny * nx)
+    wall = (hits >= 2) & (hits >= 0.25 * (hits + passes))
+    return wall.reshape(ny, nx).astype(np.float32)
 
 
 def _held_out(data: TrainData) -> tuple[np.ndarray, np.ndarray] | None:
@@ -226,7 +264,7 @@ def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
 
 
 def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor,
-                 depth: torch.Tensor | None, held: tuple[np.ndarray, np.ndarray] | None) -> FieldNet:
+                 held: tuple[np.ndarray, np.ndarray] | None) -> FieldNet:
     sc, fc, run = cfg.field, r.world.dynamics, r.folder
     ckpt = run.path / f"{STAGE}.safetensors"
     if cfg.init_world and not ckpt.exists():  # a resume loads nothing from outside the run
@@ -265,15 +303,10 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
             g["lr"] = lr * s
         idx = torch.from_numpy(_rng(cfg.seed, STAGE, step).integers(0, len(frames), sc.batch_size))
         x = frames[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
-        y, log_depth = net.render_with_depth(poses[idx])
+        y = net.render(poses[idx])
         l1 = (y - x).abs().mean()
         loss, metrics = l1, {"l1": l1.item()}
-        if log_depth is not None and depth is not None and fc.depth_weight > 0:
-            target = depth[idx]
-            known = target > 0
-            d_err = ((log_depth - target.clamp(min=1.0).log()).abs() * known).sum() / known.sum().clamp(min=1)
-            loss = loss + fc.depth_weight * d_err
-            metrics["depth_l1_log"] = d_err.item()
+
         if critic is not None:
             d_loss = F.relu(1 - critic(x, x)).mean() + F.relu(1 + critic(y.detach(), x)).mean()
             opt_d.zero_grad(set_to_none=True)
