@@ -1,14 +1,15 @@
 """Probe a field world against the engine at the recorded poses of held-out episodes: does it
 draw what the engine drew there, as sharp, and does a walk forward expand as the engine's does?
 
-    .venv/bin/python scripts/field_probe.py WORLD DATA [--episodes 90:100] [--strip OUT.png]
+    .venv/bin/python scripts/field_probe.py WORLD DATA [--episodes held|A:B] [--strip OUT.png]
 
 Prints one JSON line: the mean PSNR of renders at every recorded pose against the recorded
 frames (and copy-last's, for scale), the median sharpness (variance of the Laplacian) of the
 renders over the frames', and the radial flow (eval.probes.radial_flow, Farneback, weapon
 masked) of runs of 6 frames with forward held and |turn| < 1 degree: the engine's frames and
-the renders at the same poses. ``--strip``: 8 held-out frames above their renders. For
-docs/experiments.md; not the package."""
+the renders at the same poses. ``--episodes held`` (the default): the episodes
+``neuralworld train`` holds out (``Dataset.split(0.1)``); ``A:B``: episodes A to B - 1.
+``--strip``: 8 of those frames above their renders. For docs/experiments.md; not the package."""
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("world"), p.add_argument("data")
-    p.add_argument("--episodes", default="90:100")
+    p.add_argument("--episodes", default="held")
     p.add_argument("--strip", default=None)
     a = p.parse_args()
     torch.manual_seed(0)
     w = neuralworld.load(a.world)
     ds = Dataset(a.data)
-    first, last = (int(x) for x in a.episodes.split(":"))
+    if a.episodes == "held":
+        episodes = ds.split(0.1)[1]
+    else:
+        first, last = (int(x) for x in a.episodes.split(":"))
+        episodes = list(range(first, min(last, ds.num_episodes)))
     fwd = ds.spec.buttons.index("forward")
     turn = len(ds.spec.buttons) + [x.name for x in ds.spec.axes].index("turn")
     real, gen, copy, r_flow, g_flow = [], [], [], [], []
-    for e in range(first, min(last, ds.num_episodes)):
+    for e in episodes:
         d = ds.episode(e).load(("frames", "poses", "actions"))
         poses = torch.from_numpy(d["poses"][:, :4].astype(np.float32))
         with torch.no_grad():

@@ -19,11 +19,14 @@ from test_warp_onnx import _rollout, session_rollout  # noqa: E402
 from test_web_export import HAVE_ORT_WEB, _browser_page, needs_ort_web, turn_actions  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def world_path(tmp_path_factory):
-    net, poses = lively_net(resolution=(64, 64))
+@pytest.fixture(scope="module", params=["column", "ray"])
+def world_path(request, tmp_path_factory):
+    """A small field of each renderer (the ray one with a wall at x = 200 in its wall map)."""
+    net, poses = lively_net(resolution=(64, 64), renderer=request.param)
+    if request.param == "ray":
+        wall_at_x(net, 200.0)
     hand_kinematics(net)
-    return save_small(tmp_path_factory.mktemp("field"), net, poses[19:20])
+    return save_small(tmp_path_factory.mktemp(request.param), net, poses[19:20])
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +34,12 @@ def world(world_path):
     return load_bundle(world_path)
 
 
-@pytest.fixture(scope="module")
-def ray_world(tmp_path_factory):
-    net, poses = lively_net(resolution=(64, 64), renderer="ray")
-    wall_at_x(net, 200.0)
-    hand_kinematics(net)
-    return load_bundle(save_small(tmp_path_factory.mktemp("ray"), net, poses[19:20]))
-
-
 def actions(world, n: int = 12) -> np.ndarray:
     return np.stack([world.spec.make(forward=float(t % 3 != 2), turn=float(6 - t)) for t in range(n)])
 
 
-@pytest.mark.parametrize("batch_size,renderer", [(1, "column"), (2, "column"), (2, "ray")])
-def test_onnx_session_plays_the_same_frames_and_poses_as_eager(request, batch_size, renderer):
-    world = request.getfixturevalue("world" if renderer == "column" else "ray_world")
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_onnx_session_plays_the_same_frames_and_poses_as_eager(world, batch_size):
     assert fastest_exact(world) == "onnx"
     eager = world.start(backend="eager", batch_size=batch_size)
     onnx = world.start(backend="onnx", batch_size=batch_size)
@@ -59,29 +53,29 @@ def test_onnx_session_plays_the_same_frames_and_poses_as_eager(request, batch_si
     assert float((eager.cache.pose[..., :2] - torch.from_numpy(world.start_poses[0, :2])).abs().max()) > 20, "it walked"
 
 
-def test_export_cache_reuses_an_export_of_the_same_weights(ray_world, monkeypatch, tmp_path):
+def test_export_cache_reuses_an_export_of_the_same_weights(world, monkeypatch, tmp_path):
     from neuralworld.onnx_export import cached_export
 
     monkeypatch.setenv("NEURALWORLD_CACHE", str(tmp_path / "cache"))
-    first = cached_export(ray_world, 1)
+    first = cached_export(world, 1)
     made = (first / "dynamics_step.onnx").stat().st_mtime_ns
-    assert cached_export(ray_world, 1) == first and (first / "dynamics_step.onnx").stat().st_mtime_ns == made
-    pair = cached_export(ray_world, 2)
+    assert cached_export(world, 1) == first and (first / "dynamics_step.onnx").stat().st_mtime_ns == made
+    pair = cached_export(world, 2)
     assert pair != first  # another batch: another export
     with torch.no_grad():
-        ray_world.dynamics.overlay[0, 0, 0, 0] += 1.0
+        world.dynamics.overlay[0, 0, 0, 0] += 1.0
     try:
-        changed = cached_export(ray_world, 1)
+        changed = cached_export(world, 1)
         assert changed != first and sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir()) == sorted(
             p.name for p in (first, changed, pair))  # no partial folders left
     finally:
         with torch.no_grad():
-            ray_world.dynamics.overlay[0, 0, 0, 0] -= 1.0
+            world.dynamics.overlay[0, 0, 0, 0] -= 1.0
     monkeypatch.setenv("NEURALWORLD_CACHE", "off")
-    assert cached_export(ray_world, 1) is None
+    assert cached_export(world, 1) is None
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("NEURALWORLD_CACHE", str(tmp_path / "file"))  # cannot hold a folder: no cache, still plays
-    assert cached_export(ray_world, 1) is None and ray_world.start(backend="onnx").step(ray_world.spec.make()).shape == (64, 64, 3)
+    assert cached_export(world, 1) is None and world.start(backend="onnx").step(world.spec.make()).shape == (64, 64, 3)
 
 
 def test_locate_graph_is_nearest(world, tmp_path):
