@@ -2,6 +2,8 @@
 # Record, train and evaluate a world in one resumable job, then collect what to ship.
 #
 #   OUT=out/world_job bash scripts/train_world.sh            # everything, with the defaults below
+#   MODEL=field RES=64x64 EPISODES=100 OUT=out/field_job bash scripts/train_world.sh   # the field world (ray renderer):
+#                                                             # L1, then the critic stage from it (no U-Net baseline)
 #   PRESET=tiny EPISODES=8 MAX_STEPS=200 RES=64x64 ... bash scripts/train_world.sh   # a quick check
 #
 # Each stage skips what is already done (a finished dataset, a finished training
@@ -18,6 +20,8 @@ MAX_STEPS="${MAX_STEPS:-1000}"
 WORKERS="${WORKERS:-$(nproc)}"
 RES="${RES:-128x128}"
 PRESET="${PRESET:-small}"
+MODEL="${MODEL:-world}"               # world (latent) or field
+CRITIC_STEPS="${CRITIC_STEPS:-1200}"  # MODEL=field: the critic stage's steps after the L1 stage
 WORK="${WORK:-/tmp/neuralworld-job}"
 OUT="${OUT:?set OUT to the folder that receives the world and its report}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"          # e.g. "--autoencoder-steps 6000 --dynamics-steps 20000 --distill-steps 1500"
@@ -37,10 +41,25 @@ fi
 $PY -m neuralworld data info "$WORK/data"
 
 resume=""
-[ -f "$WORK/run/run.json" ] && resume="--resume"
-log "training ($PRESET) $resume"
-# shellcheck disable=SC2086
-$PY -m neuralworld train "$WORK/data" --preset "$PRESET" --out "$WORK/run" $resume $TRAIN_ARGS --quiet
+if [ "$MODEL" = field ]; then
+  [ -f "$WORK/run_l1/run.json" ] && resume="--resume"
+  [ -f "$WORK/run_l1/summary.json" ] || {
+    log "training the field ($PRESET, ray renderer, L1) $resume"
+    # shellcheck disable=SC2086
+    $PY -m neuralworld train "$WORK/data" --model field --field-renderer ray --preset "$PRESET" --out "$WORK/run_l1" $resume $TRAIN_ARGS --quiet
+  }
+  resume=""
+  [ -f "$WORK/run/run.json" ] && resume="--resume"
+  log "the critic stage from it ($CRITIC_STEPS steps) $resume"
+  $PY -m neuralworld train "$WORK/data" --model field --field-renderer ray --preset "$PRESET" --out "$WORK/run" \
+      --init-world "$WORK/run_l1" --field-steps "$CRITIC_STEPS" --field-lr 5e-4 --field-objective adv_weight=0.02 $resume --quiet
+  BASELINE=0
+else
+  [ -f "$WORK/run/run.json" ] && resume="--resume"
+  log "training ($PRESET) $resume"
+  # shellcheck disable=SC2086
+  $PY -m neuralworld train "$WORK/data" --preset "$PRESET" --out "$WORK/run" $resume $TRAIN_ARGS --quiet
+fi
 
 baseline=()
 if [ "$BASELINE" = 1 ]; then

@@ -39,6 +39,8 @@ STAGE = "field"
 POSE_NAMES = ("x", "y", "z", "angle")
 MARGIN = 32.0
 """Map units the grids reach beyond the recorded positions."""
+FITTED = ("kinematics", "walls", "floor", "bank", "occupancy")
+"""State fitted from the recording before the first step (a run's own, never taken from --init-world)."""
 
 
 def _check_poses(ds: Dataset, data: Any) -> None:
@@ -272,9 +274,9 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
         if not isinstance(other, FieldNet):
             raise TrainingError(f"--init-world {cfg.init_world} is not a field world")
         mine = net.state_dict()
-        learned = {k: v for k, v in other.state_dict().items() if k in mine and not k.startswith(("kinematics", "walls", "floor", "bank"))}
+        learned = {k: v for k, v in other.state_dict().items() if k in mine and not k.startswith(FITTED)}
         bad = [k for k, v in learned.items() if v.shape != mine[k].shape]
-        if bad or len(learned) != sum(1 for k in mine if not k.startswith(("kinematics", "walls", "floor", "bank"))):
+        if bad or len(learned) != sum(1 for k in mine if not k.startswith(FITTED)):
             raise TrainingError(f"--init-world {cfg.init_world}: its field does not fit this run's (another preset or map area? {bad[:3]})")
         net.load_state_dict({**mine, **learned})
     is_grid = lambda name: name.startswith(("grids.", "hit_grids."))  # noqa: E731
