@@ -89,7 +89,7 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
         held = _held_out(r.data)
-        net = _train_stage(net, cfg, r, frames, poses, held)
+        net = _train_stage(net.to(r.d.device), cfg, r, frames, poses, held).cpu()
         if held is not None:
             r.summary["held_out_psnr"] = _score(net, *held)
         record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
@@ -234,10 +234,10 @@ def _held_out(data: TrainData) -> tuple[np.ndarray, np.ndarray] | None:
 @torch.no_grad()
 def _score(net: FieldNet, frames: np.ndarray, poses: np.ndarray) -> float:
     """Mean PSNR of the renders at the held-out poses against the recorded frames."""
-    out = []
+    out, dev = [], next(net.parameters()).device
     for i in range(0, len(frames), 128):
-        y = net.render(torch.from_numpy(poses[i : i + 128]))
-        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        y = net.render(torch.from_numpy(poses[i : i + 128]).to(dev))
+        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return round(mean_psnr(np.concatenate(out), frames), 2)
 
 
@@ -285,7 +285,8 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
     opt = torch.optim.Adam([{"params": grids}, {"params": rest}])
     scale = (fc.grid_lr_scale, 1.0)
     ema = EMA(net, sc.ema_decay)
-    critic = Critic() if fc.adv_weight > 0 else None
+    dev = next(net.parameters()).device  # the frames stay in memory; each batch goes to the net's device
+    critic = Critic().to(dev) if fc.adv_weight > 0 else None
     opt_d = torch.optim.Adam(critic.parameters(), lr=sc.lr * 0.5, betas=(0.0, 0.99)) if critic is not None else None
     companions = {"critic": (critic, opt_d)} if critic is not None else None
     step = 0
@@ -304,8 +305,8 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
         for g, s in zip(opt.param_groups, scale):
             g["lr"] = lr * s
         idx = torch.from_numpy(_rng(cfg.seed, STAGE, step).integers(0, len(frames), sc.batch_size))
-        x = frames[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
-        y = net.render(poses[idx])
+        x = frames[idx].to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = net.render(poses[idx].to(dev))
         l1 = (y - x).abs().mean()
         loss, metrics = l1, {"l1": l1.item()}
 
@@ -341,8 +342,8 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
             psnr = _score(ev, *held)
             run.logger.scalars(STAGE, step, {"held_out_psnr": psnr}, kind="val")
             with torch.no_grad():
-                shown = torch.from_numpy(held[1][:: max(1, len(held[1]) // 8)][:8])
-                gen = ((ev.render(shown).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+                shown = torch.from_numpy(held[1][:: max(1, len(held[1]) // 8)][:8]).to(dev)
+                gen = ((ev.render(shown).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             real = held[0][:: max(1, len(held[1]) // 8)][:8]
             run.logger.images(f"{STAGE}/held_out", step, [real, gen])
             net.train()

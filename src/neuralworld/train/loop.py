@@ -184,7 +184,7 @@ def load_checkpoint(path: Path, module: torch.nn.Module, ema: EMA, opt: torch.op
     try:
         load_state_strict(module, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
         for k in ema.shadow:
-            ema.shadow[k] = tensors[f"ema.{k}"].float()
+            ema.shadow[k] = tensors[f"ema.{k}"].float().to(ema.shadow[k].device)
         if opt is not None:
             opt.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
         for name, (other, other_opt) in (companions or {}).items():
