@@ -107,9 +107,10 @@ def test_ray_renderer_places_rows_by_depth_and_reads_the_hit_point():
     hit = net.hit_points(pose, ang, torch.full((1, 32), 40.0))
     assert torch.allclose(hit[0, :, 1], torch.full((32,), 100.0), atol=1e-3)  # every column meets the plane 40 ahead
     assert hit[0, 0, 0] < 100.0 < hit[0, -1, 0]  # the left column meets it to the left (-x when facing +y)
-    frames, log_depth = net.render_with_depth(torch.tensor([[100.0, 60.0, 0.0, 0.0], [150.0, 80.0, 0.0, 200.0]]))
-    assert frames.shape == (2, 3, 32, 32) and log_depth.shape == (2, 32) and torch.isfinite(frames).all()
-    assert small_net().render_with_depth(pose)[1] is None
+    two = torch.tensor([[100.0, 60.0, 0.0, 0.0], [150.0, 80.0, 0.0, 200.0]])
+    depth = net.march_depth(two, two[:, 3:4] + net.col_angle[None])
+    assert depth.shape == (2, 32) and (depth >= 1.0).all()
+    assert net.render(two).shape == (2, 3, 32, 32) and torch.isfinite(net.render(two)).all()
 
 
 def test_column_depth_skips_the_weapon():

@@ -344,11 +344,6 @@ class FieldNet(nn.Module):
 
     def render(self, pose: torch.Tensor) -> torch.Tensor:
         """Poses (B, 4): x, y, z, angle (degrees) -> frames (B, 3, H, W) in [-1, 1]."""
-        return self.render_with_depth(pose)[0]
-
-    def render_with_depth(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(frames (B, 3, H, W), log of each column's depth along the view (B, W) in map units;
-        None for the "column" renderer)."""
         B = pose.shape[0]
         xy = (pose[:, :2] - self.lo) / (self.hi - self.lo)  # (B, 2) in [0, 1]
         ang = pose[:, 3:4] + self.col_angle[None]  # (B, W)
@@ -356,19 +351,18 @@ class FieldNet(nn.Module):
         feats = [self._read(g, xy, ang) for g in self.grids]
         z = (pose[:, 2:3, None] / 128.0).expand(B, 1, W)
         view = torch.cat(feats + [z], 1)
-        log_depth = None
         if self.config.renderer == "ray":
-            x, log_depth = self._ray(pose, ang, view)
+            x = self._ray(pose, ang, view)
         else:
             x = self.col(view).reshape(B, 32, self.rows, W)
             for blk in self.up:
                 x = blk(F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
         scene = torch.tanh(self.out(x))
         alpha = torch.sigmoid(self.overlay[:, 3:])
-        return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha, log_depth
+        return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha
 
-    def _ray(self, pose: torch.Tensor, ang: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The "ray" renderer's features (B, ch, H, W) and log column depth (B, W)."""
+    def _ray(self, pose: torch.Tensor, ang: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """The "ray" renderer's features (B, ch, H, W)."""
         B, W = ang.shape
         H = self.latent_size[0]
         depth = self.march_depth(pose, ang)  # (B, W) along the view
@@ -383,7 +377,7 @@ class FieldNet(nn.Module):
             t = height * (2 * math.pi / wave)
             enc += [torch.sin(t), torch.cos(t)]
         x = torch.cat([code[:, :, None, :].expand(B, code.shape[1], H, W), torch.stack(enc, 1)], 1)
-        return self.pix(x), log_depth
+        return self.pix(x)
 
     def march_depth(self, pose: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
         """Each column's depth along the view (B, W) in map units: its ray, from the pose at the
