@@ -239,7 +239,10 @@ def test_web_folder_manifest_and_page_loop_in_python(site, world):
     z_onnx, f_onnx = session_rollout(WorldSession(world, backend=OnnxBackend(site, threads=1)), actions, seed=7)
     z_ref, f_ref = session_rollout(WorldSession(world, backend="eager"), actions, seed=7)
     diff = np.abs(f_onnx.astype(int) - f_ref)
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.05 and np.abs(z_onnx - z_ref).max() <= LEVEL + 1e-4
+    # ONNX Runtime's and torch's float kernels round apart by CPU (AVX-512 or not): where a pixel sits
+    # on a quantisation boundary it lands a level apart, and the next steps carry that pixel on a
+    # few levels; the rest of the frames must be the same
+    assert (diff > 0).mean() < 0.01 and diff.max() <= 4 and np.abs(z_onnx - z_ref).max() <= 4 * LEVEL + 1e-4
     # quantize (model/warp.py), which the page ports, is exact on the start frames
     np.testing.assert_array_equal(quantize(frames_to_tensor(world.start_frames)), frames_to_tensor(world.start_frames))
 
