@@ -285,7 +285,9 @@ def test_page_plays_the_warp_world_as_the_onnx_session_does(page, site, world, t
         diff = np.abs(frames[..., :3].astype(int) - f_ref)
         print(f"\nbrowser vs the {name} session over 6 frames: latents max {z_diff:.2e}, pixels max {diff.max()} "
               f"mean {diff.mean():.4f}, {(diff > 0).mean():.4%} of pixels differ (uint8)")
-        assert diff.max() <= 2 and diff.mean() < 0.05 and z_diff <= LEVEL + 1e-4
+        # a pixel on a quantisation boundary may land a level apart and be carried a few levels on
+        # (float kernels round apart by CPU: see test_web_folder_manifest_and_page_loop_in_python)
+        assert (diff > 0).mean() < 0.01 and diff.max() <= 4 and diff.mean() < 0.05 and z_diff <= 4 * LEVEL + 1e-4
     assert np.abs(f_onnx[-1].astype(int) - world.start_frames[-1]).mean() > 5, "frames move: not copy-last"
     page.evaluate("nw.transport.resume()")
     n = page.evaluate("nw.stats.framesShown")
