@@ -29,6 +29,7 @@ from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
     MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics,
 )  # fmt: skip
+from neuralworld.model.autoencoder import tensor_to_frames
 from neuralworld.model.unet import PixelCodec
 from neuralworld.train.config import FIELD_OBJECTIVE, TrainConfig, TrainingError
 from neuralworld.train.data import TrainData
@@ -237,7 +238,7 @@ def _score(net: FieldNet, frames: np.ndarray, poses: np.ndarray) -> float:
     out, dev = [], next(net.parameters()).device
     for i in range(0, len(frames), 128):
         y = net.render(torch.from_numpy(poses[i : i + 128]).to(dev))
-        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+        out.append(tensor_to_frames(y))
     return round(mean_psnr(np.concatenate(out), frames), 2)
 
 
@@ -343,7 +344,7 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
             run.logger.scalars(STAGE, step, {"held_out_psnr": psnr}, kind="val")
             with torch.no_grad():
                 shown = torch.from_numpy(held[1][:: max(1, len(held[1]) // 8)][:8]).to(dev)
-                gen = ((ev.render(shown).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+                gen = tensor_to_frames(ev.render(shown))
             real = held[0][:: max(1, len(held[1]) // 8)][:8]
             run.logger.images(f"{STAGE}/held_out", step, [real, gen])
             net.train()
