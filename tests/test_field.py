@@ -38,10 +38,12 @@ def data32(tmp_path_factory):
     return out
 
 
-def small_net(resolution=(32, 32), walls=None, renderer="column") -> FieldNet:
+def small_net(resolution=(32, 32), walls=None, renderer="column", texture=0.0) -> FieldNet:
+    """``texture``: the ray renderer's surface texture cell (0: none)."""
     cfg = FieldNetConfig(cells=(16.0, 64.0), angles=(36, 12), features=4, column_channels=32, decoder_channels=8,
                          bounds=(0.0, 0.0, 256.0, 128.0), bank_size=64, locate_candidates=2, locate_steps=10,
-                         renderer=renderer, hit_cells=(8.0, 32.0), hit_features=4, reach=64.0).validate()
+                         renderer=renderer, hit_cells=(8.0, 32.0), hit_features=4, reach=64.0,
+                         texture_cell=texture, texture_table=12).validate()
     torch.manual_seed(0)
     net = FieldNet(cfg, resolution=resolution, action_size=spec().size).eval()
     if walls is not None:
@@ -49,13 +51,13 @@ def small_net(resolution=(32, 32), walls=None, renderer="column") -> FieldNet:
     return net
 
 
-def lively_net(resolution=(32, 32), renderer="column") -> tuple[FieldNet, np.ndarray]:
+def lively_net(resolution=(32, 32), renderer="column", texture=0.0) -> tuple[FieldNet, np.ndarray]:
     """A small field whose look changes with the pose (an untrained one barely does), its bank
     filled with its own renders at a grid of 64 poses; returns (net, those poses)."""
-    net = small_net(resolution, renderer=renderer)
+    net = small_net(resolution, renderer=renderer, texture=texture)
     with torch.no_grad():
         for name, q in net.named_parameters():
-            if name.startswith(("grids.", "hit_grids.")):
+            if name.startswith(("grids.", "hit_grids.", "textures.")):
                 q.mul_(10)
             elif not name.startswith(("overlay", "camera")):
                 q.mul_(2)
@@ -111,6 +113,44 @@ def test_ray_renderer_places_rows_by_depth_and_reads_the_hit_point():
     depth = net.march_depth(two, two[:, 3:4] + net.col_angle[None])
     assert depth.shape == (2, 32) and (depth >= 1.0).all()
     assert net.render(two).shape == (2, 3, 32, 32) and torch.isfinite(net.render(two)).all()
+
+
+def test_surface_points_land_on_the_floor_or_the_wall_and_the_texture_reads_them_trilinearly():
+    """Each pixel's point: rows looking down meet the pose's floor (EYE below the eye, as far as
+    their slope says) before the wall; the others are on the wall their column met. The texture
+    is a trilinear read of the hashed corners (at a corner: that corner's entry)."""
+    from neuralworld.model.field import EYE, HASH_PRIMES, TEXTURE_FLOOR
+
+    net = small_net(renderer="ray", texture=2.0)
+    wall_at_x(net, 200.0)
+    pose = torch.tensor([[100.0, 60.0, 8.0, 0.0]])  # facing the wall (+x), floor at 8
+    ang = pose[:, 3:4] + net.col_angle[None]
+    depth = net.march_depth(pose, ang)
+    pts = net.surface_points(pose, ang, depth, net.pixel_heights(pose, depth))[0].detach()  # (H, W, 3)
+    mid = 15  # a column near the view's centre
+    slope = (net.camera[0] - torch.arange(32.0)) / net.camera[1].exp()
+    on_floor = (slope < 0) & (41.0 / -slope.clamp(max=-1e-3) < depth[0, mid])
+    assert on_floor.any() and not on_floor.all()
+    assert torch.allclose(pts[on_floor, mid, 2], torch.full((int(on_floor.sum()),), 8.0))
+    ahead = pts[on_floor, mid, 0] - 100.0  # along the view (facing +x)
+    assert torch.allclose(ahead, 41.0 / -slope[on_floor].detach(), rtol=1e-4)
+    assert (ahead < depth[0, mid]).all()
+    hit = net.hit_points(pose, ang, depth)[0]
+    assert torch.allclose(pts[~on_floor, mid, :2], hit[mid].expand(int((~on_floor).sum()), 2), atol=1e-3)
+    assert pts[0, mid, 2] > 8.0 + 41.0  # the top row looks up the wall
+
+    table = net.textures[0]
+    def entry(i, j, k):
+        return table[(i * HASH_PRIMES[0] + j * HASH_PRIMES[1] + k * HASH_PRIMES[2]) % table.shape[0]]
+    origin = torch.tensor([float(net.hit_lo[0]), float(net.hit_lo[1]), -TEXTURE_FLOOR])
+    corner = origin + 2.0 * torch.tensor([10.0, 7.0, 2052.0])  # cell (10, 7, 2052) of the finest level
+    halfway = corner + torch.tensor([1.0, 0.0, 0.0])  # half a cell along x
+    got = net.texture(torch.stack([corner, halfway])[None, None])[0, :4, 0]  # (F, 2) the finest level
+    assert torch.allclose(got[:, 0], entry(10, 7, 2052), atol=1e-5)
+    assert torch.allclose(got[:, 1], (entry(10, 7, 2052) + entry(11, 7, 2052)) / 2, atol=1e-5)
+    y = net.render(pose)
+    y.sum().backward()
+    assert table.grad is not None and 0 < int((table.grad.abs().sum(1) > 0).sum()) < table.shape[0]
 
 
 def test_column_depth_skips_the_weapon():

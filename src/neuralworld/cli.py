@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--field-lr", type=float, default=None, help="--model field: peak learning rate (the grids' is 5x)")
     t.add_argument("--field-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
                    help="--model field: override a setting (repeatable): adv_weight (the low-pass critic; start it from "
-                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size")
+                        "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size, "
+                        "texture_cell (the ray renderer's per-pixel surface texture, map units; 0: none), texture_features, "
+                        "texture_table")
     t.add_argument("--field-renderer", choices=("column", "ray"), default=None,
                    help="--model field: how columns become the picture: 'column' (a conv decoder) or 'ray' (each "
                         "column marches a wall map fitted from the recording's depth buffers; the distance places "

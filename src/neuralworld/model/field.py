@@ -62,6 +62,12 @@ RAY_CODE = 48
 """Channels of the "ray" renderer's column code."""
 HEIGHT_WAVES = (8.0, 16.0, 32.0, 64.0, 128.0)
 """Wavelengths (map units) of the "ray" renderer's encoding of each pixel's world height."""
+TEXTURE_LEVELS = (1, 2)
+"""The surface texture's levels, in multiples of ``texture_cell``."""
+HASH_PRIMES = (1, 2654435761, 805459861)
+"""Multipliers of a texture cell's x, y, z in its hash (the spatial hash of Instant-NGP)."""
+TEXTURE_FLOOR = 4096.0
+"""Map units added to heights before the texture's cells (Doom floors can sit below zero)."""
 
 
 @dataclass
@@ -111,6 +117,15 @@ class FieldNetConfig:
     """"ray": map units per step of the recording's depth buffer (``data.flow.Camera``)."""
     aspect: float = 4.0 / 3.0
     """"ray": width / height of the engine's render (sets the vertical focal length's start)."""
+    texture_cell: float = 0.0
+    """"ray": map units per cell of the finest surface texture, 0 for none. The texture is a hashed
+    3-D grid (two levels: this cell and twice it) read at the point each *pixel* sees: on the wall
+    its column's march met, at the pixel's height, or on the floor where the pixel's ray meets the
+    pose's floor first. The hit-point grids are 2-D and per column, so a wall a few units away
+    stretches one of their cells over many pixels; this one holds detail down to ``texture_cell``."""
+    texture_features: int = 4
+    texture_table: int = 19
+    """"ray": log2 of the entries in each texture level's hash table."""
 
     def levels(self) -> int:
         return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
@@ -141,6 +156,10 @@ class FieldNetConfig:
             raise ConfigError("field: hit_cells must be > 0, hit_features >= 1, reach >= 0")
         if self.occupancy_cell <= 0 or self.march < self.occupancy_cell:
             raise ConfigError("field: occupancy_cell must be > 0 and march at least one cell")
+        if self.texture_cell < 0 or self.texture_features < 1 or not 8 <= self.texture_table <= 24:
+            raise ConfigError("field: texture_cell must be >= 0, texture_features >= 1, texture_table in [8, 24]")
+        if self.texture_cell > 0 and self.renderer != "ray":
+            raise ConfigError("field: texture_cell needs renderer 'ray' (the texture is read where each pixel's ray lands)")
         return self
 
     def grid_shape(self, i: int) -> tuple[int, int, int]:
@@ -253,7 +272,7 @@ class FieldNet(nn.Module):
     localisation bank as buffers (fitted from the recording, saved in the bundle)."""
 
     one_step = True
-    HALF_STORED = ("grids.", "hit_grids.", "bank_thumbs", "occupancy")
+    HALF_STORED = ("grids.", "hit_grids.", "textures.", "bank_thumbs", "occupancy")
     """State kept at half precision in a bundle (the feature tables: most of its bytes)."""
 
     def __init__(self, config: FieldNetConfig, *, resolution: tuple[int, int], action_size: int):
@@ -307,7 +326,11 @@ class FieldNet(nn.Module):
         hits = cfg.hit_features * len(cfg.hit_cells)
         self.col = nn.Sequential(nn.Conv1d(C + hits + 1, cfg.column_channels, 3, padding=1), nn.GELU(),
                                  nn.Conv1d(cfg.column_channels, RAY_CODE, 1))
-        self.pix = nn.Sequential(nn.Conv2d(RAY_CODE + 2 + 2 * len(HEIGHT_WAVES), 64, 1), nn.GELU(), nn.Conv2d(64, ch, 1), nn.GELU(),
+        levels = TEXTURE_LEVELS if cfg.texture_cell > 0 else ()
+        self.textures = nn.ParameterList(
+            [nn.Parameter(torch.randn(2 ** cfg.texture_table, cfg.texture_features) * 0.1) for _ in levels])
+        tex = cfg.texture_features * len(levels)
+        self.pix = nn.Sequential(nn.Conv2d(RAY_CODE + 2 + 2 * len(HEIGHT_WAVES) + tex, 64, 1), nn.GELU(), nn.Conv2d(64, ch, 1), nn.GELU(),
                                  nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(), nn.Conv2d(ch, ch, 3, padding=1), nn.GELU())
         self.out = nn.Conv2d(ch, 3, 3, padding=1)
         fy = (H / 2) * cfg.aspect / math.tan(math.radians(cfg.hfov / 2))
@@ -376,8 +399,44 @@ class FieldNet(nn.Module):
         for wave in HEIGHT_WAVES:
             t = height * (2 * math.pi / wave)
             enc += [torch.sin(t), torch.cos(t)]
-        x = torch.cat([code[:, :, None, :].expand(B, code.shape[1], H, W), torch.stack(enc, 1)], 1)
-        return self.pix(x)
+        x = [code[:, :, None, :].expand(B, code.shape[1], H, W), torch.stack(enc, 1)]
+        if len(self.textures):
+            x.append(self.texture(self.surface_points(pose, ang, depth, height)))
+        return self.pix(torch.cat(x, 1))
+
+    def surface_points(self, pose: torch.Tensor, ang: torch.Tensor, depth: torch.Tensor,
+                       height: torch.Tensor) -> torch.Tensor:
+        """The point each pixel sees (B, H, W, 3): x, y, height in map units. On its column's wall
+        (ray angles ``ang`` (B, W), depths ``depth`` (B, W), pixel heights there ``height`` (B, H, W)),
+        unless the pixel looks down and its ray meets the pose's floor nearer: then there."""
+        rows = torch.arange(self.latent_size[0], dtype=depth.dtype, device=depth.device)
+        slope = ((self.camera[0] - rows) / self.camera[1].exp())[None, :, None]  # (1, H, 1): rise per unit of depth
+        to_floor = EYE / (-slope).clamp(min=1e-3)  # depth along the view where the row meets the floor
+        floor = (slope < 0) & (to_floor < depth[:, None, :])  # (B, H, W)
+        d = torch.where(floor, to_floor, depth[:, None, :]) / self.col_cos  # along each pixel's own ray
+        rad = ang[:, None, :] * (math.pi / 180.0)
+        x = pose[:, 0, None, None] + d * torch.cos(rad)
+        y = pose[:, 1, None, None] + d * torch.sin(rad)
+        h = torch.where(floor, pose[:, 2, None, None].expand_as(height), height)
+        return torch.stack([x, y, h], -1)
+
+    def texture(self, points: torch.Tensor) -> torch.Tensor:
+        """The surface texture's features (B, F x levels, H, W) at ``points`` (B, H, W, 3): each
+        level's hashed trilinear read (gathers of the eight corners, as ``_read``)."""
+        B, H, W, _ = points.shape
+        cfg = self.config
+        origin = torch.stack([self.hit_lo[0], self.hit_lo[1], self.hit_lo.new_tensor(-TEXTURE_FLOOR)])
+        out = []
+        bits = torch.tensor([[(c >> k) & 1 for k in range(3)] for c in range(8)], device=points.device)  # (8, 3)
+        primes = torch.tensor(HASH_PRIMES, device=points.device)
+        for table, level in zip(self.textures, TEXTURE_LEVELS):
+            p = ((points - origin) / (cfg.texture_cell * level)).clamp(min=0).reshape(-1, 1, 3)  # (N, 1, 3) in cells
+            p0 = p.floor()
+            t = p - p0
+            key = ((p0.long() + bits) * primes).sum(-1) % table.shape[0]  # (N, 8) the corners' entries
+            w = torch.where(bits.bool(), t, 1 - t).prod(-1)  # (N, 8) their trilinear weights
+            out.append((table[key] * w[..., None]).sum(1).reshape(B, H, W, -1))
+        return torch.cat(out, -1).permute(0, 3, 1, 2)
 
     def march_depth(self, pose: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
         """Each column's depth along the view (B, W) in map units: its ray, from the pose at the

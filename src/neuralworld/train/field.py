@@ -280,7 +280,7 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
         if bad or len(learned) != sum(1 for k in mine if not k.startswith(FITTED)):
             raise TrainingError(f"--init-world {cfg.init_world}: its field does not fit this run's (another preset or map area? {bad[:3]})")
         net.load_state_dict({**mine, **learned})
-    is_grid = lambda name: name.startswith(("grids.", "hit_grids."))  # noqa: E731
+    is_grid = lambda name: name.startswith(("grids.", "hit_grids.", "textures."))  # noqa: E731
     grids = [p for name, p in net.named_parameters() if is_grid(name)]
     rest = [p for name, p in net.named_parameters() if not is_grid(name) and p.requires_grad]
     opt = torch.optim.Adam([{"params": grids}, {"params": rest}])
