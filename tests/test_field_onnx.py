@@ -19,11 +19,13 @@ from test_warp_onnx import _rollout, session_rollout  # noqa: E402
 from test_web_export import HAVE_ORT_WEB, _browser_page, needs_ort_web, turn_actions  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["column", "ray"])
+@pytest.fixture(scope="module", params=["column", "ray", "ray_texture"])
 def world_path(request, tmp_path_factory):
-    """A small field of each renderer (the ray one with a wall at x = 200 in its wall map)."""
-    net, poses = lively_net(resolution=(64, 64), renderer=request.param)
-    if request.param == "ray":
+    """A small field of each renderer (the ray ones with a wall at x = 200 in their wall map; one
+    with the per-pixel surface texture)."""
+    renderer = request.param.split("_")[0]
+    net, poses = lively_net(resolution=(64, 64), renderer=renderer, texture=2.0 if "texture" in request.param else 0.0)
+    if renderer == "ray":
         wall_at_x(net, 200.0)
     hand_kinematics(net)
     return save_small(tmp_path_factory.mktemp(request.param), net, poses[19:20])
@@ -146,3 +148,18 @@ def test_page_walks_the_field_as_the_python_session_does(page, site, world, tmp_
     page.set_input_files("#start-image", str(tmp_path / "start.png"))
     page.wait_for_function("nw.messages.some(m => m.type === 'started')", timeout=20_000)
     assert page.evaluate("nw.messages.find(m => m.type === 'started')")["image"] == [64, 64]
+
+
+def test_export_keeps_the_half_precision_tables_at_half_size(world, tmp_path):
+    """The tables a bundle stores at half precision go into the graphs as float16 (cast back to
+    float32 inside), so the download halves; weights trained in float32 stay float32 (the graphs'
+    outputs are checked against eager above)."""
+    import onnx
+
+    folder = export_onnx(world, tmp_path)
+    for f in ("dynamics_step.onnx", LOCATE_FILE):
+        inits = onnx.load(str(folder / f)).graph.initializer
+        size = lambda kind: sum(int(np.prod(i.dims)) for i in inits if i.data_type == kind)  # noqa: E731
+        tables = sum(q.numel() for name, q in world.dynamics.named_parameters() if name.startswith(("grids.", "hit_grids.", "textures.")))
+        assert size(onnx.TensorProto.FLOAT16) >= tables, f
+        assert any(i.name == "network.col.0.weight" and i.data_type == onnx.TensorProto.FLOAT for i in inits), f

@@ -218,6 +218,36 @@ def example_warp_step_inputs(net: WarpNet, batch_size: int, seed: int = 0) -> tu
     return (latent, torch.ones(batch_size), torch.zeros(batch_size, net.action_size), frames, actions)
 
 
+def store_exact_halves(path: Path, min_elements: int = 4096) -> int:
+    """Store each float32 weight of the graph at ``path`` that half precision holds exactly (a
+    bundle keeps a field's tables at half precision: ``FieldNet.HALF_STORED``) as float16, cast
+    back to float32 where the graph starts; returns how many. The graph computes the same numbers
+    (ONNX Runtime folds the casts when it loads it) from half the download."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or init.name in inputs:
+            continue
+        x = numpy_helper.to_array(init)
+        if x.size < min_elements or not np.array_equal(x.astype(np.float16).astype(np.float32), x):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(x.astype(np.float16), f"{name}__half"))
+        casts.append(helper.make_node("Cast", [f"{name}__half"], [name], to=TensorProto.FLOAT, name=f"{name}__to_float"))
+    if casts:
+        nodes = casts + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return len(casts)
+
+
 def float64_to_float32(path: Path) -> int:
     """Make the float64 constants and casts in the graph at ``path`` float32; returns how many.
 
@@ -301,6 +331,7 @@ def export_field_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int
         net.to(device)
     for f in (STEP_FILE, LOCATE_FILE):
         float64_to_float32(out / f)
+        store_exact_halves(out / f)
     meta = {"model": FIELD_KIND, **step_meta(world, net, out, opset, batch_size, FIELD_STEP_INPUTS, FIELD_STEP_OUTPUTS, step_inputs)}
     meta.update({"memory_frames": 0, "decoder": {"file": None, "clamp": [-1.0, 1.0]}, "locate": {"file": LOCATE_FILE}})
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
