@@ -38,12 +38,12 @@ def data32(tmp_path_factory):
     return out
 
 
-def small_net(resolution=(32, 32), walls=None, renderer="column", texture=0.0) -> FieldNet:
-    """``texture``: the ray renderer's surface texture cell (0: none)."""
+def small_net(resolution=(32, 32), walls=None, renderer="column", texture=0.0, exact=False) -> FieldNet:
+    """``texture``: the ray renderer's surface texture cell (0: none); ``exact``: its exact_hit."""
     cfg = FieldNetConfig(cells=(16.0, 64.0), angles=(36, 12), features=4, column_channels=32, decoder_channels=8,
                          bounds=(0.0, 0.0, 256.0, 128.0), bank_size=64, locate_candidates=2, locate_steps=10,
                          renderer=renderer, hit_cells=(8.0, 32.0), hit_features=4, reach=64.0,
-                         texture_cell=texture, texture_table=12).validate()
+                         texture_cell=texture, texture_table=12, exact_hit=exact).validate()
     torch.manual_seed(0)
     net = FieldNet(cfg, resolution=resolution, action_size=spec().size).eval()
     if walls is not None:
@@ -51,10 +51,10 @@ def small_net(resolution=(32, 32), walls=None, renderer="column", texture=0.0) -
     return net
 
 
-def lively_net(resolution=(32, 32), renderer="column", texture=0.0) -> tuple[FieldNet, np.ndarray]:
+def lively_net(resolution=(32, 32), renderer="column", texture=0.0, exact=False) -> tuple[FieldNet, np.ndarray]:
     """A small field whose look changes with the pose (an untrained one barely does), its bank
     filled with its own renders at a grid of 64 poses; returns (net, those poses)."""
-    net = small_net(resolution, renderer=renderer, texture=texture)
+    net = small_net(resolution, renderer=renderer, texture=texture, exact=exact)
     with torch.no_grad():
         for name, q in net.named_parameters():
             if name.startswith(("grids.", "hit_grids.", "textures.")):
@@ -182,6 +182,21 @@ def test_march_finds_the_first_wall_and_fit_occupancy_finds_the_walls():
     assert torch.allclose(depth, torch.full_like(depth, 100.0), atol=2.5)  # a wall square to the view: one depth
     away = torch.tensor([[100.0, 60.0, 0.0, 180.0]])
     assert torch.all(net.march_depth(away, away[:, 3:4] + net.col_angle[None]) > 500)  # nothing that way: far
+    # exact_hit: where the ray enters the wall's cells, exactly, and smoothly as the camera moves
+    net.config.exact_hit = True
+    face = float(net.hit_lo[0]) + (200.0 - float(net.hit_lo[0])) // net.config.occupancy_cell * net.config.occupancy_cell
+    for x in (100.0, 100.3, 100.7, 101.1):
+        for yaw in (0.0, 17.0, -31.0):
+            p = torch.tensor([[x, 60.0, 0.0, yaw]])
+            ang = p[:, 3:4] + net.col_angle[None]
+            d = net.march_depth(p, ang)[0]
+            along = (face - x) / torch.cos(torch.deg2rad(ang[0]))  # along each ray to the plane x = face
+            y = 60.0 + along * torch.sin(torch.deg2rad(ang[0]))
+            meets = (y > -60) & (y < 188)  # inside the wall map (y from -64 to 192)
+            assert meets.sum() > 20
+            assert torch.allclose(d[meets], (along * net.col_cos)[meets], atol=1e-3), (x, yaw)
+    assert torch.all(net.march_depth(away, away[:, 3:4] + net.col_angle[None]) > 500)
+    net.config.exact_hit = False
     # recorded rays against that wall (and, in a few frames, a monster at x = 150) give the wall back
     from neuralworld.train.field import fit_occupancy
 

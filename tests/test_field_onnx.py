@@ -22,9 +22,9 @@ from test_web_export import HAVE_ORT_WEB, _browser_page, needs_ort_web, turn_act
 @pytest.fixture(scope="module", params=["column", "ray", "ray_texture"])
 def world_path(request, tmp_path_factory):
     """A small field of each renderer (the ray ones with a wall at x = 200 in their wall map; one
-    with the per-pixel surface texture)."""
-    renderer = request.param.split("_")[0]
-    net, poses = lively_net(resolution=(64, 64), renderer=renderer, texture=2.0 if "texture" in request.param else 0.0)
+    with the per-pixel surface texture and exact wall entries)."""
+    renderer, textured = request.param.split("_")[0], "texture" in request.param
+    net, poses = lively_net(resolution=(64, 64), renderer=renderer, texture=2.0 if textured else 0.0, exact=textured)
     if renderer == "ray":
         wall_at_x(net, 200.0)
     hand_kinematics(net)

@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--field-objective", type=_setting, action="append", default=None, metavar="NAME=VALUE",
                    help="--model field: override a setting (repeatable): adv_weight (the low-pass critic; start it from "
                         "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size, "
+                        "exact_hit (1: the ray renderer's depth where a ray enters its wall cell, not the cell's middle), "
                         "texture_cell (the ray renderer's per-pixel surface texture, map units; 0: none), texture_features, "
                         "texture_table")
     t.add_argument("--field-renderer", choices=("column", "ray"), default=None,

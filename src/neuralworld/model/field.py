@@ -117,6 +117,10 @@ class FieldNetConfig:
     """"ray": map units per step of the recording's depth buffer (``data.flow.Camera``)."""
     aspect: float = 4.0 / 3.0
     """"ray": width / height of the engine's render (sets the vertical focal length's start)."""
+    exact_hit: bool = False
+    """"ray": a column's depth is where its ray enters the first wall cell (exact for a wall along
+    the cells' edges, and continuous as the camera moves), not that cell's middle (which moves in
+    steps of ``occupancy_cell`` along the ray, a tenth of the depth of a wall 20 units away)."""
     texture_cell: float = 0.0
     """"ray": map units per cell of the finest surface texture, 0 for none. The texture is a hashed
     3-D grid (two levels: this cell and twice it) read at the point each *pixel* sees: on the wall
@@ -455,8 +459,39 @@ class FieldNet(nn.Module):
             wall = (self.occupancy.reshape(-1)[flat] > 0.5) & inside  # (B, W, S)
             wall = torch.cat([wall, torch.ones_like(wall[..., :1])], -1)  # the far end counts as met
             first = wall.float().argmax(-1)  # (B, W) index of the first wall
-            along = torch.cat([d, d[-1:]])[first] - self.config.occupancy_cell / 2  # the cell's middle
+            c = self.config.occupancy_cell
+            along = torch.cat([d, d[-1:]])[first] - c / 2  # the cell's middle
+            if self.config.exact_hit:
+                along = self._cell_entry(pose, rad, ix, iy, first, along, c)
             return (along * self.col_cos).clamp(min=1.0)
+
+    def _cell_entry(self, pose: torch.Tensor, rad: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor,
+                    first: torch.Tensor, middle: torch.Tensor, c: float) -> torch.Tensor:
+        """Where each ray (angles ``rad`` (B, W)) enters the wall its march met at sample ``first``
+        (B, W) of the cells ``ix``, ``iy`` (B, W, S): between the sample before (free) and that one
+        it crosses a line of the map's x cells, a line of its y cells, or both; it enters the wall
+        at the first crossing into a wall cell. A ray that met nothing keeps ``middle`` (B, W)."""
+        S = ix.shape[-1]
+        at = first.clamp(max=S - 1)[..., None]
+        before = (first - 1).clamp(min=0)[..., None]
+        x_cam = torch.floor((pose[:, 0, None] - self.hit_lo[0]) / c)  # (B, 1): where a march from the first sample starts
+        y_cam = torch.floor((pose[:, 1, None] - self.hit_lo[1]) / c)
+        qx, qy = ix.gather(-1, at)[..., 0], iy.gather(-1, at)[..., 0]  # (B, W) the wall cell
+        px = torch.where(first > 0, ix.gather(-1, before)[..., 0], x_cam.expand_as(qx))  # the free cell before
+        py = torch.where(first > 0, iy.gather(-1, before)[..., 0], y_cam.expand_as(qy))
+        dx, dy = torch.cos(rad), torch.sin(rad)
+        never = torch.full_like(dx, 1e9)
+        safe = lambda v: torch.where(v.abs() > 1e-6, v, torch.ones_like(v))  # noqa: E731
+        tx = torch.where(qx != px, (self.hit_lo[0] + c * torch.maximum(px, qx) - pose[:, 0, None]) / safe(dx), never)
+        ty = torch.where(qy != py, (self.hit_lo[1] + c * torch.maximum(py, qy) - pose[:, 1, None]) / safe(dy), never)
+        # crossing both: the cell between them (x first: (qx, py); y first: (px, qy)) may be the wall
+        mx, my = torch.where(tx < ty, qx, px), torch.where(tx < ty, py, qy)
+        ny, nx = self.occupancy.shape
+        between = self.occupancy.reshape(-1)[(my.clamp(0, ny - 1) * nx + mx.clamp(0, nx - 1)).long()] > 0.5
+        t1, t2 = torch.minimum(tx, ty), torch.maximum(tx, ty)
+        entry = torch.where(between | (t2 >= 1e9), t1, t2)
+        entry = torch.where(entry >= 1e9, middle, entry).clamp(min=middle - c / 2, max=middle + c / 2)
+        return torch.where(first < S, entry, middle)
 
     def hit_points(self, pose: torch.Tensor, ang: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Where each column's ray meets what it sees: poses (B, 4), ray angles (B, W) in degrees,

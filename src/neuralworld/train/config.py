@@ -156,7 +156,7 @@ FIELD_PRESETS: dict[str, StageConfig] = {
     "small": StageConfig(10_000, 32, 2e-3, warmup=500, weight_decay=0.0),
     "base": StageConfig(40_000, 64, 2e-3, warmup=1000, weight_decay=0.0),
 }
-FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "locate_steps", "locate_candidates", "bank_size", "texture_cell",
+FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "locate_steps", "locate_candidates", "bank_size", "exact_hit", "texture_cell",
                    "texture_features", "texture_table")
 """``FieldNetConfig`` fields a run may override (``--field-objective NAME=VALUE``)."""
 WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
