@@ -431,15 +431,16 @@ class FieldNet(nn.Module):
         cfg = self.config
         origin = torch.stack([self.hit_lo[0], self.hit_lo[1], self.hit_lo.new_tensor(-TEXTURE_FLOOR)])
         out = []
-        bits = torch.tensor([[(c >> k) & 1 for k in range(3)] for c in range(8)], device=points.device)  # (8, 3)
-        primes = torch.tensor(HASH_PRIMES, device=points.device)
         for table, level in zip(self.textures, TEXTURE_LEVELS):
-            p = ((points - origin) / (cfg.texture_cell * level)).clamp(min=0).reshape(-1, 1, 3)  # (N, 1, 3) in cells
+            p = ((points - origin) / (cfg.texture_cell * level)).clamp(min=0).reshape(-1, 3)  # (N, 3) in cells
             p0 = p.floor()
-            t = p - p0
-            key = ((p0.long() + bits) * primes).sum(-1) % table.shape[0]  # (N, 8) the corners' entries
-            w = torch.where(bits.bool(), t, 1 - t).prod(-1)  # (N, 8) their trilinear weights
-            out.append((table[key] * w[..., None]).sum(1).reshape(B, H, W, -1))
+            t, i = p - p0, p0.long()
+            # per axis, the two corners' hash terms and weights (N, 2); the eight corners are their sums and products
+            k = [torch.stack([i[:, a] * HASH_PRIMES[a], (i[:, a] + 1) * HASH_PRIMES[a]], 1) for a in range(3)]
+            w = [torch.stack([1 - t[:, a], t[:, a]], 1) for a in range(3)]
+            key = (k[0][:, :, None, None] + k[1][:, None, :, None] + k[2][:, None, None, :]).reshape(-1, 8) % table.shape[0]
+            weight = (w[0][:, :, None, None] * w[1][:, None, :, None] * w[2][:, None, None, :]).reshape(-1, 8)
+            out.append((table[key] * weight[..., None]).sum(1).reshape(B, H, W, -1))
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
     def march_depth(self, pose: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
