@@ -370,5 +370,12 @@ def test_train_field_plays_and_resumes_exactly(tmp_path, data32):
     net, pose = ray.dynamics, torch.from_numpy(ray.start_poses[:1])
     assert 0 < float(net.occupancy.mean()) < 0.2
     assert float(net.march_depth(pose, pose[:, 3:4] + net.col_angle[None]).median()) < net.config.march / 2
+    # a surface texture grows on a field that had none: the texture's inputs start at zero, so it draws what it drew
+    cli("train", data32, "--out", tmp_path / "grown", "--init-world", tmp_path / "ray", "--field-steps", 0,
+        "--field-renderer", "ray", "--field-objective", "texture_cell=2", "--field-objective", "texture_table=12", *args)
+    grown = load_bundle(tmp_path / "grown" / "world")
+    assert len(grown.dynamics.textures) == 2 and grown.config.dynamics.texture_cell == 2.0
+    with torch.no_grad():
+        assert torch.allclose(grown.dynamics.render(pose), net.render(pose), atol=1e-4)
     refused = cli("train", data32, "--out", tmp_path / "x", "--model", "field", "--field-objective", "nope=1", check=False)
     assert refused.returncode != 0 and "not a field setting" in refused.stderr

@@ -42,6 +42,9 @@ MARGIN = 32.0
 """Map units the grids reach beyond the recorded positions."""
 FITTED = ("kinematics", "walls", "floor", "bank", "occupancy")
 """State fitted from the recording before the first step (a run's own, never taken from --init-world)."""
+TEXTURE_READER = "pix.0.weight"
+"""The ray renderer's first pixel layer: a run that adds a surface texture to a field without one
+(``--init-world``) keeps its weights and gives the texture's input channels zeros."""
 
 
 def _check_poses(ds: Dataset, data: Any) -> None:
@@ -276,9 +279,17 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
             raise TrainingError(f"--init-world {cfg.init_world} is not a field world")
         mine = net.state_dict()
         learned = {k: v for k, v in other.state_dict().items() if k in mine and not k.startswith(FITTED)}
+        grown = {k: v for k, v in learned.items() if k == TEXTURE_READER and v.shape != mine[k].shape
+                 and v.shape[:1] + v.shape[2:] == mine[k].shape[:1] + mine[k].shape[2:] and v.shape[1] < mine[k].shape[1]}
+        for k, v in grown.items():  # the texture's inputs join with zero weights: the field draws what it drew
+            learned[k] = torch.cat([v, v.new_zeros(v.shape[0], mine[k].shape[1] - v.shape[1], *v.shape[2:])], 1)
         bad = [k for k, v in learned.items() if v.shape != mine[k].shape]
-        if bad or len(learned) != sum(1 for k in mine if not k.startswith(FITTED)):
-            raise TrainingError(f"--init-world {cfg.init_world}: its field does not fit this run's (another preset or map area? {bad[:3]})")
+        fresh = [k for k in mine if not k.startswith(FITTED) and k not in learned]
+        if bad or any(not k.startswith("textures.") for k in fresh):
+            raise TrainingError(f"--init-world {cfg.init_world}: its field does not fit this run's (another preset or map area? "
+                                f"{(bad + fresh)[:3]})")
+        if fresh:
+            print(f"[{STAGE}] --init-world: its field has no surface texture; the texture starts fresh", flush=True)
         net.load_state_dict({**mine, **learned})
     is_grid = lambda name: name.startswith(("grids.", "hit_grids.", "textures."))  # noqa: E731
     grids = [p for name, p in net.named_parameters() if is_grid(name)]
