@@ -413,8 +413,7 @@ class FieldNet(nn.Module):
         """The point each pixel sees (B, H, W, 3): x, y, height in map units. On its column's wall
         (ray angles ``ang`` (B, W), depths ``depth`` (B, W), pixel heights there ``height`` (B, H, W)),
         unless the pixel looks down and its ray meets the pose's floor nearer: then there."""
-        rows = torch.arange(self.latent_size[0], dtype=depth.dtype, device=depth.device)
-        slope = ((self.camera[0] - rows) / self.camera[1].exp())[None, :, None]  # (1, H, 1): rise per unit of depth
+        slope = self.row_slopes(depth)[None, :, None]  # (1, H, 1)
         to_floor = EYE / (-slope).clamp(min=1e-3)  # depth along the view where the row meets the floor
         floor = (slope < 0) & (to_floor < depth[:, None, :])  # (B, H, W)
         d = torch.where(floor, to_floor, depth[:, None, :]) / self.col_cos  # along each pixel's own ray
@@ -505,9 +504,14 @@ class FieldNet(nn.Module):
         """Each pixel's height in the world (B, H, W), where its row meets its column's depth (B, W):
         the eye is EYE above the pose's floor; a row's offset from the horizon scales with depth
         (a pinhole camera with no pitch, as Doom's)."""
-        rows = torch.arange(self.latent_size[0], dtype=depth.dtype, device=depth.device)
-        up = (self.camera[0] - rows)[None, :, None] / self.camera[1].exp() * depth[:, None, :]
+        up = self.row_slopes(depth)[None, :, None] * depth[:, None, :]
         return pose[:, 2, None, None] + EYE + up
+
+    def row_slopes(self, like: torch.Tensor) -> torch.Tensor:
+        """Each pixel row's rise per unit of depth along the view (H,), in ``like``'s dtype and
+        device: its offset from the horizon row over the focal length."""
+        rows = torch.arange(self.latent_size[0], dtype=like.dtype, device=like.device)
+        return (self.camera[0] - rows) / self.camera[1].exp()
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
         return self.render(pose)
