@@ -117,7 +117,8 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 
 def train_agent(world_path: str | os.PathLike, out: str | os.PathLike, cfg: AgentConfig = AgentConfig(), *,
                 resume: bool = False, progress: bool = False, verbose: int = 0,
-                resolution: tuple[int, int] | None = None, frame_skip: int = 2) -> dict[str, Any]:
+                resolution: tuple[int, int] | None = None, frame_skip: int = 2,
+                combos: list[dict[str, float]] | None = None) -> dict[str, Any]:
     """Train PPO in the world at ``world_path`` for ``cfg.steps`` environment steps; the
     agent is written to ``out`` (see the module docstring). ``resume`` continues from
     ``out/checkpoints``' newest checkpoint. ``world_path`` may be ``doom/<scenario>``: PPO
@@ -149,7 +150,7 @@ def train_agent(world_path: str | os.PathLike, out: str | os.PathLike, cfg: Agen
         raise AgentError(f"{world_path} is {H}x{W}: PPO's CnnPolicy needs frames of at least {MIN_SIDE}x{MIN_SIDE}")
     out = Path(out)
     checkpoints = out / "checkpoints"
-    combos = default_combinations(spec)
+    combos = combos or default_combinations(spec)
     venv = _doom_envs(source, cfg, combos, (H, W), frame_skip) if real else _world_envs(world, cfg, combos)
     start = _latest_checkpoint(checkpoints) if resume else None
     if start is not None:
@@ -238,12 +239,18 @@ def _check_spec(agent_spec: ActionSpec, env_spec: ActionSpec, agent: str, env: s
 
 def load_agent(path: str | os.PathLike, spec: ActionSpec | None = None, *, env: str = "this env") -> Agent:
     """Open an agent folder; with ``spec``, refuse it unless it acts in that ActionSpec."""
-    sb3 = _sb3()
     path = Path(path)
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    if meta.get("algorithm") == "CMA-ES" and meta.get("format") == FORMAT:  # a controller of a recurrent world
+        from neuralworld.controller import load_controller
+
+        if spec is not None:
+            _check_spec(ActionSpec.from_json((path / SPEC_FILE).read_text()), spec, str(path), env)
+        return load_controller(path, meta)  # type: ignore[return-value]
+    sb3 = _sb3()
     if not (path / MODEL_FILE).is_file() or not (path / SPEC_FILE).is_file():
         raise AgentError(f"{path} is not an agent (needs {MODEL_FILE} and {SPEC_FILE}: neuralworld agent train writes them)")
     agent_spec = ActionSpec.from_json((path / SPEC_FILE).read_text())
-    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
     if meta.get("format", FORMAT) != FORMAT:
         raise AgentError(f"{path / META_FILE} is not a neuralworld agent")
     if spec is not None:
@@ -270,9 +277,10 @@ def make_eval_env(env: str, *, resolution: tuple[int, int] | None, frame_skip: i
 
 def evaluate(agent_path: str, env: str, *, episodes: int = 100, seed: int = 0, max_steps: int = 1000,
              deterministic: bool = False, termination_threshold: float = 0.5, resolution: tuple[int, int] | None = None,
-             frame_skip: int | None = None) -> dict[str, Any]:
+             frame_skip: int | None = None, combos: list[dict[str, float]] | None = None) -> dict[str, Any]:
     """Score an agent (a folder, or ``"random"``) over ``episodes`` episodes of ``env``:
-    returns per-episode returns and lengths, their mean and standard deviation."""
+    returns per-episode returns and lengths, their mean and standard deviation. ``combos``:
+    the random baseline's Discrete set (an agent plays its own)."""
     _sb3()
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
@@ -294,7 +302,7 @@ def evaluate(agent_path: str, env: str, *, episodes: int = 100, seed: int = 0, m
             _check_spec(agent.spec, raw.spec_actions, agent_path, env)
             if raw.observation_space.shape[:2] != tuple(agent.resolution):
                 raise AgentError(f"agent {agent_path} sees {agent.resolution} frames; {env} gives {raw.observation_space.shape[:2]}")
-        wrapped = DiscreteActions(raw, agent.combinations if agent is not None else None)
+        wrapped = DiscreteActions(raw, agent.combinations if agent is not None else combos)
         player = agent if agent is not None else RandomAgent(int(wrapped.action_space.n), seed)
         vec = _seeded_vec(Monitor(wrapped), seed)
         returns, lengths = evaluate_policy(player, vec, n_eval_episodes=episodes, deterministic=deterministic,

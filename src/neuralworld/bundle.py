@@ -4,7 +4,8 @@
       config.json          {"format": "neuralworld-bundle", "version", "name",
                             "model": the network kind (absent: "world", our transformer world;
                                      "unet-baseline": the frame-stacking U-Net, model/unet.py;
-                                     "warp": model/warp.py; "field": model/field.py),
+                                     "warp": model/warp.py; "field": model/field.py;
+                                     "rnn": model/rnn.py),
                             "world": WorldConfig (resolution, ActionSpec, both networks)
                                      or, for the baseline, BaselineConfig,
                             "weights_sha256", "created", "training": {...}}
@@ -40,12 +41,13 @@ from neuralworld.model.config import ConfigError, WorldConfig
 from neuralworld.model.dynamics import Dynamics
 from neuralworld.model.field import MODEL_KIND as FIELD_KIND, FieldConfig, FieldNet
 from neuralworld.model.unet import MODEL_KIND as BASELINE_KIND, BaselineConfig, FrameStackUNet, PixelCodec
+from neuralworld.model.rnn import MODEL_KIND as RNN_KIND, VAE, MemoryRNN, RNNConfig
 from neuralworld.model.warp import MODEL_KIND as WARP_KIND, WarpConfig, WarpNet
 from neuralworld.state_io import StateError, atomic_write_json, load_tensors, read_json, save_tensors
 
 FORMAT = "neuralworld-bundle"
 VERSION = 1
-MODEL_KINDS = ("world", BASELINE_KIND, WARP_KIND, FIELD_KIND)
+MODEL_KINDS = ("world", BASELINE_KIND, WARP_KIND, FIELD_KIND, RNN_KIND)
 """Values of config.json's "model": which networks a bundle holds."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -110,7 +112,7 @@ class World:
         return WorldSession(self, frames, sampler=sampler, backend=backend, **kw)
 
 
-_CONFIGS = {BASELINE_KIND: BaselineConfig, WARP_KIND: WarpConfig, FIELD_KIND: FieldConfig}
+_CONFIGS = {BASELINE_KIND: BaselineConfig, WARP_KIND: WarpConfig, FIELD_KIND: FieldConfig, RNN_KIND: RNNConfig}
 """The config class of each model kind but the latent world's (``WorldConfig``)."""
 
 
@@ -118,10 +120,12 @@ def _kind_of(config: Any) -> str:
     return next((kind for kind, cls in _CONFIGS.items() if isinstance(config, cls)), "world")
 
 
-def build_networks(config: WorldConfig | BaselineConfig | WarpConfig | FieldConfig) -> tuple[Any, Any]:
+def build_networks(config: WorldConfig | BaselineConfig | WarpConfig | FieldConfig | RNNConfig) -> tuple[Any, Any]:
     """(autoencoder, dynamics) for a config: ``Autoencoder`` + ``Dynamics`` for a world,
-    ``PixelCodec`` + the pixel network for the others."""
+    ``VAE`` + ``MemoryRNN`` for a recurrent world, ``PixelCodec`` + the pixel network for the others."""
     config.validate()
+    if isinstance(config, RNNConfig):
+        return VAE(config.dynamics, config.resolution), MemoryRNN.from_world(config)
     if isinstance(config, BaselineConfig):
         return PixelCodec(), FrameStackUNet.from_world(config)
     if isinstance(config, WarpConfig):

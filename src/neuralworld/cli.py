@@ -108,7 +108,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
            "rollout.steps": args.rollout_steps,
            "autoencoder.batch_size": args.autoencoder_batch, "dynamics.batch_size": args.dynamics_batch,
            "dynamics.lr": args.dynamics_lr, "warp.steps": args.warp_steps, "warp.batch_size": args.warp_batch,
-           "field.steps": args.field_steps, "field.batch_size": args.field_batch, "field.lr": args.field_lr},
+           "field.steps": args.field_steps, "field.batch_size": args.field_batch, "field.lr": args.field_lr,
+           "vae.steps": args.vae_steps, "vae.batch_size": args.vae_batch, "rnn.steps": args.rnn_steps,
+           "rnn.batch_size": args.rnn_batch},
+        rnn_sequence=args.rnn_sequence,
         warp_unroll=args.warp_unroll,
         warp_chain=args.warp_chain,
         warp_objective=dict(args.warp_objective) if args.warp_objective else None,
@@ -264,15 +267,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_agent_train(args: argparse.Namespace) -> int:
-    from neuralworld.agents import AgentConfig, train_agent
+def _combos(text: str) -> list[dict[str, float]]:
+    """--actions "noop;strafe_left=1;strafe_right=1" -> [{}, {"strafe_left": 1.0}, {"strafe_right": 1.0}]."""
+    combos = []
+    for part in text.split(";"):
+        part = part.strip()
+        if part in ("", "noop"):
+            combos.append({})
+            continue
+        combo = {}
+        for item in part.split(","):
+            name, sep, value = item.partition("=")
+            try:
+                combo[name.strip()] = float(value) if sep else 1.0
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"--actions: {item!r} is not NAME or NAME=NUMBER") from None
+        combos.append(combo)
+    return combos
 
+
+def _cmd_agent_train(args: argparse.Namespace) -> int:
+    from neuralworld.agents import AgentConfig, AgentError, train_agent
+
+    if args.algorithm == "cma":
+        from neuralworld.controller import ControllerConfig, train_controller
+
+        if args.world.startswith("doom/"):
+            raise AgentError("a CMA-ES controller is trained in a recurrent world's dream, not in doom/<scenario>")
+        ccfg = ControllerConfig(generations=args.generations, population=args.population, rollouts=args.rollouts,
+                                max_steps=args.max_steps, termination_threshold=args.threshold, seed=args.seed)
+        print(json.dumps(train_controller(args.world, args.out, ccfg, combos=args.actions, resume=args.resume,
+                                          progress=not args.quiet)))
+        return 0
     cfg = AgentConfig(
         steps=args.steps, envs=args.envs, seed=args.seed, max_steps=args.max_steps,
         termination_threshold=args.threshold, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
     print(json.dumps(train_agent(args.world, args.out, cfg, resume=args.resume, progress=not args.quiet,
-                                 resolution=args.resolution, frame_skip=args.frame_skip)))
+                                 resolution=args.resolution, frame_skip=args.frame_skip, combos=args.actions)))
     return 0
 
 
@@ -282,6 +314,7 @@ def _cmd_agent_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         args.agent, args.env, episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
         deterministic=args.deterministic, termination_threshold=args.threshold, resolution=args.resolution,
+        combos=args.actions,
     )  # fmt: skip
     if not args.all:
         result = {k: v for k, v in result.items() if k not in ("returns", "lengths")}
@@ -314,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="world", choices=MODELS,
                    help="our latent world, the warp-and-paint world (pixels: flow + mask + paint, adversarial; "
                         "one stage, --warp-*), the field world (renders the place from the camera pose; needs a "
-                        "recording with poses; one stage, --field-*), or the DIAMOND-style frame-stacking U-Net "
+                        "recording with poses; one stage, --field-*), the recurrent world (World Models' VAE and MDN-LSTM: draws what "
+                        "happens at random; two stages, --vae-*, --rnn-*), or the DIAMOND-style frame-stacking U-Net "
                         "baseline (trained with the dynamics' steps and batch)")
     t.add_argument("--stage", default="all", choices=("all", *STAGES),
                    help="train every stage in turn (autoencoder, dynamics, the fast sampler's distilled student, "
@@ -339,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warp-chain", type=_non_negative_int, default=None,
                    help="--model warp: most frames a training stream plays itself, step after step, before it "
                         "starts again from recorded memory (default 48; 0: every sample starts from recorded memory)")
+    t.add_argument("--vae-steps", type=_non_negative_int, default=None, help="--model rnn: the VAE stage's steps")
+    t.add_argument("--vae-batch", type=_positive_int, default=None, help="--model rnn: the VAE's batch (frames)")
+    t.add_argument("--rnn-steps", type=_non_negative_int, default=None, help="--model rnn: the MDN-LSTM stage's steps")
+    t.add_argument("--rnn-batch", type=_positive_int, default=None, help="--model rnn: the MDN-LSTM's batch (sequences)")
+    t.add_argument("--rnn-sequence", type=_positive_int, default=None,
+                   help="--model rnn: most steps in one MDN-LSTM training sequence (default 200)")
     t.add_argument("--field-steps", type=_non_negative_int, default=None, help="--model field: override the preset's steps")
     t.add_argument("--field-batch", type=_positive_int, default=None, help="--model field: batch (frames)")
     t.add_argument("--field-lr", type=float, default=None, help="--model field: peak learning rate (the grids' is 5x)")
@@ -479,6 +519,15 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints' newest checkpoint")
     at.add_argument("--resolution", type=_resolution, default=None, help="doom/<scenario> only: frame size HxW (default 64x64)")
     at.add_argument("--frame-skip", type=_positive_int, default=2, help="doom/<scenario> only: engine tics per step, as recorded")
+    at.add_argument("--algorithm", choices=("ppo", "cma"), default="ppo",
+                    help="ppo: Stable-Baselines3 PPO on frames; cma: World Models' linear controller on a recurrent world's "
+                         "code and memory, searched by CMA-ES (the cma library)")
+    at.add_argument("--actions", type=_combos, default=None, metavar="COMBOS",
+                    help='the Discrete action set, combinations split by ";" (e.g. "noop;strafe_left;strafe_right"); '
+                         "default: no-op, each button, each axis half-way either way, forward while turning")
+    at.add_argument("--generations", type=_positive_int, default=100, help="--algorithm cma: CMA-ES generations")
+    at.add_argument("--population", type=_positive_int, default=32, help="--algorithm cma: candidates per generation")
+    at.add_argument("--rollouts", type=_positive_int, default=8, help="--algorithm cma: dreams per candidate per generation")
     at.add_argument("--quiet", action="store_true", help="no progress bar")
     at.set_defaults(func=_cmd_agent_train)
     ae = asub.add_parser("eval", help="mean return over episodes in a world or the real game (doom/<scenario>)")
@@ -488,6 +537,8 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     _episode_options(ae, seed="seeds the env (and the random baseline)")
     ae.add_argument("--resolution", type=_resolution, default=None, help="frame size HxW for the random baseline (default: the agent's)")
     ae.add_argument("--deterministic", action="store_true", help="the policy's most likely action, not a sample")
+    ae.add_argument("--actions", type=_combos, default=None, metavar="COMBOS",
+                    help="random baseline only: its Discrete action set (as agent train's --actions)")
     ae.add_argument("--all", action="store_true", help="print every episode's return and length too")
     ae.set_defaults(func=_cmd_agent_eval)
 

@@ -136,6 +136,9 @@ class WorldSession:
             ``"bf16"``, ``"compiled"``, ``"onnx"`` (ONNX Runtime), ``"auto"`` (the
             fastest exact path, ``backends.fastest_exact``), or a backend object.
             The rollout is the same for all.
+        pixels: False skips decoding each generated frame (``frame`` then refuses and
+            ``step`` returns None): for a caller that reads only ``latent`` and the
+            heads, such as a controller trained in a recurrent world's dream.
 
     A session made with 5-d frames or ``batch_size > 1`` is *batched*: ``step``
     returns (B, H, W, 3) and takes (A,) (same action for all) or (B, A). Otherwise
@@ -153,6 +156,7 @@ class WorldSession:
         device: str | torch.device | None = None,
         actions: np.ndarray | None = None,
         backend: str | Any = "torch",
+        pixels: bool = True,
     ):
         if isinstance(world, (str, os.PathLike)):  # the bundle sits above: it makes sessions (World.start)
             raise SessionError(f"WorldSession takes a loaded world: neuralworld.load({str(world)!r}).start(...)")
@@ -187,11 +191,12 @@ class WorldSession:
         self.generator.manual_seed(int(seed))
         self.backend = make_backend(backend, world, self.batch_size)
         self.cache: DynamicsCache  # allocated by reset
-        self._frame: np.ndarray  # (B, H, W, 3) uint8
+        self._frame: np.ndarray | None  # (B, H, W, 3) uint8; None when pixels=False after a step
         self._latent: torch.Tensor  # (B, C, h, w), the dynamics' normalised latent of the current frame
         self._reward: np.ndarray  # (B,)
         self._termination: np.ndarray  # (B,) probability
         self.step_index = 0
+        self.pixels = bool(pixels)
         self.reset(frames, actions=actions)
 
     # -- what a caller reads ------------------------------------------------------------
@@ -199,6 +204,8 @@ class WorldSession:
     def frame(self) -> np.ndarray:
         """The current frame, uint8 (H, W, 3) or (B, H, W, 3): the last generated one,
         or after ``reset`` the last context frame as given (fitted to the resolution)."""
+        if self._frame is None:
+            raise SessionError("this session was made with pixels=False: it decodes no frames (read .latent)")
         return self._frame if self.batched else self._frame[0]
 
     @property
@@ -293,11 +300,11 @@ class WorldSession:
         if remember:
             self._remember(latent, a)
         self._latent = latent
-        self._frame = self._decode(latent)
-        if len(rows):
+        self._frame = self._decode(latent) if self.pixels else None
+        if len(rows) and self._frame is not None:
             self._frame[rows] = self._restart_frame[rows]  # the frame as given, not decoded
         self.step_index += 1
-        return self.frame
+        return self.frame if self.pixels else None
 
     def _restart_rows(self, restart: np.ndarray | None, remember: bool) -> np.ndarray:
         """``step``'s ``restart`` mask checked -> the indices of the elements to restart."""

@@ -26,6 +26,7 @@ The package, top to bottom (each module imports only those below it):
     stages.py    the world's stages and ``train``
     warp.py      the warp-and-paint world's stage and ``train_warp``
     field.py     the field world's fitted geometry, its stage and ``train_field``
+    rnn.py       the recurrent world's two stages (VAE, MDN-LSTM) and ``train_rnn``
     baseline.py  the U-Net baseline and ``train_baseline``
     run.py       a run from start to finish: processes, dataset, run.json, summary, bundle
     data.py      frames, windows and latent clips of a dataset; the latent cache
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below returns, for type checkers
     from neuralworld.train.baseline import train_baseline
     from neuralworld.train.warp import train_warp
     from neuralworld.train.field import train_field
+    from neuralworld.train.rnn import train_rnn
     from neuralworld.train.config import (
         MODELS, PRESET_NAMES, STAGES, TRAIN_PRESETS, StageConfig, TrainConfig, TrainingError, train_config,
     )
@@ -62,6 +64,7 @@ _WHERE = {
     "baseline": ("train_baseline",),
     "warp": ("train_warp",),
     "field": ("train_field",),
+    "rnn": ("train_rnn",),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = sorted(_MODULE_OF)

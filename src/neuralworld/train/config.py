@@ -13,9 +13,10 @@ from typing import Any
 
 STAGES = ("autoencoder", "dynamics", "distill", "rollout")
 """A world's training stages, in the order they run (``neuralworld train --stage``)."""
-MODELS = ("world", "warp", "field", "unet-baseline")
+MODELS = ("world", "warp", "field", "rnn", "unet-baseline")
 """What ``neuralworld train --model`` trains: our latent world, the warp-and-paint world
-(model/warp.py), the field world (model/field.py), or the DIAMOND-style baseline (model/unet.py)."""
+(model/warp.py), the field world (model/field.py), the recurrent world (model/rnn.py: World
+Models' VAE and MDN-LSTM), or the DIAMOND-style baseline (model/unet.py)."""
 PRECISIONS = ("auto", "fp32", "bf16")
 """Autocast while training: auto (bf16 where the hardware has it), fp32 or bf16."""
 STUDENT_STEPS = (1, 2)
@@ -109,6 +110,12 @@ class TrainConfig:
     """Overrides of the field network's objective (``FIELD_OBJECTIVE``), e.g. {"adv_weight": 0.02}."""
     field_renderer: str | None = None
     """The field network's renderer ("column" or "ray", ``FieldNetConfig.renderer``); None: the preset's."""
+    vae: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 32, 1e-3, weight_decay=0.0))
+    """The recurrent world's VAE (its first stage)."""
+    rnn: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 32, 1e-3, weight_decay=0.0))
+    """The recurrent world's MDN-LSTM (its second stage), on the VAE's codes of whole stretches of episodes."""
+    rnn_sequence: int = 200
+    """Most steps in one of the MDN-LSTM's training sequences (an episode, or a stretch of a longer one)."""
     warp_chain: int = 48
     """Most frames a warp training sample's rollout stream plays itself before it starts again
     from recorded memory: each step goes on from where the stream's last step ended (its own
@@ -156,6 +163,13 @@ FIELD_PRESETS: dict[str, StageConfig] = {
     "small": StageConfig(10_000, 32, 2e-3, warmup=500, weight_decay=0.0),
     "base": StageConfig(40_000, 64, 2e-3, warmup=1000, weight_decay=0.0),
 }
+RNN_PRESETS: dict[str, tuple[StageConfig, StageConfig]] = {
+    # the recurrent world's two stages: VAE, MDN-LSTM (steps, batch, lr, warm-up)
+    "tiny": (StageConfig(300, 32, 1e-3, warmup=20, weight_decay=0.0), StageConfig(300, 16, 1e-3, warmup=20, weight_decay=0.0)),
+    "mini": (StageConfig(6000, 64, 1e-3, warmup=100, weight_decay=0.0), StageConfig(3000, 32, 1e-3, warmup=100, weight_decay=0.0)),
+    "small": (StageConfig(10_000, 100, 1e-3, warmup=200, weight_decay=0.0), StageConfig(6000, 64, 1e-3, warmup=200, weight_decay=0.0)),
+    "base": (StageConfig(40_000, 128, 5e-4, warmup=1000, weight_decay=0.0), StageConfig(20_000, 64, 5e-4, warmup=500, weight_decay=0.0)),
+}
 FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "locate_steps", "locate_candidates", "bank_size", "exact_hit", "texture_cell",
                    "texture_features", "texture_table")
 """``FieldNetConfig`` fields a run may override (``--field-objective NAME=VALUE``)."""
@@ -178,7 +192,8 @@ def train_config(preset_name: str, **overrides: Any) -> TrainConfig:
         if stage in base:
             base[stage] = dataclasses.replace(base[stage])
     cfg = TrainConfig(preset=preset_name, warp=dataclasses.replace(WARP_PRESETS[preset_name]),
-                      field=dataclasses.replace(FIELD_PRESETS[preset_name]), **base)
+                      field=dataclasses.replace(FIELD_PRESETS[preset_name]), vae=dataclasses.replace(RNN_PRESETS[preset_name][0]),
+                      rnn=dataclasses.replace(RNN_PRESETS[preset_name][1]), **base)
     for key, value in overrides.items():
         if value is None:
             continue

@@ -110,7 +110,7 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------
 # seeds: deterministic by step
 # ---------------------------------------------------------------------------
-_SEED_ORDER = ("autoencoder", "dynamics", "distill", "baseline", "rollout", "warp", "field")
+_SEED_ORDER = ("autoencoder", "dynamics", "distill", "baseline", "rollout", "warp", "field", "vae", "rnn")
 """Stages in the order their numbers enter the RNG seeds (fixed: a new stage goes last, so
 older runs resume with the same data)."""
 

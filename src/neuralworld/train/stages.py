@@ -255,6 +255,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, 
             from neuralworld.train.field import train_field
 
             return train_field(data, out, cfg, resume=resume, progress=progress)
+        if cfg.model == "rnn":
+            from neuralworld.train.rnn import train_rnn
+
+            return train_rnn(data, out, cfg, resume=resume, progress=progress)
         return train_baseline(data, out, cfg, resume=resume, progress=progress)
     _check_stages(cfg)
     # 0 distill steps keep a student only where there is one: --init-world's

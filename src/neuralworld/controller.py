@@ -1,0 +1,247 @@
+"""A controller trained by CMA-ES inside a recurrent world's dream (World Models' C).
+
+The controller is linear: the world's code of the current frame and its memory, [z, h]
+(``MemoryRNN.features``), give one score per action of a Discrete set, and it plays the best
+score. CMA-ES (the ``cma`` library; we write no optimiser) searches its weights: every
+generation, each of ``population`` candidates plays ``rollouts`` dreams, all of them advancing
+together in one batched ``WorldSession`` that decodes no pixels; a dream's return is the reward
+head's sum over its steps alive, and it ends when the termination head passes ``threshold``
+(or at ``max_steps``). The dreams of a generation are seeded by (seed, generation).
+
+Playing the real game, the controller sees through the same world: each real frame is encoded
+and remembered by the world's session with the action that led to it, so [z, h] mean what they
+meant in the dream. An agent folder::
+
+    AGENT/
+      controller.safetensors  weight (latent + hidden, n) and bias (n): CMA-ES's favourite (its mean)
+      action_spec.json        the ActionSpec it acts in
+      agent.json              {"format": "neuralworld-agent", "algorithm": "CMA-ES", "combinations",
+                               "resolution", "world": the world it was trained in, "config",
+                               "generations", "timesteps": dream steps played, "created"}
+      world/                  a copy of that world's bundle: how the controller sees and remembers
+      es.pickle               CMA-ES's state after the last generation (--resume goes on from it)
+      tensorboard/            per generation: the candidates' best, mean and worst return, sigma
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import pickle
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuralworld.actions import ActionSpec
+from neuralworld.agents import FORMAT, META_FILE, SPEC_FILE, AgentError, _check_spec
+from neuralworld.state_io import atomic_write_json
+
+ALGORITHM = "CMA-ES"
+WEIGHTS_FILE = "controller.safetensors"
+STATE_FILE = "es.pickle"
+WORLD_DIR = "world"
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """How ``train_controller`` searches (World Models used 64 candidates x 16 dreams)."""
+
+    generations: int = 100
+    population: int = 32
+    rollouts: int = 8  # dreams per candidate per generation
+    max_steps: int = 1000  # steps per dream before it is cut
+    termination_threshold: float = 0.5
+    sigma: float = 0.1  # CMA-ES's first step size
+    seed: int = 0
+
+
+def _cma() -> Any:
+    try:
+        import cma
+    except ImportError:
+        raise AgentError("cma is not installed: pip install 'neuralworld[agents]' (or run ./setup.sh)") from None
+    return cma
+
+
+def _features(world: Any) -> int:
+    dyn = world.dynamics
+    if not hasattr(dyn, "features"):
+        raise AgentError(f"{world.path or world.name}: a {world.model} world has no code and memory to read; a CMA-ES "
+                         "controller plays a recurrent world (neuralworld train --model rnn)")
+    return int(dyn.config.latent + dyn.config.hidden)
+
+
+def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int, max_steps: int,
+                  threshold: float, seed: int) -> tuple[np.ndarray, int]:
+    """Candidates' weights (P, D, n) and biases (P, n) playing ``rollouts`` dreams each from the
+    world's start frames, the Discrete action i being ``table[i]``: returns their mean returns (P,)
+    and the dream steps played."""
+    P = weight.shape[0]
+    B = P * rollouts
+    session = world.start(batch_size=B, seed=seed, backend="eager", pixels=False)
+    W = torch.from_numpy(np.repeat(weight, rollouts, 0)).float()  # (B, D, n)
+    b = torch.from_numpy(np.repeat(bias, rollouts, 0)).float()  # (B, n)
+    actions = np.asarray(table, np.float32)
+    alive = np.ones(B, bool)
+    total = np.zeros(B)
+    played = 0
+    with torch.no_grad():
+        for _ in range(max_steps):
+            f = world.dynamics.features(session.cache).float()  # (B, D)
+            choice = (torch.einsum("bd,bdn->bn", f, W) + b).argmax(1).numpy()
+            session.step(actions[choice])
+            total += np.where(alive, session.last_reward, 0.0)
+            played += int(alive.sum())
+            alive &= session.last_termination <= threshold
+            if not alive.any():
+                break
+    return total.reshape(P, rollouts).mean(1), played
+
+
+def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg: ControllerConfig = ControllerConfig(), *,
+                     combos: list[dict[str, float]] | None = None, resume: bool = False, progress: bool = False) -> dict[str, Any]:
+    """CMA-ES over a linear controller in the recurrent world at ``world_path`` (see the module
+    docstring); the agent lands in ``out``. ``resume`` goes on from ``out/es.pickle``."""
+    cma = _cma()
+    from torch.utils.tensorboard import SummaryWriter
+
+    from neuralworld.bundle import load_bundle
+    from neuralworld.envs import combination_table, default_combinations, heads_problem
+
+    if cfg.generations < 1 or cfg.population < 2 or cfg.rollouts < 1 or cfg.max_steps < 1:
+        raise AgentError("generations, rollouts and max_steps must be >= 1, population >= 2")
+    world = load_bundle(world_path)
+    if heads_problem(world):
+        raise AgentError(f"{world_path}: {heads_problem(world)}: there is no reward to learn from")
+    D = _features(world)
+    spec = world.spec
+    combos = combos or default_combinations(spec)
+    table = combination_table(spec, combos)
+    n = len(combos)
+    out = Path(out)
+    state = out / STATE_FILE
+    if resume and state.is_file():
+        _check_spec(ActionSpec.from_json((out / SPEC_FILE).read_text()), spec, str(out), str(world_path))
+        saved = pickle.loads(state.read_bytes())
+        if saved["combinations"] != combos:
+            raise AgentError(f"{out} was trained with actions {saved['combinations']}; this run asks for {combos}")
+        es, generation, timesteps = saved["es"], saved["generation"], saved["timesteps"]
+    else:
+        if (out / WEIGHTS_FILE).exists() or state.exists():
+            raise AgentError(f"{out} already holds an agent: choose another --out, or --resume to continue it")
+        es = cma.CMAEvolutionStrategy(np.zeros(D * n + n), cfg.sigma,
+                                      {"popsize": cfg.population, "seed": cfg.seed + 1, "verbose": -9})
+        generation = timesteps = 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SPEC_FILE).write_text(spec.to_json())
+    if not (out / WORLD_DIR).is_dir():
+        shutil.copytree(world.path, out / (WORLD_DIR + ".tmp"), dirs_exist_ok=True)
+        os.replace(out / (WORLD_DIR + ".tmp"), out / WORLD_DIR)
+    writer = SummaryWriter(str(out / "tensorboard"))
+    try:
+        while generation < cfg.generations:
+            t0 = time.perf_counter()
+            xs = np.asarray(es.ask())  # (P, D * n + n)
+            returns, played = dream_returns(world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
+                                            rollouts=cfg.rollouts, max_steps=cfg.max_steps, threshold=cfg.termination_threshold,
+                                            seed=cfg.seed * 100_003 + generation)
+            es.tell(list(xs), list(-returns))  # cma minimises
+            generation += 1
+            timesteps += played
+            figures = {"best": float(returns.max()), "mean": float(returns.mean()), "worst": float(returns.min()),
+                       "sigma": float(es.sigma), "seconds": time.perf_counter() - t0}
+            for k, v in figures.items():
+                writer.add_scalar(f"cma/{k}", v, generation)
+            if progress:
+                print(f"[cma] generation {generation}/{cfg.generations}: return best {figures['best']:.1f} "
+                      f"mean {figures['mean']:.1f} sigma {figures['sigma']:.3f} ({figures['seconds']:.1f} s)", flush=True)
+            _save(out, np.asarray(es.result.xfavorite), D, n, spec, combos, world_path=str(world_path), resolution=world.resolution,
+                  cfg=cfg, generation=generation, timesteps=timesteps)
+            tmp = state.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps({"es": es, "generation": generation, "timesteps": timesteps, "combinations": combos}))
+            os.replace(tmp, state)
+    finally:
+        writer.close()
+    return {"agent": str(out), "world": str(world_path), "generations": generation, "timesteps": timesteps}
+
+
+def _save(out: Path, x: np.ndarray, D: int, n: int, spec: ActionSpec, combos: list[dict[str, float]], *, world_path: str,
+          resolution: tuple[int, int], cfg: ControllerConfig, generation: int, timesteps: int) -> None:
+    from neuralworld.state_io import save_tensors
+
+    save_tensors(out / WEIGHTS_FILE, {"weight": torch.from_numpy(x[: D * n].reshape(D, n).astype(np.float32)),
+                                      "bias": torch.from_numpy(x[D * n :].astype(np.float32))}, {"format": FORMAT})
+    atomic_write_json(out / META_FILE, {
+        "format": FORMAT, "algorithm": ALGORITHM, "combinations": combos, "observation": "frame",
+        "resolution": list(resolution), "world": world_path, "config": dataclasses.asdict(cfg),
+        "generations": generation, "timesteps": timesteps,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })  # fmt: skip
+
+
+class ControllerAgent:
+    """A loaded controller: it sees each frame through its world (encoded, remembered with the
+    action that led to it) and plays the action whose score is highest. ``predict`` has SB3's
+    signature (``episode_start`` starts an element's memory afresh), so ``evaluate`` scores it as
+    it scores PPO; ``act`` is the autopilot's one-frame call (a new frame goes on the same memory)."""
+
+    def __init__(self, path: str | os.PathLike, spec: ActionSpec, combinations: list[dict[str, float]]):
+        from neuralworld.bundle import BundleError, load_bundle
+        from neuralworld.envs import combination_table
+        from neuralworld.state_io import StateError, load_tensors
+
+        self.path, self.spec, self.combinations = str(path), spec, combinations
+        try:
+            self.world = load_bundle(Path(path) / WORLD_DIR)
+            tensors, _ = load_tensors(Path(path) / WEIGHTS_FILE, what="controller weights")
+        except (BundleError, StateError) as e:
+            raise AgentError(f"{path}: {e}") from None
+        self.weight, self.bias = tensors["weight"].float(), tensors["bias"].float()
+        D = _features(self.world)
+        if self.weight.shape != (D, len(combinations)) or self.bias.shape != (len(combinations),):
+            raise AgentError(f"{path}: controller weights {tuple(self.weight.shape)} do not fit {D} features x {len(combinations)} actions")
+        self.table = combination_table(spec, combinations)
+        self.resolution = tuple(self.world.resolution)
+        self._sessions: dict[int, Any] = {}
+        self._last: dict[int, np.ndarray] = {}
+
+    def _choose(self, i: int, frame: np.ndarray, start: bool) -> int:
+        if start or i not in self._sessions:
+            self._sessions[i] = self.world.start(frame, backend="eager", pixels=False)
+        else:
+            self._sessions[i].observe(frame[None], actions=self._last[i][None])
+        with torch.no_grad():
+            f = self.world.dynamics.features(self._sessions[i].cache)[0].float()
+            index = int((f @ self.weight + self.bias).argmax())
+        self._last[i] = self.table[index]
+        return index
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True) -> Any:
+        obs = np.asarray(observation)
+        starts = np.ones(len(obs), bool) if episode_start is None else np.asarray(episode_start, bool)
+        return np.array([self._choose(i, obs[i], bool(starts[i])) for i in range(len(obs))]), None
+
+    def act(self, frame: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """The action vector (A,) for the next frame of the playthrough it is watching."""
+        return self.table[self._choose(0, np.asarray(frame), False)]
+
+    def reset(self) -> None:
+        """Forget the playthrough: the next frame starts a new memory."""
+        self._sessions.clear()
+        self._last.clear()
+
+
+def load_controller(path: str | os.PathLike, meta: dict[str, Any]) -> ControllerAgent:
+    return ControllerAgent(path, ActionSpec.from_json((Path(path) / SPEC_FILE).read_text()), meta.get("combinations") or [])
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path) / META_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
