@@ -1,0 +1,200 @@
+"""The recurrent world (model/rnn.py, train/rnn.py) and its CMA-ES controller (controller.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuralworld import bundle
+from neuralworld.cli import main
+from neuralworld.data.store import DatasetWriter
+from neuralworld.model.rnn import MemoryRNN, RNNNetConfig, mixture_nll, rnn_preset, sample_mixture
+from neuralworld.record.doom import doom_action_spec
+
+SPEC = doom_action_spec(2)
+
+
+def random_world(path: Path, resolution=(32, 32), seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = rnn_preset("tiny", SPEC, resolution)
+    frames = np.full((1, *resolution, 3), 40, np.uint8)
+    return bundle.save_bundle(path, cfg, *bundle.build_networks(cfg), start_frames=frames)
+
+
+def test_mixture_draw_is_the_mixture():
+    """The inverse-CDF draw from one normal a number has the mixture's law: its mean, spread,
+    likelihood and the share of each mode match draws made the textbook way."""
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    logits = torch.tensor([0.3, -0.5, 1.0]).expand(n, 3)
+    mean = torch.tensor([-3.0, 0.5, 2.0]).expand(n, 3)
+    log_sigma = torch.tensor([-1.0, 0.0, -0.5]).expand(n, 3)
+    ours = sample_mixture(logits, mean, log_sigma, torch.randn(n, generator=g))
+    comp = torch.multinomial(torch.softmax(logits[0], -1), n, replacement=True, generator=g)
+    book = mean[0][comp] + log_sigma[0].exp()[comp] * torch.randn(n, generator=g)
+    assert abs(ours.mean() - book.mean()) < 0.05 and abs(ours.std() - book.std()) < 0.05
+    assert abs(mixture_nll(logits, mean, log_sigma, ours).mean() - mixture_nll(logits, mean, log_sigma, book).mean()) < 0.03
+    assert abs((ours < -1.5).float().mean() - (book < -1.5).float().mean()) < 0.01
+    hot = sample_mixture(logits, mean, log_sigma, torch.randn(n, generator=g), temperature=1.5)
+    assert hot.std() > ours.std()  # a warmer dream is wilder
+
+
+def test_the_lstm_learns_a_coin_and_the_dream_flips_it():
+    """What a frame-to-frame regression cannot: the next code is +1 or -1 at random, and the
+    trained world draws both, each about half the time (its L1 average would be 0)."""
+    torch.manual_seed(0)
+    net = MemoryRNN(RNNNetConfig(latent=2, hidden=16, mixtures=2), action_size=1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(300):
+        codes = torch.zeros(64, 9, 2)
+        codes[:, :, 0] = torch.randint(0, 2, (64, 9)).float() * 2 - 1
+        out, _ = net.run(codes[:, :-1], torch.zeros(64, 8, 1))
+        logits, mean, log_sigma, _, _ = net.predict(out)
+        loss = mixture_nll(logits, mean, log_sigma, codes[:, 1:]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cache = net.new_cache(2000)
+    net.append(torch.zeros(2000, 2, 1, 1), 0.0, torch.zeros(2000, 1), cache)
+    noise = torch.randn(2000, 2, 1, 1, generator=torch.Generator().manual_seed(1))
+    code = (noise - net.step(noise, 1.0, torch.zeros(2000, 1), cache).velocity).flatten(1)
+    heads = (code[:, 0] > 0).float().mean().item()
+    assert 0.4 < heads < 0.6
+    assert (code[:, 0].abs() - 1).abs().median() < 0.2  # each draw lands on a side, not between
+
+
+def test_session_over_a_recurrent_world(tmp_path):
+    """Seeded dreams repeat; the heads are read per step; ``pixels=False`` decodes nothing; an
+    element restarted forgets its memory; a code is (B, latent, 1, 1)."""
+    world = bundle.load_bundle(random_world(tmp_path / "w"))
+    acts = np.stack([SPEC.make(strafe_left=1), SPEC.make(strafe_right=1)] * 3)
+    a = world.start(seed=3, backend="eager").rollout(acts)
+    b = world.start(seed=3, backend="eager").rollout(acts)
+    c = world.start(seed=4, backend="eager").rollout(acts)
+    assert a.shape == (6, 32, 32, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    s = world.start(batch_size=3, seed=0, backend="eager", pixels=False)
+    assert s.latent.shape == (3, 16, 1, 1) and s.cache.valid.all() and not s.cache.h.any()  # the start code, no step yet
+    assert s.step(SPEC.noop()) is None and s.last_termination.shape == (3,)
+    assert s.cache.h.abs().sum(1).min() > 0
+    with pytest.raises(Exception, match="pixels=False"):
+        s.frame
+    s.step(SPEC.noop(), restart=np.array([False, True, False]))
+    h = s.cache.h
+    assert not h[1].any() and h[0].any() and h[2].any()  # element 1 holds only its start code again
+
+
+def test_check_env_on_a_recurrent_world(tmp_path):
+    from gymnasium.utils.env_checker import check_env
+
+    from neuralworld.envs import WorldEnv
+
+    env = WorldEnv(random_world(tmp_path / "w"))
+    check_env(env, skip_render_check=True)
+    latent = WorldEnv(tmp_path / "w", observation="latent")
+    obs, _ = latent.reset(seed=0)
+    assert obs.shape == (16, 1, 1) and obs.dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def dodge_data(tmp_path_factory) -> Path:
+    """Episodes of a falling block: a block appears at random columns; an episode ends when the
+    block lands on the player's column (``terminated``) or after 14 steps (not)."""
+    path = tmp_path_factory.mktemp("rnn") / "data"
+    writer = DatasetWriter.create(path, SPEC, (32, 32), source="synthetic: falling blocks")
+    rng = np.random.default_rng(0)
+    for e in range(12):
+        ep = writer.episode(e)
+        col, row, player = int(rng.integers(0, 4)), 0, 2
+        for t in range(14):
+            frame = np.zeros((32, 32, 3), np.uint8)
+            frame[row * 6 : row * 6 + 6, col * 8 : col * 8 + 8] = (220, 120, 40)
+            frame[28:, player * 8 : player * 8 + 8] = (60, 200, 60)
+            action = SPEC.make(strafe_left=1) if rng.random() < 0.5 else SPEC.make(strafe_right=1)
+            landed = row == 4 and col == player
+            ep.add_frame(frame, action, reward=2.0, terminated=landed)
+            if landed:
+                break
+            player = int(np.clip(player + (-1 if action[SPEC.index("strafe_left")] else 1), 0, 3))
+            row += 1
+            if row > 4:
+                col, row = int(rng.integers(0, 4)), 0
+        ep.save()
+    return path
+
+
+def test_train_rnn_cli_plays_and_resumes(dodge_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(dodge_data), "--model", "rnn", "--preset", "tiny", "--out", str(out), "--vae-steps", "20",
+            "--rnn-steps", "10", "--checkpoint-every", "10", "--validate-every", "10", "--quiet"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == "rnn" and summary["held_out_vae_psnr"] > 0
+    world = bundle.load_bundle(out / "world")
+    assert world.model == "rnn" and world.start_frames.shape == (1, 32, 32, 3)
+    before = (out / "rnn.safetensors").read_bytes()
+    args[args.index("--rnn-steps") + 1] = "20"
+    assert main([*args, "--resume"]) == 0
+    assert (out / "rnn.safetensors").read_bytes() != before  # went on from step 10
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rnn_steps = [m["step"] for m in metrics if m.get("stage") == "rnn" and "nll" in m]
+    assert max(rnn_steps) == 20 and rnn_steps.count(10) == 1  # the resumed run did not redo steps 1-10
+    frames = world.start(seed=0, backend="eager").rollout(np.stack([SPEC.make(strafe_left=1)] * 4))
+    assert frames.shape == (4, 32, 32, 3)
+
+
+def test_episode_batches_mark_deaths_only_where_they_were(dodge_data):
+    from neuralworld.data.store import Dataset
+    from neuralworld.train.rnn import _Episodes
+
+    ds = Dataset(dodge_data)
+    raw = [ds.episode(e).load(("frames", "actions", "rewards", "terminated")) for e in range(ds.num_episodes)]
+    codes = [(torch.zeros(len(r["actions"]), 4), torch.zeros(len(r["actions"]), 4)) for r in raw]
+    acts = [torch.from_numpy(ds.spec.normalize(r["actions"])).float() for r in raw]
+    eps = _Episodes(codes, acts, raw)
+    b = eps.batch(np.random.default_rng(0), 0, 100, np.arange(len(raw)))
+    for i, r in enumerate(raw):
+        L = len(r["actions"])
+        assert b["steps"][i].sum() == L and b["has_next"][i].sum() == L - 1
+        assert b["ended"][i].sum() == float(r["terminated"][-1]) and (not r["terminated"][-1] or b["ended"][i, L - 1] == 1)
+    short = eps.batch(np.random.default_rng(0), 0, 5, np.arange(len(raw)))  # stretches: a death only if the stretch reaches it
+    assert short["codes"].shape[1] == 5 and short["ended"].sum() <= sum(bool(r["terminated"][-1]) for r in raw)
+
+
+def test_controller_trains_resumes_and_plays_its_world(tmp_path, capsys):
+    pytest.importorskip("cma")
+    pytest.importorskip("stable_baselines3")
+    from neuralworld.agents import load_agent
+    from neuralworld.controller import ControllerAgent
+
+    world = random_world(tmp_path / "w")
+    out = tmp_path / "agent"
+    base = ["agent", "train", str(world), "--algorithm", "cma", "--out", str(out), "--population", "4", "--rollouts", "2",
+            "--max-steps", "6", "--actions", "noop;strafe_left;strafe_right", "--threshold", "1.0", "--quiet"]
+    assert main([*base, "--generations", "2"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["generations"] == 2 and first["timesteps"] == 2 * 4 * 2 * 6  # nobody dies at threshold 1: every dream runs out
+    assert main([*base, "--generations", "2"]) == 2  # the folder holds an agent
+    assert "already holds an agent" in capsys.readouterr().err
+    assert main([*base, "--generations", "3", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generations"] == 3
+    agent = load_agent(out, SPEC)
+    assert isinstance(agent, ControllerAgent) and len(agent.combinations) == 3
+    moves = {tuple(agent.act(np.full((32, 32, 3), v, np.uint8))) for v in (0, 100, 200)}
+    assert moves <= {tuple(SPEC.make(**c)) for c in agent.combinations}
+    assert main(["agent", "eval", str(out), "--env", str(world), "--episodes", "2", "--max-steps", "5", "--threshold", "1.0"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean_length"] == 5
+
+
+def test_controller_refuses_a_world_without_code_and_memory(tmp_path, capsys):
+    pytest.importorskip("cma")
+    from neuralworld.model.warp import warp_preset
+
+    torch.manual_seed(0)
+    cfg = warp_preset("tiny", SPEC)
+    warp = bundle.save_bundle(tmp_path / "warp", cfg, *bundle.build_networks(cfg))
+    assert main(["agent", "train", str(warp), "--algorithm", "cma", "--out", str(tmp_path / "a"), "--generations", "1"]) == 2
+    assert "plays a recurrent world" in capsys.readouterr().err
