@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The Take Cover experiment (World Models' on our engine), start to finish in one resumable job:
 #   1. record random-policy episodes of doom/take_cover
-#   2. train a warp world on them (its heads learn reward and death)
+#   2. train a recurrent world on them (World Models' VAE and MDN-LSTM: it draws the fireballs
+#      that come at random; its heads learn reward and death)
 #   3. its heads on held-out real episodes (neuralworld eval, the heads part)
-#   4. PPO (Stable-Baselines3) trained only inside the world
-#   5. PPO trained in real ViZDoom for the same number of environment steps
+#   4. a linear controller searched by CMA-ES (the cma library) only inside the world's dream
+#   5. the same algorithm in real ViZDoom (REAL_GENERATIONS generations: see docs/agents.md)
 #   6. random, dream-trained and real-trained policies, each scored over 100 real episodes
 #
 #   OUT=runs/take-cover bash scripts/take_cover.sh
-#   EPISODES=6 WORLD_STEPS=20 AGENT_STEPS=256 EVAL_EPISODES=2 OUT=/tmp/tc bash scripts/take_cover.sh   # a quick check
+#   EPISODES=6 VAE_STEPS=20 RNN_STEPS=20 GENERATIONS=2 POPULATION=4 ROLLOUTS=2 REAL_GENERATIONS=1 EVAL_EPISODES=2 \
+#       OUT=/tmp/tc bash scripts/take_cover.sh   # a quick check
 #
 # Every stage skips what is done and resumes what is half done (the dataset appends the
 # missing episodes, training and PPO continue from their checkpoints), so running it again
@@ -18,13 +20,17 @@ cd "$(dirname "$0")/.."
 
 NW="${NW:-.venv/bin/neuralworld}"
 OUT="${OUT:?set OUT to the experiment folder}"
-EPISODES="${EPISODES:-400}"          # random-policy episodes recorded (about 130 steps each)
+EPISODES="${EPISODES:-1200}"         # random-policy episodes recorded (about 110 steps each)
 RES="${RES:-64x64}"
 PRESET="${PRESET:-mini}"
-WORLD_STEPS="${WORLD_STEPS:-6000}"   # warp training steps
-AGENT_STEPS="${AGENT_STEPS:-100000}" # PPO environment steps, in the dream and in the engine alike
-AGENT_ENVS="${AGENT_ENVS:-16}"       # playthroughs of the world in one batched call
-REAL_ENVS="${REAL_ENVS:-4}"          # copies of the engine
+VAE_STEPS="${VAE_STEPS:-10000}"      # the world's VAE stage
+RNN_STEPS="${RNN_STEPS:-4000}"       # the world's MDN-LSTM stage
+ACTIONS="${ACTIONS:-noop;strafe_left;strafe_right}"  # the Discrete set (Take Cover's own buttons, and standing still)
+GENERATIONS="${GENERATIONS:-60}"     # CMA-ES generations in the dream
+POPULATION="${POPULATION:-32}"
+ROLLOUTS="${ROLLOUTS:-8}"            # dreams per candidate per generation
+TEMPERATURE="${TEMPERATURE:-1.15}"   # the dream's temperature (World Models')
+REAL_GENERATIONS="${REAL_GENERATIONS:-4}"  # CMA-ES generations in the engine
 EVAL_EPISODES="${EVAL_EPISODES:-100}"
 SEED="${SEED:-0}"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -39,9 +45,9 @@ fi
 
 if [ ! -f "$OUT/world/summary.json" ]; then
   resume=""; [ -f "$OUT/world/run.json" ] && resume="--resume"
-  log "2. training the world ($PRESET, $WORLD_STEPS steps) $resume"
-  $NW train "$OUT/data" --model warp --preset "$PRESET" --warp-steps "$WORLD_STEPS" --out "$OUT/world" \
-      --validate-every 500 --checkpoint-every 100 --quiet $resume
+  log "2. training the recurrent world ($PRESET, $VAE_STEPS + $RNN_STEPS steps) $resume"
+  $NW train "$OUT/data" --model rnn --preset "$PRESET" --vae-steps "$VAE_STEPS" --rnn-steps "$RNN_STEPS" --out "$OUT/world" \
+      --validate-every 1000 --checkpoint-every 250 --quiet $resume
 fi
 
 if [ ! -f "$OUT/heads/metrics.json" ]; then
@@ -49,25 +55,27 @@ if [ ! -f "$OUT/heads/metrics.json" ]; then
   $NW eval "$OUT/world" --data "$OUT/data" --report "$OUT/heads" --skip fidelity,control,stability,memory,speed,probes
 fi
 
-agent() {  # agent NAME SOURCE [extra args]: train, resuming from checkpoints, unless done
-  local name=$1 source=$2; shift 2
+agent() {  # agent NAME SOURCE GENERATIONS [extra args]: CMA-ES, going on from its last generation, unless done
+  local name=$1 source=$2 generations=$3; shift 3
   local done
-  done=$(.venv/bin/python -c "import json,sys; print(json.load(open('$OUT/$name/agent.json'))['timesteps'] >= $AGENT_STEPS)" 2>/dev/null || echo False)
+  done=$(.venv/bin/python -c "import json,sys; print(json.load(open('$OUT/$name/agent.json'))['generations'] >= $generations)" 2>/dev/null || echo False)
   [ "$done" = "True" ] && return 0
-  local resume=""; [ -d "$OUT/$name/checkpoints" ] && resume="--resume"
-  log "PPO in $source: $AGENT_STEPS steps $resume"
-  $NW agent train "$source" --out "$OUT/$name" --steps "$AGENT_STEPS" --seed "$SEED" --checkpoint-every 10000 --quiet $resume "$@"
+  local resume=""; [ -f "$OUT/$name/es.pickle" ] && resume="--resume"
+  log "CMA-ES in $source: $generations generations $resume"
+  $NW agent train "$source" --algorithm cma --out "$OUT/$name" --generations "$generations" --population "$POPULATION" \
+      --rollouts "$ROLLOUTS" --actions "$ACTIONS" --seed "$SEED" $resume "$@"
 }
-log "4. PPO in the dream"
-agent agent-dream "$OUT/world/world" --envs "$AGENT_ENVS"
-log "5. PPO in the real engine"
-agent agent-real doom/take_cover --envs "$REAL_ENVS" --resolution "$RES"
+log "4. CMA-ES in the dream"
+agent agent-dream "$OUT/world/world" "$GENERATIONS" --temperature "$TEMPERATURE"
+log "5. CMA-ES in the real engine"
+agent agent-real doom/take_cover "$REAL_GENERATIONS" --world "$OUT/world/world" --resolution "$RES"
 
 log "6. scoring in real ViZDoom, $EVAL_EPISODES episodes each"
 for who in random agent-dream agent-real; do
   if ! grep -q "\"row\": \"$who\"" "$OUT/results.jsonl" 2>/dev/null; then
     agent_path="$OUT/$who"; [ "$who" = random ] && agent_path=random
-    line=$($NW agent eval "$agent_path" --env doom/take_cover --episodes "$EVAL_EPISODES" --seed 1 --resolution "$RES" --all)
+    line=$($NW agent eval "$agent_path" --env doom/take_cover --episodes "$EVAL_EPISODES" --seed 1 --resolution "$RES" \
+        --actions "$ACTIONS" --all)
     echo "$line" | .venv/bin/python -c "import json,sys; r=json.load(sys.stdin); r['row']='$who'; print(json.dumps(r))" >> "$OUT/results.jsonl"
   fi
 done

@@ -25,6 +25,7 @@ SLOW_TESTS = {
     "test_eval_bars.py": {"test_cli_bars_on_the_shipped_world"},  # records a 12k-frame map, then `neuralworld eval --report`
     "test_envs.py": {"test_doom_twin"},  # starts ViZDoom
     "test_agents.py": {"test_agent_train_and_eval_cli"},  # trains PPO, starts ViZDoom
+    "test_rnn.py": {"test_controller_in_the_real_game"},  # starts ViZDoom
 }
 """Tests that record, open a browser or run a real command for minutes with no fixture to
 tell: by module, by function name."""

@@ -198,3 +198,23 @@ def test_controller_refuses_a_world_without_code_and_memory(tmp_path, capsys):
     warp = bundle.save_bundle(tmp_path / "warp", cfg, *bundle.build_networks(cfg))
     assert main(["agent", "train", str(warp), "--algorithm", "cma", "--out", str(tmp_path / "a"), "--generations", "1"]) == 2
     assert "plays a recurrent world" in capsys.readouterr().err
+
+
+def test_controller_in_the_real_game(tmp_path, capsys):
+    """The same search in real ViZDoom, seeing through a recurrent world: engines in lockstep,
+    the real return; a world of other controls, or none, is refused."""
+    pytest.importorskip("cma")
+    pytest.importorskip("vizdoom")
+    world = random_world(tmp_path / "w", resolution=(64, 64))
+    out = tmp_path / "real"
+    args = ["agent", "train", "doom/take_cover", "--algorithm", "cma", "--out", str(out), "--generations", "1", "--population", "2",
+            "--rollouts", "2", "--envs", "3", "--max-steps", "30", "--actions", "noop;strafe_left;strafe_right", "--quiet"]
+    assert main(args) == 2
+    assert "sees through a recurrent world" in capsys.readouterr().err
+    assert main([*args, "--world", str(world)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["world"] == "doom/take_cover" and 2 * 2 * 10 <= result["timesteps"] <= 2 * 2 * 30
+    meta = json.loads((out / "agent.json").read_text())
+    assert meta["algorithm"] == "CMA-ES" and (out / "world" / "config.json").is_file()
+    assert main(["agent", "eval", str(out), "--env", "doom/take_cover", "--episodes", "2", "--max-steps", "30"]) == 0
+    assert 0 < json.loads(capsys.readouterr().out)["mean_length"] <= 30

@@ -292,12 +292,12 @@ def _cmd_agent_train(args: argparse.Namespace) -> int:
     if args.algorithm == "cma":
         from neuralworld.controller import ControllerConfig, train_controller
 
-        if args.world.startswith("doom/"):
-            raise AgentError("a CMA-ES controller is trained in a recurrent world's dream, not in doom/<scenario>")
         ccfg = ControllerConfig(generations=args.generations, population=args.population, rollouts=args.rollouts,
-                                max_steps=args.max_steps, termination_threshold=args.threshold, seed=args.seed)
+                                max_steps=args.max_steps, termination_threshold=args.threshold, seed=args.seed,
+                                temperature=args.temperature)
         print(json.dumps(train_controller(args.world, args.out, ccfg, combos=args.actions, resume=args.resume,
-                                          progress=not args.quiet)))
+                                          progress=not args.quiet, sees_through=args.sees_through, resolution=args.resolution,
+                                          frame_skip=args.frame_skip, engines=args.envs)))
         return 0
     cfg = AgentConfig(
         steps=args.steps, envs=args.envs, seed=args.seed, max_steps=args.max_steps,
@@ -528,6 +528,11 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--generations", type=_positive_int, default=100, help="--algorithm cma: CMA-ES generations")
     at.add_argument("--population", type=_positive_int, default=32, help="--algorithm cma: candidates per generation")
     at.add_argument("--rollouts", type=_positive_int, default=8, help="--algorithm cma: dreams per candidate per generation")
+    at.add_argument("--world", dest="sees_through", default=None, metavar="WORLD",
+                    help="--algorithm cma in doom/<scenario>: the recurrent world the controller sees through "
+                         "(--envs engines play in lockstep)")
+    at.add_argument("--temperature", type=float, default=None,
+                    help="--algorithm cma: the dream's temperature (World Models: 1.15); default: the world's own")
     at.add_argument("--quiet", action="store_true", help="no progress bar")
     at.set_defaults(func=_cmd_agent_train)
     ae = asub.add_parser("eval", help="mean return over episodes in a world or the real game (doom/<scenario>)")

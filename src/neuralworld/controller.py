@@ -3,7 +3,7 @@
 The controller is linear: the world's code of the current frame and its memory, [z, h]
 (``MemoryRNN.features``), give one score per action of a Discrete set, and it plays the best
 score. CMA-ES (the ``cma`` library; we write no optimiser) searches its weights: every
-generation, each of ``population`` candidates plays ``rollouts`` dreams, all of them advancing
+generation, each of ``population`` candidates plays ``rollouts`` dreams (at ``temperature``), all of them advancing
 together in one batched ``WorldSession`` that decodes no pixels; a dream's return is the reward
 head's sum over its steps alive, and it ends when the termination head passes ``threshold``
 (or at ``max_steps``). The dreams of a generation are seeded by (seed, generation).
@@ -16,9 +16,9 @@ meant in the dream. An agent folder::
       controller.safetensors  weight (latent + hidden, n) and bias (n): CMA-ES's favourite (its mean)
       action_spec.json        the ActionSpec it acts in
       agent.json              {"format": "neuralworld-agent", "algorithm": "CMA-ES", "combinations",
-                               "resolution", "world": the world it was trained in, "config",
+                               "resolution", "world": the world it was trained in (or doom/<scenario>), "config",
                                "generations", "timesteps": dream steps played, "created"}
-      world/                  a copy of that world's bundle: how the controller sees and remembers
+      world/                  a copy of the recurrent world's bundle: how the controller sees and remembers
       es.pickle               CMA-ES's state after the last generation (--resume goes on from it)
       tensorboard/            per generation: the candidates' best, mean and worst return, sigma
 """
@@ -60,6 +60,9 @@ class ControllerConfig:
     termination_threshold: float = 0.5
     sigma: float = 0.1  # CMA-ES's first step size
     seed: int = 0
+    temperature: float | None = None
+    """the dream's temperature (``RNNNetConfig.temperature``; World Models trained Doom's controller at
+    1.15: a dream a little wilder than the recording is harder to cheat); None: the world's own"""
 
 
 def _cma() -> Any:
@@ -105,10 +108,59 @@ def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.nd
     return total.reshape(P, rollouts).mean(1), played
 
 
+def real_returns(engines: list[Any], world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int,
+                 seed: int) -> tuple[np.ndarray, int]:
+    """As ``dream_returns``, in the real game: ``engines`` (the real twin, ``envs.doom.DoomEnv``)
+    play the candidates' episodes in lockstep, each frame seen through ``world`` (encoded and
+    remembered with the action that led to it, as ``ControllerAgent`` sees), one batched call a
+    step for all engines. Returns the mean real returns (P,) and the engine steps played."""
+    P, E = weight.shape[0], len(engines)
+    jobs = [(p, r) for p in range(P) for r in range(rollouts)]
+    total = np.zeros(len(jobs))
+    session = world.start(batch_size=E, backend="eager", pixels=False)
+    frames = np.zeros((E, 1, *world.resolution, 3), np.uint8)
+    acts = np.zeros((E, 1, table.shape[1]), np.float32)
+    job = np.full(E, -1)
+    queue = iter(range(len(jobs)))
+    W, b = torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
+    played = 0
+
+    def start(i: int) -> None:
+        job[i] = next(queue, -1)
+        if job[i] >= 0:
+            frames[i, 0] = engines[i].reset(seed=seed + int(job[i]))[0]
+            acts[i, 0] = world.spec.noop()
+            session.cache.reset(torch.tensor([i]))  # a new episode: the element forgets, its first frame starts it
+
+    with torch.inference_mode():  # the session's cache is made of inference tensors
+        for i in range(E):
+            start(i)
+        while (job >= 0).any():
+            session.observe(frames, actions=acts)
+            f = world.dynamics.features(session.cache).float()  # (E, D)
+            for i in np.flatnonzero(job >= 0):
+                p = jobs[job[i]][0]
+                choice = int((f[i] @ W[p] + b[p]).argmax())
+                obs, reward, terminated, truncated, _ = engines[i].step(table[choice])
+                total[job[i]] += reward
+                played += 1
+                frames[i, 0], acts[i, 0] = obs, table[choice]
+                if terminated or truncated:
+                    start(i)
+    return total.reshape(P, rollouts).mean(1), played
+
+
 def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg: ControllerConfig = ControllerConfig(), *,
-                     combos: list[dict[str, float]] | None = None, resume: bool = False, progress: bool = False) -> dict[str, Any]:
+                     combos: list[dict[str, float]] | None = None, resume: bool = False, progress: bool = False,
+                     sees_through: str | os.PathLike | None = None, resolution: tuple[int, int] | None = None,
+                     frame_skip: int = 2, engines: int = 8) -> dict[str, Any]:
     """CMA-ES over a linear controller in the recurrent world at ``world_path`` (see the module
-    docstring); the agent lands in ``out``. ``resume`` goes on from ``out/es.pickle``."""
+    docstring); the agent lands in ``out``. ``resume`` goes on from ``out/es.pickle``.
+
+    ``world_path`` = ``doom/<scenario>``: the same search in the real game (``engines`` copies in
+    lockstep, at ``resolution`` and ``frame_skip``), each frame seen through the recurrent world
+    ``sees_through`` (the row a dream-trained controller is measured against: the same V and M,
+    real experience instead of dreams)."""
     cma = _cma()
     from torch.utils.tensorboard import SummaryWriter
 
@@ -117,10 +169,27 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
 
     if cfg.generations < 1 or cfg.population < 2 or cfg.rollouts < 1 or cfg.max_steps < 1:
         raise AgentError("generations, rollouts and max_steps must be >= 1, population >= 2")
-    world = load_bundle(world_path)
-    if heads_problem(world):
+    real = str(world_path).startswith("doom/")
+    if real and sees_through is None:
+        raise AgentError(f"a controller in {world_path} sees through a recurrent world: give it one (--world WORLD)")
+    world = load_bundle(sees_through if real else world_path)
+    if not real and heads_problem(world):
         raise AgentError(f"{world_path}: {heads_problem(world)}: there is no reward to learn from")
+    doom: list[Any] = []
+    if real:
+        from neuralworld.envs.doom import DoomEnv
+        from neuralworld.record.doom import doom_action_spec
+
+        _check_spec(world.spec, doom_action_spec(frame_skip), str(sees_through), f"{world_path} at frame skip {frame_skip}")
+        if resolution is not None and tuple(resolution) != tuple(world.resolution):
+            raise AgentError(f"{sees_through} sees {world.resolution} frames; --resolution asks for {tuple(resolution)}")
+        doom = [DoomEnv(str(world_path), resolution=tuple(world.resolution), frame_skip=frame_skip, max_steps=cfg.max_steps)
+                for _ in range(max(1, engines))]
     D = _features(world)
+    if cfg.temperature is not None:
+        if cfg.temperature <= 0:
+            raise AgentError(f"the dream's temperature must be > 0, got {cfg.temperature}")
+        world.dynamics.config.temperature = float(cfg.temperature)
     spec = world.spec
     combos = combos or default_combinations(spec)
     table = combination_table(spec, combos)
@@ -149,9 +218,13 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
         while generation < cfg.generations:
             t0 = time.perf_counter()
             xs = np.asarray(es.ask())  # (P, D * n + n)
-            returns, played = dream_returns(world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
-                                            rollouts=cfg.rollouts, max_steps=cfg.max_steps, threshold=cfg.termination_threshold,
-                                            seed=cfg.seed * 100_003 + generation)
+            if real:
+                returns, played = real_returns(doom, world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
+                                               rollouts=cfg.rollouts, seed=(cfg.seed * 100_003 + generation) * 10_007)
+            else:
+                returns, played = dream_returns(world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
+                                                rollouts=cfg.rollouts, max_steps=cfg.max_steps, threshold=cfg.termination_threshold,
+                                                seed=cfg.seed * 100_003 + generation)
             es.tell(list(xs), list(-returns))  # cma minimises
             generation += 1
             timesteps += played
@@ -169,6 +242,8 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
             os.replace(tmp, state)
     finally:
         writer.close()
+        for env in doom:
+            env.close()
     return {"agent": str(out), "world": str(world_path), "generations": generation, "timesteps": timesteps}
 
 
