@@ -56,6 +56,12 @@ class RNNNetConfig:
     def levels(self) -> int:
         return len(self.channels)
 
+    @property
+    def memory_frames(self) -> int:
+        """Frames a session needs to start (eval's context is this minus one): the LSTM's memory has
+        no window; it begins with the first frame it is shown and grows with every frame after."""
+        return 2
+
     def validate(self) -> "RNNNetConfig":
         if self.latent < 1 or self.hidden < 1 or self.mixtures < 1 or not self.channels or min(self.channels) < 1:
             raise ConfigError("rnn: latent, hidden, mixtures and every channel count must be >= 1")
