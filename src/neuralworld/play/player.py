@@ -106,6 +106,8 @@ class Player:
                 raise MessageError('autopilot needs "on": true or false')
             if on and self.hub.agent is None:
                 raise MessageError("this server has no agent: neuralworld play WORLD --agent AGENT")
+            if on and not self.autopilot and hasattr(self.hub.agent, "reset"):
+                self.hub.agent.reset()  # an agent with memory (a controller) starts watching afresh
             self.autopilot = on
             self.reply({"type": "autopilot", "on": on})
         else:
