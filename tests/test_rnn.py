@@ -218,3 +218,25 @@ def test_controller_in_the_real_game(tmp_path, capsys):
     assert meta["algorithm"] == "CMA-ES" and (out / "world" / "config.json").is_file()
     assert main(["agent", "eval", str(out), "--env", "doom/take_cover", "--episodes", "2", "--max-steps", "30"]) == 0
     assert 0 < json.loads(capsys.readouterr().out)["mean_length"] <= 30
+
+
+def test_sampled_deaths_end_dreams_at_the_heads_rate(tmp_path):
+    """With ``sample_deaths`` a dream ends at each step with the head's probability: a head that says
+    about 0.5 every step (random weights) ends dreams after about two steps, where the threshold
+    (0.5 exactly is not passed reliably) would let some run out; the same seed plays the same."""
+    pytest.importorskip("cma")
+    from neuralworld.controller import dream_returns
+    from neuralworld.envs import combination_table
+
+    world = bundle.load_bundle(random_world(tmp_path / "w"))
+    table = combination_table(SPEC, [{}, {"strafe_left": 1.0}])
+    w, b = np.zeros((4, 16 + 64, 2)), np.zeros((4, 2))
+    p = world.start(seed=0, backend="eager", pixels=False)
+    p.step(SPEC.noop())
+    assert 0.2 < float(p.last_termination) < 0.8
+    r1, n1 = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5, sample_deaths=True)
+    r2, n2 = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5, sample_deaths=True)
+    assert n1 == n2 and np.array_equal(r1, r2)
+    assert 100 <= n1 <= 400  # 100 dreams of mean length about 1 / p, not 40 steps each
+    _, never = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5)
+    assert never == 100 * 40

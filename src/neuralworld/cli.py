@@ -294,7 +294,7 @@ def _cmd_agent_train(args: argparse.Namespace) -> int:
 
         ccfg = ControllerConfig(generations=args.generations, population=args.population, rollouts=args.rollouts,
                                 max_steps=args.max_steps, termination_threshold=args.threshold, seed=args.seed,
-                                temperature=args.temperature)
+                                temperature=args.temperature, sample_deaths=args.sample_deaths)
         print(json.dumps(train_controller(args.world, args.out, ccfg, combos=args.actions, resume=args.resume,
                                           progress=not args.quiet, sees_through=args.sees_through, resolution=args.resolution,
                                           frame_skip=args.frame_skip, engines=args.envs)))
@@ -531,6 +531,8 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--world", dest="sees_through", default=None, metavar="WORLD",
                     help="--algorithm cma in doom/<scenario>: the recurrent world the controller sees through "
                          "(--envs engines play in lockstep)")
+    at.add_argument("--sample-deaths", action="store_true",
+                    help="--algorithm cma: a dream ends at each step with the termination head's probability, not at --threshold")
     at.add_argument("--temperature", type=float, default=None,
                     help="--algorithm cma: the dream's temperature (World Models: 1.15); default: the world's own")
     at.add_argument("--quiet", action="store_true", help="no progress bar")

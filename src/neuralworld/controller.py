@@ -5,8 +5,8 @@ The controller is linear: the world's code of the current frame and its memory, 
 score. CMA-ES (the ``cma`` library; we write no optimiser) searches its weights: every
 generation, each of ``population`` candidates plays ``rollouts`` dreams (at ``temperature``), all of them advancing
 together in one batched ``WorldSession`` that decodes no pixels; a dream's return is the reward
-head's sum over its steps alive, and it ends when the termination head passes ``threshold``
-(or at ``max_steps``). The dreams of a generation are seeded by (seed, generation).
+head's sum over its steps alive, and it ends when the termination head passes ``threshold``, or
+with ``sample_deaths`` at each step with the head's probability (or at ``max_steps``). The dreams of a generation are seeded by (seed, generation).
 
 Playing the real game, the controller sees through the same world: each real frame is encoded
 and remembered by the world's session with the action that led to it, so [z, h] mean what they
@@ -58,6 +58,10 @@ class ControllerConfig:
     rollouts: int = 8  # dreams per candidate per generation
     max_steps: int = 1000  # steps per dream before it is cut
     termination_threshold: float = 0.5
+    sample_deaths: bool = False
+    """a dream ends at each step with the termination head's probability (a seeded draw), rather than
+    when it passes ``termination_threshold``: a head trained by cross-entropy is calibrated, not
+    confident, and a death it gives 0.3 a step still comes about as often as in the recording"""
     sigma: float = 0.1  # CMA-ES's first step size
     seed: int = 0
     temperature: float | None = None
@@ -82,10 +86,11 @@ def _features(world: Any) -> int:
 
 
 def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int, max_steps: int,
-                  threshold: float, seed: int) -> tuple[np.ndarray, int]:
+                  threshold: float, seed: int, sample_deaths: bool = False) -> tuple[np.ndarray, int]:
     """Candidates' weights (P, D, n) and biases (P, n) playing ``rollouts`` dreams each from the
     world's start frames, the Discrete action i being ``table[i]``: returns their mean returns (P,)
-    and the dream steps played."""
+    and the dream steps played. A dream ends when the termination head passes ``threshold``, or
+    with ``sample_deaths`` at each step with its probability."""
     P = weight.shape[0]
     B = P * rollouts
     session = world.start(batch_size=B, seed=seed, backend="eager", pixels=False)
@@ -95,6 +100,7 @@ def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.nd
     alive = np.ones(B, bool)
     total = np.zeros(B)
     played = 0
+    fate = np.random.default_rng([seed, 1])
     with torch.no_grad():
         for _ in range(max_steps):
             f = world.dynamics.features(session.cache).float()  # (B, D)
@@ -102,7 +108,8 @@ def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.nd
             session.step(actions[choice])
             total += np.where(alive, session.last_reward, 0.0)
             played += int(alive.sum())
-            alive &= session.last_termination <= threshold
+            p = session.last_termination
+            alive &= (fate.random(B) >= p) if sample_deaths else (p <= threshold)
             if not alive.any():
                 break
     return total.reshape(P, rollouts).mean(1), played
@@ -224,7 +231,7 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
             else:
                 returns, played = dream_returns(world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
                                                 rollouts=cfg.rollouts, max_steps=cfg.max_steps, threshold=cfg.termination_threshold,
-                                                seed=cfg.seed * 100_003 + generation)
+                                                seed=cfg.seed * 100_003 + generation, sample_deaths=cfg.sample_deaths)
             es.tell(list(xs), list(-returns))  # cma minimises
             generation += 1
             timesteps += played
