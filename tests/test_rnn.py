@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def dodge_data(tmp_path_factory) -> Path:
     """Episodes of a falling block: a block appears at random columns; an episode ends when the
     block lands on the player's column (``terminated``) or after 14 steps (not)."""
     path = tmp_path_factory.mktemp("rnn") / "data"
-    writer = DatasetWriter.create(path, SPEC, (32, 32), source="synthetic: falling blocks")
+    writer = DatasetWriter.create(path, SPEC, (32, 32), source="synthetic: falling blocks", game_variables=("health",))
     rng = np.random.default_rng(0)
     for e in range(12):
         ep = writer.episode(e)
@@ -115,7 +116,7 @@ def dodge_data(tmp_path_factory) -> Path:
             frame[28:, player * 8 : player * 8 + 8] = (60, 200, 60)
             action = SPEC.make(strafe_left=1) if rng.random() < 0.5 else SPEC.make(strafe_right=1)
             landed = row == 4 and col == player
-            ep.add_frame(frame, action, reward=2.0, terminated=landed)
+            ep.add_frame(frame, action, reward=2.0, terminated=landed, game_vars=(100.0 - 10 * t,))
             if landed:
                 break
             player = int(np.clip(player + (-1 if action[SPEC.index("strafe_left")] else 1), 0, 3))
@@ -148,10 +149,10 @@ def test_train_rnn_cli_plays_and_resumes(dodge_data, tmp_path, capsys):
 
 def test_episode_batches_mark_deaths_only_where_they_were(dodge_data):
     from neuralworld.data.store import Dataset
-    from neuralworld.train.rnn import _Episodes
+    from neuralworld.train.rnn import _Episodes, _load
 
     ds = Dataset(dodge_data)
-    raw = [ds.episode(e).load(("frames", "actions", "rewards", "terminated")) for e in range(ds.num_episodes)]
+    raw = _load(SimpleNamespace(ds=ds), list(range(ds.num_episodes)))
     codes = [(torch.zeros(len(r["actions"]), 4), torch.zeros(len(r["actions"]), 4)) for r in raw]
     acts = [torch.from_numpy(ds.spec.normalize(r["actions"])).float() for r in raw]
     eps = _Episodes(codes, acts, raw)
@@ -160,6 +161,7 @@ def test_episode_batches_mark_deaths_only_where_they_were(dodge_data):
         L = len(r["actions"])
         assert b["steps"][i].sum() == L and b["has_next"][i].sum() == L - 1
         assert b["ended"][i].sum() == float(r["terminated"][-1]) and (not r["terminated"][-1] or b["ended"][i, L - 1] == 1)
+        assert b["has_health"][i].sum() == L and torch.allclose(b["health"][i, :L], torch.from_numpy(1.0 - 0.1 * np.arange(L, dtype=np.float32)))
     short = eps.batch(np.random.default_rng(0), 0, 5, np.arange(len(raw)))  # stretches: a death only if the stretch reaches it
     assert short["codes"].shape[1] == 5 and short["ended"].sum() <= sum(bool(r["terminated"][-1]) for r in raw)
 

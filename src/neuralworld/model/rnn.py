@@ -212,7 +212,7 @@ class MemoryRNN(nn.Module):
         Z, K = config.latent, config.mixtures
         self.lstm = nn.LSTM(Z + action_size, config.hidden, batch_first=True)
         self.mixture = nn.Linear(config.hidden, 3 * Z * K)
-        self.heads = nn.Linear(config.hidden, 2)  # reward, termination logit
+        self.heads = nn.Linear(config.hidden, 3)  # reward, termination logit, health (a fraction of full)
 
     @classmethod
     def from_world(cls, world: RNNConfig) -> "MemoryRNN":
@@ -232,8 +232,14 @@ class MemoryRNN(nn.Module):
         the step's reward and termination logit (...,)."""
         Z, K = self.config.latent, self.config.mixtures
         logits, mean, log_sigma = self.mixture(out).reshape(*out.shape[:-1], 3, Z, K).unbind(-3)
-        reward, term = self.heads(out).unbind(-1)
+        reward, term = self.heads(out)[..., :2].unbind(-1)
         return logits, mean, log_sigma.clamp(-7.0, 3.0), reward, term
+
+    def health(self, out: torch.Tensor) -> torch.Tensor:
+        """LSTM outputs (..., hidden) -> the player's health (...,) as a fraction of full, where the
+        recording has it: learnt beside the other heads, so the memory carries the damage taken
+        (a hit kills or not by the hits before it, long out of sight)."""
+        return self.heads(out)[..., 2]
 
     # -- the session's interface -------------------------------------------------------------
     def new_cache(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> RNNCache:

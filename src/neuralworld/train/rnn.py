@@ -5,9 +5,10 @@
 2. ``rnn``: every frame encoded once to its posterior (mean, log-variance); the MDN-LSTM then
    reads stretches of episodes (``rnn_sequence`` steps, the whole episode where it is shorter),
    a code drawn from each frame's posterior with the action that followed it, and learns the
-   next frame's code (mixture likelihood), the step's reward (squared error) and whether the
+   next frame's code (mixture likelihood), the step's reward (squared error), whether the
    step ended the episode (cross-entropy; the recorded death is the last step of an episode
-   that ``terminated``, and has no frame after it).
+   that ``terminated``, and has no frame after it) and, where the recording has it, the
+   player's health (squared error: the memory learns to carry the damage taken).
 
 One process; the same promises as the other stages: exact resume (each step's batch comes from
 (seed, stage, step)), EMA weights in the bundle, atomic checkpoints, metrics and TensorBoard.
@@ -69,8 +70,20 @@ def train_rnn(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig,
     return r.summary
 
 
+HEALTH = "health"
+"""The game variable the health head learns, where the recording has it (ViZDoom's), over ``FULL_HEALTH``."""
+FULL_HEALTH = 100.0
+
+
 def _load(data: TrainData, episodes: list[int]) -> list[dict[str, np.ndarray]]:
-    return [data.ds.episode(e).load(("frames", "actions", "rewards", "terminated")) for e in episodes]
+    names = tuple(data.ds.info.game_variables)
+    out = []
+    for e in episodes:
+        d = data.ds.episode(e).load(("frames", "actions", "rewards", "terminated") + (("game_vars",) if HEALTH in names else ()))
+        if HEALTH in names:
+            d["health"] = d.pop("game_vars")[:, names.index(HEALTH)].astype(np.float32) / FULL_HEALTH
+        out.append(d)
+    return out
 
 
 def _spread(frames: np.ndarray, n: int) -> np.ndarray:
@@ -101,6 +114,7 @@ class _Episodes:
     def __init__(self, codes: list[tuple[torch.Tensor, torch.Tensor]], actions: list[torch.Tensor], raw: list[dict[str, np.ndarray]]):
         self.codes, self.actions = codes, actions
         self.rewards = [torch.from_numpy(e["rewards"].astype(np.float32)) for e in raw]
+        self.health = [torch.from_numpy(e["health"]) if "health" in e else None for e in raw]
         self.died = [bool(e["terminated"][-1]) if len(e["terminated"]) else False for e in raw]
         self.lengths = np.array([len(a) for a in actions])
 
@@ -114,7 +128,8 @@ class _Episodes:
         Z, A = self.codes[0][0].shape[1], self.actions[0].shape[1]
         out = {k: torch.zeros(len(eps), T + 1, Z) for k in ("mean", "log_var")}
         out.update(actions=torch.zeros(len(eps), T, A), rewards=torch.zeros(len(eps), T), ended=torch.zeros(len(eps), T),
-                   steps=torch.zeros(len(eps), T), has_next=torch.zeros(len(eps), T))
+                   steps=torch.zeros(len(eps), T), has_next=torch.zeros(len(eps), T), health=torch.zeros(len(eps), T),
+                   has_health=torch.zeros(len(eps), T))
         for i, (e, s) in enumerate(zip(eps, starts)):
             L = min(sequence, int(self.lengths[e]) - s)
             m, v = self.codes[e]
@@ -124,15 +139,19 @@ class _Episodes:
             out["rewards"][i, :L] = self.rewards[e][s : s + L]
             out["steps"][i, :L] = 1
             out["has_next"][i, : nxt - 1] = 1
+            if self.health[e] is not None:  # the health the frame was seen with: what the memory has taken so far
+                out["health"][i, :L], out["has_health"][i, :L] = self.health[e][s : s + L], 1
             if self.died[e] and s + L == self.lengths[e]:
                 out["ended"][i, L - 1] = 1
         z = out["mean"] + torch.from_numpy(rng.standard_normal(out["mean"].shape).astype(np.float32)) * (0.5 * out["log_var"]).exp()
-        return {"codes": z[:, :-1], "next": z[:, 1:], **{k: out[k] for k in ("actions", "rewards", "ended", "steps", "has_next")}}
+        return {"codes": z[:, :-1], "next": z[:, 1:],
+                **{k: out[k] for k in ("actions", "rewards", "ended", "steps", "has_next", "health", "has_health")}}
 
 
 def memory_loss(net: MemoryRNN, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """The MDN-LSTM's objective on a batch of ``_Episodes.batch``: the next code's negative log
-    likelihood per number, the reward's squared error, the termination's cross-entropy."""
+    likelihood per number, the reward's squared error, the termination's cross-entropy, and where the
+    recording has it the health's squared error."""
     out, _ = net.run(b["codes"], b["actions"])
     logits, mean, log_sigma, reward, term = net.predict(out)
     nll = mixture_nll(logits, mean, log_sigma, b["next"]).mean(-1)  # (B, T)
@@ -140,7 +159,8 @@ def memory_loss(net: MemoryRNN, b: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     steps = b["steps"].sum().clamp(min=1)
     rew = (((reward - b["rewards"]) ** 2) * b["steps"]).sum() / steps
     bce = (F.binary_cross_entropy_with_logits(term, b["ended"], reduction="none") * b["steps"]).sum() / steps
-    return nll + rew + bce, {"nll": nll.item(), "reward": rew.item(), "termination": bce.item()}
+    hp = (((net.health(out) - b["health"]) ** 2) * b["has_health"]).sum() / b["has_health"].sum().clamp(min=1)
+    return nll + rew + bce + hp, {"nll": nll.item(), "reward": rew.item(), "termination": bce.item(), "health": hp.item()}
 
 
 def _train_vae(vae: VAE, cfg: TrainConfig, r: Any, frames: torch.Tensor, held: np.ndarray | None) -> VAE:
