@@ -242,3 +242,21 @@ def test_sampled_deaths_end_dreams_at_the_heads_rate(tmp_path):
     assert 100 <= n1 <= 400  # 100 dreams of mean length about 1 / p, not 40 steps each
     _, never = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5)
     assert never == 100 * 40
+
+
+def test_death_horizon_marks_the_last_steps_of_deaths(dodge_data):
+    from neuralworld.data.store import Dataset
+    from neuralworld.train.rnn import _Episodes, _load
+
+    ds = Dataset(dodge_data)
+    raw = _load(SimpleNamespace(ds=ds), list(range(ds.num_episodes)))
+    codes = [(torch.zeros(len(r["actions"]), 4), torch.zeros(len(r["actions"]), 4)) for r in raw]
+    eps = _Episodes(codes, [torch.zeros(len(r["actions"]), 7) for r in raw], raw)
+    b = eps.batch(np.random.default_rng(0), 0, 100, np.arange(len(raw)), horizon=3)
+    for i, r in enumerate(raw):
+        L = len(r["actions"])
+        want = np.zeros(b["ended"].shape[1], np.float32)
+        if r["terminated"][-1]:
+            want[L - 3 : L] = 1
+        assert np.array_equal(b["ended"][i].numpy(), want)
+    assert any(r["terminated"][-1] for r in raw) and any(not r["terminated"][-1] for r in raw)

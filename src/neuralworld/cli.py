@@ -112,6 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
            "vae.steps": args.vae_steps, "vae.batch_size": args.vae_batch, "rnn.steps": args.rnn_steps,
            "rnn.batch_size": args.rnn_batch},
         rnn_sequence=args.rnn_sequence,
+        rnn_death_horizon=args.rnn_death_horizon,
         warp_unroll=args.warp_unroll,
         warp_chain=args.warp_chain,
         warp_objective=dict(args.warp_objective) if args.warp_objective else None,
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rnn-batch", type=_positive_int, default=None, help="--model rnn: the MDN-LSTM's batch (sequences)")
     t.add_argument("--rnn-sequence", type=_positive_int, default=None,
                    help="--model rnn: most steps in one MDN-LSTM training sequence (default 200)")
+    t.add_argument("--rnn-death-horizon", type=_positive_int, default=None,
+                   help="--model rnn: the termination head learns 'the episode ends within N steps' (default 1)")
     t.add_argument("--field-steps", type=_non_negative_int, default=None, help="--model field: override the preset's steps")
     t.add_argument("--field-batch", type=_positive_int, default=None, help="--model field: batch (frames)")
     t.add_argument("--field-lr", type=float, default=None, help="--model field: peak learning rate (the grids' is 5x)")

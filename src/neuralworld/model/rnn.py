@@ -52,6 +52,10 @@ class RNNNetConfig:
     root (World Models played Doom at 1.15: a harder dream than the recording)."""
     kl_tolerance: float = 0.5
     """Nats per code number below which the VAE's KL term costs nothing (World Models')."""
+    death_horizon: int = 1
+    """The termination head says the episode ends within this many steps (1: at this one). A
+    death is often announced a few frames ahead (a fireball growing) and not in the last frame
+    (it has passed the view's edge): a longer horizon is a better-posed question."""
 
     def levels(self) -> int:
         return len(self.channels)
@@ -65,8 +69,8 @@ class RNNNetConfig:
     def validate(self) -> "RNNNetConfig":
         if self.latent < 1 or self.hidden < 1 or self.mixtures < 1 or not self.channels or min(self.channels) < 1:
             raise ConfigError("rnn: latent, hidden, mixtures and every channel count must be >= 1")
-        if self.temperature <= 0 or self.kl_tolerance < 0:
-            raise ConfigError("rnn: temperature must be > 0 and kl_tolerance >= 0")
+        if self.temperature <= 0 or self.kl_tolerance < 0 or self.death_horizon < 1:
+            raise ConfigError("rnn: temperature must be > 0, kl_tolerance >= 0 and death_horizon >= 1")
         return self
 
 

@@ -116,6 +116,9 @@ class TrainConfig:
     """The recurrent world's MDN-LSTM (its second stage), on the VAE's codes of whole stretches of episodes."""
     rnn_sequence: int = 200
     """Most steps in one of the MDN-LSTM's training sequences (an episode, or a stretch of a longer one)."""
+    rnn_death_horizon: int | None = None
+    """The recurrent world's termination head learns "the episode ends within this many steps"
+    (``RNNNetConfig.death_horizon``); None: the preset's (1)."""
     warp_chain: int = 48
     """Most frames a warp training sample's rollout stream plays itself before it starts again
     from recorded memory: each step goes on from where the stream's last step ended (its own

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from neuralworld.bundle import build_networks, save_bundle
 from neuralworld.model.autoencoder import tensor_to_frames
-from neuralworld.model.rnn import MODEL_KIND, VAE, MemoryRNN, count_parameters, mixture_nll, rnn_preset, vae_loss
+from neuralworld.model.rnn import MODEL_KIND, VAE, MemoryRNN, RNNConfig, count_parameters, mixture_nll, rnn_preset, vae_loss
 from neuralworld.train.config import StageConfig, TrainConfig, TrainingError
 from neuralworld.train.data import TrainData
 from neuralworld.train.loop import EMA, _ema_copy, _rng, load_checkpoint, lr_at, mean_psnr, save_checkpoint
@@ -40,7 +40,13 @@ HELD_FRAMES = 256
 def train_rnn(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
               progress: bool = True) -> dict[str, Any]:
     """Train the recurrent world on the dataset; its bundle lands in ``out/world``."""
-    with training_run(data, out, cfg, resume=resume, progress=progress, network_config=rnn_preset, model=MODEL_KIND) as r:
+    def network_config(preset: str, **where: Any) -> RNNConfig:
+        world = rnn_preset(preset, **where)
+        if cfg.rnn_death_horizon is not None:
+            world.dynamics.death_horizon = int(cfg.rnn_death_horizon)
+        return world
+
+    with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config, model=MODEL_KIND) as r:
         if r.d.world_size > 1:
             raise TrainingError("the recurrent world trains in one process: run it without torchrun")
         if cfg.rnn_sequence < 2:
@@ -118,10 +124,12 @@ class _Episodes:
         self.died = [bool(e["terminated"][-1]) if len(e["terminated"]) else False for e in raw]
         self.lengths = np.array([len(a) for a in actions])
 
-    def batch(self, rng: np.random.Generator, n: int, sequence: int, which: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    def batch(self, rng: np.random.Generator, n: int, sequence: int, which: np.ndarray | None = None,
+              horizon: int = 1) -> dict[str, torch.Tensor]:
         """``n`` stretches (or the episodes ``which``), padded to the longest: codes drawn from the
         posteriors (B, T, latent), actions (B, T, A), the next code's target and its mask (B, T),
-        rewards (B, T), the termination target (B, T) and the mask of real steps (B, T)."""
+        rewards (B, T), the termination target (B, T: 1 on the last ``horizon`` steps of an episode that
+        ended by a death) and the mask of real steps (B, T)."""
         eps = which if which is not None else rng.integers(0, len(self.lengths), n)
         starts = [int(rng.integers(0, max(1, self.lengths[e] - sequence + 1))) for e in eps]
         T = max(min(sequence, int(self.lengths[e]) - s) for e, s in zip(eps, starts))
@@ -141,8 +149,9 @@ class _Episodes:
             out["has_next"][i, : nxt - 1] = 1
             if self.health[e] is not None:  # the health the frame was seen with: what the memory has taken so far
                 out["health"][i, :L], out["has_health"][i, :L] = self.health[e][s : s + L], 1
-            if self.died[e] and s + L == self.lengths[e]:
-                out["ended"][i, L - 1] = 1
+            if self.died[e]:  # the steps of the stretch within ``horizon`` of the episode's last
+                first = int(self.lengths[e]) - horizon - s
+                out["ended"][i, max(0, first) : L] = 1  # (empty when the stretch ends before them)
         z = out["mean"] + torch.from_numpy(rng.standard_normal(out["mean"].shape).astype(np.float32)) * (0.5 * out["log_var"]).exp()
         return {"codes": z[:, :-1], "next": z[:, 1:],
                 **{k: out[k] for k in ("actions", "rewards", "ended", "steps", "has_next", "health", "has_health")}}
@@ -181,14 +190,16 @@ def _train_vae(vae: VAE, cfg: TrainConfig, r: Any, frames: torch.Tensor, held: n
 
 def _train_memory(net: MemoryRNN, cfg: TrainConfig, r: Any, eps: _Episodes, held: _Episodes | None) -> MemoryRNN:
     def batch_loss(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return memory_loss(net, eps.batch(_rng(cfg.seed, "rnn", step), cfg.rnn.batch_size, cfg.rnn_sequence))
+        return memory_loss(net, eps.batch(_rng(cfg.seed, "rnn", step), cfg.rnn.batch_size, cfg.rnn_sequence,
+                                          horizon=net.config.death_horizon))
 
     def validate(model: nn.Module, step: int) -> None:
         if held is None:
             return
         which = np.arange(min(64, len(held.lengths)))
         with torch.no_grad():
-            _, figures = memory_loss(model, held.batch(np.random.default_rng(0), 0, cfg.rnn_sequence, which))
+            _, figures = memory_loss(model, held.batch(np.random.default_rng(0), 0, cfg.rnn_sequence, which,
+                                                       horizon=net.config.death_horizon))
         r.folder.logger.scalars("rnn", step, {f"held_out_{k}": v for k, v in figures.items()}, kind="val")
 
     return _run_stage("rnn", net, cfg.rnn, cfg, r, batch_loss, validate)
