@@ -184,3 +184,21 @@ def test_env_list_prints_every_scenario_and_records_nothing(tmp_path):
     assert all(f"doom/{name}" in p.stdout for name in SCENARIOS)
     bad = subprocess.run([CLI, "record", "--env", "doom/basic"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--out" in bad.stderr
+
+
+def test_strafe_policy_holds_take_covers_buttons_and_never_turns():
+    from neuralworld.record.explorer import make_policy
+
+    policy = make_policy("strafe", seed=3, turn_limit=15.0)
+    acts = [policy.act(0.0, 0.0, 90.0) for _ in range(400)]
+    held = [tuple(sorted(k for k, v in a.items() if v)) for a in acts]
+    assert set(held) == {(), ("strafe_left",), ("strafe_right",)}
+    assert all(a["turn"] == 0.0 and a["forward"] == 0.0 and a["attack"] == 0.0 for a in acts)
+    runs, n = [], 1
+    for a, b in zip(held, held[1:]):
+        if a == b:
+            n += 1
+        else:
+            runs.append(n)
+            n = 1
+    assert max(runs) <= 16 and np.mean(runs) > 2  # held a while (two holds of the same choice may meet)

@@ -335,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resolution", type=_resolution, default=(128, 128), help="stored frame size HxW")
     r.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per episode at most")
     r.add_argument("--frame-skip", type=_positive_int, default=2, help="engine tics per recorded frame (Doom runs 35 tics/s)")
-    r.add_argument("--policy", default="explorer", choices=["explorer", "random"], help="how the recorded player acts")
+    r.add_argument("--policy", default="explorer", choices=["explorer", "random", "strafe"],
+                   help="how the recorded player acts: explorer (walks the map), random (every control at random each "
+                        "frame), strafe (no-op / strafe left / right held 1-8 frames, never turning: Take Cover's buttons)")
     r.add_argument("--seed", type=int, default=0, help="base seed; episode k uses seed+k")
     r.add_argument("--out", help="dataset folder (created, or appended to if it is one); required unless --env list")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -62,6 +62,25 @@ class RandomPolicy:
         }
 
 
+class StrafePolicy:
+    """Take Cover's own buttons at random, as World Models recorded it: no-op, strafe left or strafe
+    right, each held for 1 to 8 frames; the view never turns, so what comes at the player stays in
+    sight (a random turn faces it away from the monsters, and fireballs then kill unseen)."""
+
+    CHOICES = ({}, {"strafe_left": 1.0}, {"strafe_right": 1.0})
+
+    def __init__(self, seed: int, turn_limit: float):
+        self.rng = np.random.default_rng(seed)
+        self.held, self.left = self.CHOICES[0], 0
+
+    def act(self, x: float, y: float, angle: float, clearance: tuple[float, float, float] | None = None) -> dict[str, float]:
+        if self.left <= 0:
+            self.held, self.left = self.CHOICES[int(self.rng.integers(3))], int(self.rng.integers(1, 9))
+        self.left -= 1
+        return {"forward": 0.0, "back": 0.0, "strafe_left": 0.0, "strafe_right": 0.0, "attack": 0.0, "use": 0.0, "turn": 0.0,
+                **self.held}
+
+
 @dataclass
 class _Plan:
     kind: str  # "walk" | "sweep" | "strafe" | "unstick" | "look"
@@ -194,4 +213,6 @@ def make_policy(name: str, seed: int, turn_limit: float):
         return Explorer(seed=seed, turn_limit=turn_limit)
     if name == "random":
         return RandomPolicy(seed=seed, turn_limit=turn_limit)
-    raise ValueError(f"unknown policy {name!r}; choose explorer or random")
+    if name == "strafe":
+        return StrafePolicy(seed=seed, turn_limit=turn_limit)
+    raise ValueError(f"unknown policy {name!r}; choose explorer, random or strafe")
