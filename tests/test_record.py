@@ -201,4 +201,4 @@ def test_strafe_policy_holds_take_covers_buttons_and_never_turns():
         else:
             runs.append(n)
             n = 1
-    assert max(runs) <= 16 and np.mean(runs) > 2  # held a while (two holds of the same choice may meet)
+    assert 3 < np.mean(runs) < 10  # held a while: 1-8 frames a hold, and holds of the same choice may meet
