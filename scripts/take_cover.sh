@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Take Cover experiment (World Models' on our engine), start to finish in one resumable job:
-#   1. record random-policy episodes of doom/take_cover
+#   1. record random episodes of doom/take_cover with its own buttons (--policy strafe: no-op,
+#      strafe left or right, never turning, as World Models recorded it)
 #   2. train a recurrent world on them (World Models' VAE and MDN-LSTM: it draws the fireballs
 #      that come at random; its heads learn reward and death)
 #   3. its heads on held-out real episodes (neuralworld eval, the heads part)
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 NW="${NW:-.venv/bin/neuralworld}"
 OUT="${OUT:?set OUT to the experiment folder}"
-EPISODES="${EPISODES:-1200}"         # random-policy episodes recorded (about 110 steps each)
+EPISODES="${EPISODES:-1200}"         # random episodes recorded (about 170 steps each)
 RES="${RES:-64x64}"
 PRESET="${PRESET:-mini}"
 VAE_STEPS="${VAE_STEPS:-10000}"      # the world's VAE stage
@@ -38,9 +39,9 @@ mkdir -p "$OUT"
 
 have=$(.venv/bin/python -m neuralworld data info "$OUT/data" --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["episodes"])' 2>/dev/null || echo 0)
 if [ "$have" -lt "$EPISODES" ]; then
-  log "1. recording $((EPISODES - have)) random-policy episodes of doom/take_cover"
-  $NW record --env doom/take_cover --policy random --episodes $((EPISODES - have)) --resolution "$RES" \
-      --workers 2 --seed $((10000 + have)) --out "$OUT/data" --quiet
+  log "1. recording $((EPISODES - have)) random episodes of doom/take_cover"
+  $NW record --env doom/take_cover --policy strafe --episodes $((EPISODES - have)) --resolution "$RES" \
+      --workers 2 --seed $((20000 + have)) --out "$OUT/data" --quiet
 fi
 
 if [ ! -f "$OUT/world/summary.json" ]; then
@@ -63,7 +64,7 @@ agent() {  # agent NAME SOURCE GENERATIONS [extra args]: CMA-ES, going on from i
   local resume=""; [ -f "$OUT/$name/es.pickle" ] && resume="--resume"
   log "CMA-ES in $source: $generations generations $resume"
   $NW agent train "$source" --algorithm cma --out "$OUT/$name" --generations "$generations" --population "$POPULATION" \
-      --rollouts "$ROLLOUTS" --actions "$ACTIONS" --seed "$SEED" $resume "$@"
+      --rollouts "$ROLLOUTS" --actions "$ACTIONS" --seed "$SEED" --sample-deaths $resume "$@"
 }
 log "4. CMA-ES in the dream"
 agent agent-dream "$OUT/world/world" "$GENERATIONS" --temperature "$TEMPERATURE"
