@@ -512,9 +512,11 @@ def _episode_options(p: argparse.ArgumentParser, *, seed: str) -> None:
 
 
 def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("agent", help="train an agent in a world with PPO (Stable-Baselines3); score it in a world or the real game")
+    a = sub.add_parser("agent", help="train an agent in a world (PPO from Stable-Baselines3, or CMA-ES over a controller of a "
+                                     "recurrent world); score it in a world or the real game")
     asub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    at = asub.add_parser("train", help="PPO in the world only (its heads give reward and death); writes OUT/agent.zip + action_spec.json")
+    at = asub.add_parser("train", help="an agent in the world only (its heads give reward and death): PPO (OUT/agent.zip) or, "
+                                       "--algorithm cma, a controller (OUT/controller.safetensors); OUT/action_spec.json")
     at.add_argument("world", help="world bundle folder (its heads give the reward), or doom/<scenario>: PPO in the real game")
     at.add_argument("--out", required=True, help="agent folder: agent.zip, action_spec.json, agent.json, checkpoints/, tensorboard/")
     at.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
