@@ -260,3 +260,22 @@ def test_death_horizon_marks_the_last_steps_of_deaths(dodge_data):
             want[L - 3 : L] = 1
         assert np.array_equal(b["ended"][i].numpy(), want)
     assert any(r["terminated"][-1] for r in raw) and any(not r["terminated"][-1] for r in raw)
+
+
+def test_the_shipped_take_cover_world_and_its_agent():
+    """worlds/take-cover passes Gymnasium's check as neuralworld/World-v0; agents/take-cover loads
+    for its controls and plays it."""
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env
+
+    import neuralworld.envs  # noqa: F401  (registers the ids)
+    from neuralworld.agents import load_agent
+
+    root = Path(__file__).resolve().parents[1]
+    env = gymnasium.make("neuralworld/World-v0", world=str(root / "worlds" / "take-cover"))
+    check_env(env.unwrapped, skip_render_check=True)
+    agent = load_agent(root / "agents" / "take-cover", env.unwrapped.spec_actions)
+    obs, _ = env.reset(seed=0)
+    for _ in range(5):
+        obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
+    assert obs.shape == (64, 64, 3) and 1.0 < reward < 3.0  # about 2 tics a step alive
