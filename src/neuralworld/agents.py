@@ -33,19 +33,14 @@ from typing import Any
 import numpy as np
 
 from neuralworld.actions import ActionSpec
+from neuralworld.agent_folder import FORMAT, META_FILE, SPEC_FILE, AgentError
+from neuralworld.agent_folder import check_spec as _check_spec
 from neuralworld.state_io import atomic_write_json
 
-FORMAT = "neuralworld-agent"
 MODEL_FILE = "agent.zip"
-SPEC_FILE = "action_spec.json"
-META_FILE = "agent.json"
 RANDOM = "random"
 """Not a folder: ``evaluate("random", ...)`` scores a uniformly random choice of the Discrete set."""
 MIN_SIDE = 36  # SB3's NatureCNN (CnnPolicy) shrinks a frame by 8/4, 4/2, 3/1: it needs 36 pixels a side
-
-
-class AgentError(ValueError):
-    """An agent that cannot be trained, loaded or played where it was asked; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -227,14 +222,6 @@ class RandomAgent:
     def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True) -> Any:
         batch = np.asarray(observation).shape[0]
         return self.rng.integers(self.n, size=batch), None
-
-
-def _check_spec(agent_spec: ActionSpec, env_spec: ActionSpec, agent: str, env: str) -> None:
-    if agent_spec != env_spec:
-        raise AgentError(
-            f"agent {agent} acts in {agent_spec.describe()}, but {env} takes {env_spec.describe()} "
-            f"({agent_spec.diff(env_spec)}): an agent plays only the controls it was trained with"
-        )
 
 
 def load_agent(path: str | os.PathLike, spec: ActionSpec | None = None, *, env: str = "this env") -> Agent:

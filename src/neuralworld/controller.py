@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from neuralworld.actions import ActionSpec
-from neuralworld.agents import FORMAT, META_FILE, SPEC_FILE, AgentError, _check_spec
+from neuralworld.agent_folder import FORMAT, META_FILE, SPEC_FILE, AgentError
+from neuralworld.agent_folder import check_spec as _check_spec
 from neuralworld.state_io import atomic_write_json
 
 ALGORITHM = "CMA-ES"
