@@ -203,8 +203,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_play(args: argparse.Namespace) -> int:
     import os
 
+    import signal
+    import threading
+
     # idle OpenMP threads sleep instead of spinning: ONNX Runtime and torch share 2 cores
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threading.current_thread() is threading.main_thread():  # Ctrl+C stops it, even when started by a parent that ignores SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from neuralworld.play import PlayConfig, PlayError, serve
 
     config = PlayConfig(sampler=args.sampler, pace=args.pace, max_players=args.max_players, backend=args.backend,
