@@ -6,11 +6,11 @@
 #      that come at random; its heads learn reward and death)
 #   3. its heads on held-out real episodes (neuralworld eval, the heads part)
 #   4. a linear controller searched by CMA-ES (the cma library) only inside the world's dream
-#   5. the same algorithm in real ViZDoom (REAL_GENERATIONS generations: see docs/agents.md)
+#   5. the same algorithm in real ViZDoom, for as many real steps as the world was recorded from
 #   6. random, dream-trained and real-trained policies, each scored over 100 real episodes
 #
 #   OUT=runs/take-cover bash scripts/take_cover.sh
-#   EPISODES=6 VAE_STEPS=20 RNN_STEPS=20 GENERATIONS=2 POPULATION=4 ROLLOUTS=2 REAL_GENERATIONS=1 EVAL_EPISODES=2 \
+#   EPISODES=6 VAE_STEPS=20 RNN_STEPS=20 GENERATIONS=2 POPULATION=4 ROLLOUTS=2 EVAL_EPISODES=2 \
 #       OUT=/tmp/tc bash scripts/take_cover.sh   # a quick check
 #
 # Every stage skips what is done and resumes what is half done (the dataset appends the
@@ -31,7 +31,7 @@ GENERATIONS="${GENERATIONS:-60}"     # CMA-ES generations in the dream
 POPULATION="${POPULATION:-32}"
 ROLLOUTS="${ROLLOUTS:-8}"            # dreams per candidate per generation
 TEMPERATURE="${TEMPERATURE:-1.15}"   # the dream's temperature (World Models')
-REAL_GENERATIONS="${REAL_GENERATIONS:-4}"  # CMA-ES generations in the engine
+REAL_STEPS="${REAL_STEPS:-}"         # real steps for CMA-ES in the engine (default: the recording's frames)
 EVAL_EPISODES="${EVAL_EPISODES:-100}"
 SEED="${SEED:-0}"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -56,20 +56,22 @@ if [ ! -f "$OUT/heads/metrics.json" ]; then
   $NW eval "$OUT/world" --data "$OUT/data" --report "$OUT/heads" --skip fidelity,control,stability,memory,speed,probes
 fi
 
-agent() {  # agent NAME SOURCE GENERATIONS [extra args]: CMA-ES, going on from its last generation, unless done
-  local name=$1 source=$2 generations=$3; shift 3
+agent() {  # agent NAME SOURCE GENERATIONS STEPS [extra args]: CMA-ES, going on from its last generation, unless done
+  local name=$1 source=$2 generations=$3 steps=$4; shift 4
   local done
-  done=$(.venv/bin/python -c "import json,sys; print(json.load(open('$OUT/$name/agent.json'))['generations'] >= $generations)" 2>/dev/null || echo False)
+  done=$(.venv/bin/python -c "import json; m = json.load(open('$OUT/$name/agent.json'))
+print(m['generations'] >= $generations or m['timesteps'] >= ${steps:-inf})" 2>/dev/null || echo False)
   [ "$done" = "True" ] && return 0
   local resume=""; [ -f "$OUT/$name/es.pickle" ] && resume="--resume"
-  log "CMA-ES in $source: $generations generations $resume"
-  $NW agent train "$source" --algorithm cma --out "$OUT/$name" --generations "$generations" --population "$POPULATION" \
-      --rollouts "$ROLLOUTS" --actions "$ACTIONS" --seed "$SEED" --sample-deaths $resume "$@"
+  log "CMA-ES in $source: $generations generations ${steps:+or $steps steps} $resume"
+  $NW agent train "$source" --algorithm cma --out "$OUT/$name" --generations "$generations" ${steps:+--steps "$steps"} \
+      --population "$POPULATION" --rollouts "$ROLLOUTS" --actions "$ACTIONS" --seed "$SEED" --sample-deaths $resume "$@"
 }
 log "4. CMA-ES in the dream"
-agent agent-dream "$OUT/world/world" "$GENERATIONS" --temperature "$TEMPERATURE"
-log "5. CMA-ES in the real engine"
-agent agent-real doom/take_cover "$REAL_GENERATIONS" --world "$OUT/world/world" --resolution "$RES"
+agent agent-dream "$OUT/world/world" "$GENERATIONS" "" --temperature "$TEMPERATURE"
+frames=$(.venv/bin/python -m neuralworld data info "$OUT/data" --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["frames"])')
+log "5. CMA-ES in the real engine, ${REAL_STEPS:-$frames} steps (the dream's world was recorded from $frames)"
+agent agent-real doom/take_cover 1000000 "${REAL_STEPS:-$frames}" --world "$OUT/world/world" --resolution "$RES"
 
 log "6. scoring in real ViZDoom, $EVAL_EPISODES episodes each"
 for who in random agent-dream agent-real; do

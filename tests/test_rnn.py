@@ -183,6 +183,9 @@ def test_controller_trains_resumes_and_plays_its_world(tmp_path, capsys):
     assert "already holds an agent" in capsys.readouterr().err
     assert main([*base, "--generations", "3", "--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generations"] == 3
+    assert main([*base, "--generations", "10", "--steps", str(4 * 48 + 1), "--resume"]) == 0  # a generation plays 48 steps
+    spent = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert spent["generations"] == 5 and spent["timesteps"] == 5 * 48  # the budget stops it, not the generations
     agent = load_agent(out, SPEC)
     assert isinstance(agent, ControllerAgent) and len(agent.combinations) == 3
     moves = {tuple(agent.act(np.full((32, 32, 3), v, np.uint8))) for v in (0, 100, 200)}

@@ -298,7 +298,7 @@ def _cmd_agent_train(args: argparse.Namespace) -> int:
     if args.algorithm == "cma":
         from neuralworld.controller import ControllerConfig, train_controller
 
-        ccfg = ControllerConfig(generations=args.generations, population=args.population, rollouts=args.rollouts,
+        ccfg = ControllerConfig(generations=args.generations, steps=args.steps, population=args.population, rollouts=args.rollouts,
                                 max_steps=args.max_steps, termination_threshold=args.threshold, seed=args.seed,
                                 temperature=args.temperature, sample_deaths=args.sample_deaths)
         print(json.dumps(train_controller(args.world, args.out, ccfg, combos=args.actions, resume=args.resume,
@@ -306,7 +306,7 @@ def _cmd_agent_train(args: argparse.Namespace) -> int:
                                           frame_skip=args.frame_skip, engines=args.envs)))
         return 0
     cfg = AgentConfig(
-        steps=args.steps, envs=args.envs, seed=args.seed, max_steps=args.max_steps,
+        steps=args.steps or AgentConfig.steps, envs=args.envs, seed=args.seed, max_steps=args.max_steps,
         termination_threshold=args.threshold, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
     print(json.dumps(train_agent(args.world, args.out, cfg, resume=args.resume, progress=not args.quiet,
@@ -524,7 +524,9 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
                                        "--algorithm cma, a controller (OUT/controller.safetensors); OUT/action_spec.json")
     at.add_argument("world", help="world bundle folder (its heads give the reward), or doom/<scenario>: PPO in the real game")
     at.add_argument("--out", required=True, help="agent folder: agent.zip, action_spec.json, agent.json, checkpoints/, tensorboard/")
-    at.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
+    at.add_argument("--steps", type=_positive_int, default=None,
+                    help="environment steps in all (PPO: default 100,000; --algorithm cma: a budget, no generation starts "
+                         "once it is spent; default: --generations alone)")
     at.add_argument("--envs", type=_positive_int, default=4, help="copies of the world played at once")
     _episode_options(at, seed="seeds PPO and the worlds' noise")
     at.add_argument("--checkpoint-every", type=int, default=10_000, help="environment steps between checkpoints (0: none)")

@@ -55,6 +55,9 @@ class ControllerConfig:
     """How ``train_controller`` searches (World Models used 64 candidates x 16 dreams)."""
 
     generations: int = 100
+    steps: int | None = None
+    """a budget of environment steps (dream or real): no generation starts once it is spent (the
+    real-engine row of issue 16 gets as many real steps as the dream's world was recorded from)"""
     population: int = 32
     rollouts: int = 8  # dreams per candidate per generation
     max_steps: int = 1000  # steps per dream before it is cut
@@ -175,8 +178,8 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
     from neuralworld.bundle import load_bundle
     from neuralworld.envs import combination_table, default_combinations, heads_problem
 
-    if cfg.generations < 1 or cfg.population < 2 or cfg.rollouts < 1 or cfg.max_steps < 1:
-        raise AgentError("generations, rollouts and max_steps must be >= 1, population >= 2")
+    if cfg.generations < 1 or cfg.population < 2 or cfg.rollouts < 1 or cfg.max_steps < 1 or (cfg.steps or 1) < 1:
+        raise AgentError("generations, steps, rollouts and max_steps must be >= 1, population >= 2")
     real = str(world_path).startswith("doom/")
     if real and sees_through is None:
         raise AgentError(f"a controller in {world_path} sees through a recurrent world: give it one (--world WORLD)")
@@ -223,7 +226,7 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
         os.replace(out / (WORLD_DIR + ".tmp"), out / WORLD_DIR)
     writer = SummaryWriter(str(out / "tensorboard"))
     try:
-        while generation < cfg.generations:
+        while generation < cfg.generations and (cfg.steps is None or timesteps < cfg.steps):
             t0 = time.perf_counter()
             xs = np.asarray(es.ask())  # (P, D * n + n)
             if real:
