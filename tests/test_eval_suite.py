@@ -259,3 +259,19 @@ def test_cli_report_and_errors(tiny_world_run, tmp_path):
         from neuralworld.eval.report import run_report
 
         run_report(run, data, report_dir=tmp_path / "y", baselines=[tmp_path / "nowhere"])
+
+
+def test_alarms_count_deaths_caught_in_their_window_and_false_alarms_elsewhere():
+    from neuralworld.eval.heads import _alarms
+
+    quiet = np.full(20, 0.01)
+    near = quiet.copy()
+    near[-3] = 0.9  # 2 steps before the death: caught
+    far = quiet.copy()
+    far[5] = 0.9  # 14 steps before: missed, and a false alarm
+    alive = quiet.copy()
+    alive[[2, 3]] = 0.7  # an episode that did not end: two false alarms
+    a = _alarms([(near, True), (far, True), (alive, False)], 0.5, 4)
+    assert (a["deaths"], a["caught"], a["missed"], a["caught_fraction"]) == (2, 1, 1, 0.5)
+    assert a["false_alarm_steps"] == 3 and a["steps_checked"] == 15 + 15 + 20
+    assert _alarms([(near, True)], 0.95, 4)["caught"] == 0 and _alarms([(far, True)], 0.005, 4)["caught"] == 1

@@ -9,11 +9,12 @@ is observed, so ``last_termination`` is the head's probability that this step en
 episode, judged from real frames alone. The step that did end it has no frame after it (the
 recording stops at the death): it is predicted and remembered, and its probability read.
 
-Per episode that ended (``terminated`` on its last step), the **alarm** is the first step
-whose probability passes ``threshold``: the death is *caught* when the alarm is within
-``tolerance`` steps of it, *early* when it comes sooner, *missed* when it never comes.
-**False alarms** are steps more than ``tolerance`` before a death (or in an episode that did
-not end) whose probability passes the threshold, counted per 1,000 steps.
+Per episode that ended (``terminated`` on its last step), the death is **caught** when some step
+within ``tolerance`` steps of it has a probability above ``threshold``, and **missed** otherwise.
+**False alarms** are steps more than ``tolerance`` before a death (or in an episode that did not
+end) whose probability passes the threshold, counted per 1,000 steps. Where the *first* alarm
+lands is told apart too (**early**: before the death's window; its median offset), and the
+caught fraction and false alarms at other thresholds give the head's whole trade-off (``curve``).
 """
 
 from __future__ import annotations
@@ -29,15 +30,13 @@ TOLERANCE = 4  # steps either side of the death: issue 16's bar
 
 
 def death_timing(world: World, ds: Dataset, episodes: list[int], *, context: int, threshold: float = 0.5,
-                 tolerance: int = TOLERANCE, sampler: str = "fast", seed: int = 0, max_episodes: int = 20,
+                 tolerance: int = TOLERANCE, sampler: str = "fast", seed: int = 0, max_episodes: int = 60,
                  span: int = 200) -> dict[str, Any]:
     """The termination head on ``episodes`` of ``ds`` (at most ``max_episodes``; of each, its last
     ``span`` steps after ``context`` real frames); see the module docstring. Returns the figures."""
-    caught = early = missed = deaths = alarms_far = steps_far = 0
-    offsets: list[int] = []
-    played = 0
+    runs: list[tuple[np.ndarray, bool]] = []
     for e in episodes:
-        if played >= max_episodes:
+        if len(runs) >= max_episodes:
             break
         ep = ds.episode(e)
         s = max(0, ep.length - span - context)
@@ -46,31 +45,40 @@ def death_timing(world: World, ds: Dataset, episodes: list[int], *, context: int
         frames, T = data["frames"][-(ep.length - s):], ep.length - s
         if T <= context:
             continue
-        played += 1
-        p = _probabilities(world, frames, acts, context, sampler, seed + e)  # (T - context + 1,)
-        steps = np.arange(context - 1, T)
-        died = bool(data["terminated"][-1])
-        far = steps < T - 1 - tolerance if died else np.ones(len(steps), bool)
-        alarms_far += int((p[far] > threshold).sum())
-        steps_far += int(far.sum())
-        if not died:
-            continue
-        deaths += 1
+        runs.append((_probabilities(world, frames, acts, context, sampler, seed + e), bool(data["terminated"][-1])))
+    figures = _alarms(runs, threshold, tolerance)
+    offsets: list[int] = []
+    early = 0
+    for p, died in runs:
         fired = np.flatnonzero(p > threshold)
-        if not len(fired):
-            missed += 1
-            continue
-        offset = int(steps[fired[0]] - (T - 1))  # < 0: before the death
-        offsets.append(offset)
-        if abs(offset) <= tolerance:
-            caught += 1
-        else:
-            early += 1
+        if died and len(fired):
+            offsets.append(int(fired[0] - (len(p) - 1)))  # < 0: before the death
+            early += offsets[-1] < -tolerance
     return {
-        "episodes": played, "deaths": deaths, "threshold": threshold, "tolerance": tolerance,
-        "caught": caught, "early": early, "missed": missed,
-        "caught_fraction": round(caught / deaths, 4) if deaths else None,
+        "episodes": len(runs), **figures, "early": early,
         "median_alarm_offset": float(np.median(offsets)) if offsets else None,
+        "curve": [{"threshold": t, **{k: v for k, v in _alarms(runs, t, tolerance).items() if k in CURVE_KEYS}}
+                  for t in CURVE_THRESHOLDS],
+    }  # fmt: skip
+
+
+CURVE_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+CURVE_KEYS = ("caught_fraction", "false_alarms_per_1000")
+
+
+def _alarms(runs: list[tuple[np.ndarray, bool]], threshold: float, tolerance: int) -> dict[str, Any]:
+    """Deaths caught (an alarm within ``tolerance`` steps of the death) and false alarms at
+    ``threshold``, over episodes' probabilities (each ending at its last step) and whether they died."""
+    caught = deaths = alarms_far = steps_far = 0
+    for p, died in runs:
+        near = np.arange(len(p)) >= len(p) - 1 - tolerance if died else np.zeros(len(p), bool)
+        alarms_far += int((p[~near] > threshold).sum())
+        steps_far += int((~near).sum())
+        deaths += died
+        caught += bool((p[near] > threshold).any())
+    return {
+        "deaths": deaths, "threshold": threshold, "tolerance": tolerance, "caught": caught, "missed": deaths - caught,
+        "caught_fraction": round(caught / deaths, 4) if deaths else None,
         "false_alarm_steps": alarms_far, "steps_checked": steps_far,
         "false_alarms_per_1000": round(1000 * alarms_far / steps_far, 2) if steps_far else None,
     }  # fmt: skip

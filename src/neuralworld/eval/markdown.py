@@ -194,16 +194,21 @@ def render_markdown(m: dict[str, Any]) -> str:
         L += [_table(head, rows), ""]
     if "heads" in m:
         L += ["## Heads", "", "The termination head on held-out real episodes, teacher-forced (the last 200 steps of each): "
-              "a death is caught when the first step whose probability passes the threshold lies within the tolerance of it; "
-              "false alarms are steps further before a death (or in an episode that did not end) that pass it.", ""]
-        head = ["world", "deaths", "caught (±4)", "early", "missed", "median alarm offset", "false alarms / 1000 steps"]
+              "a death is caught when a step within the tolerance of it has a probability above the threshold; false alarms "
+              "are steps further before a death (or in an episode that did not end) that pass it; early: deaths whose "
+              "first alarm came before that window.", ""]
+        head = ["world", "deaths", "caught (±4)", "missed", "first alarm early", "median first-alarm offset",
+                "false alarms / 1000 steps", "caught / false alarms at lower thresholds"]
         rows = []
         for n, h in m["heads"]["worlds"].items():
             if "skipped" in h:
-                rows.append([n, h["skipped"], None, None, None, None, None])
+                rows.append([n, h["skipped"], None, None, None, None, None, None])
             else:
                 caught = f"{h['caught']} ({_f(h['caught_fraction'])})" if h["deaths"] else "—"
-                rows.append([n, h["deaths"], caught, h["early"], h["missed"], h["median_alarm_offset"], h["false_alarms_per_1000"]])
+                curve = ", ".join(f"{c['threshold']}: {_f(c['caught_fraction'])} / {c['false_alarms_per_1000']}"
+                                  for c in h.get("curve", []) if c["threshold"] < h["threshold"] and h["deaths"])
+                rows.append([n, h["deaths"], caught, h["missed"], h["early"], h["median_alarm_offset"], h["false_alarms_per_1000"],
+                             curve or "—"])
         L += [_table(head, rows), ""]
     L += [f"All figures: [metrics.json](metrics.json). Took {m.get('seconds', 0)} s.", ""]
     return "\n".join(L)
