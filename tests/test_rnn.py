@@ -152,7 +152,8 @@ def test_episode_batches_mark_deaths_only_where_they_were(dodge_data):
     from neuralworld.train.rnn import _Episodes, _load
 
     ds = Dataset(dodge_data)
-    raw = _load(SimpleNamespace(ds=ds), list(range(ds.num_episodes)))
+    raw, frames = _load(SimpleNamespace(ds=ds), list(range(ds.num_episodes)))
+    assert np.shares_memory(raw[-1]["frames"], frames) and len(frames) == sum(len(r["actions"]) for r in raw)  # held once
     codes = [(torch.zeros(len(r["actions"]), 4), torch.zeros(len(r["actions"]), 4)) for r in raw]
     acts = [torch.from_numpy(ds.spec.normalize(r["actions"])).float() for r in raw]
     eps = _Episodes(codes, acts, raw)
@@ -252,7 +253,8 @@ def test_death_horizon_marks_the_last_steps_of_deaths(dodge_data):
     from neuralworld.train.rnn import _Episodes, _load
 
     ds = Dataset(dodge_data)
-    raw = _load(SimpleNamespace(ds=ds), list(range(ds.num_episodes)))
+    raw, frames = _load(SimpleNamespace(ds=ds), list(range(ds.num_episodes)))
+    assert np.shares_memory(raw[-1]["frames"], frames) and len(frames) == sum(len(r["actions"]) for r in raw)  # held once
     codes = [(torch.zeros(len(r["actions"]), 4), torch.zeros(len(r["actions"]), 4)) for r in raw]
     eps = _Episodes(codes, [torch.zeros(len(r["actions"]), 7) for r in raw], raw)
     b = eps.batch(np.random.default_rng(0), 0, 100, np.arange(len(raw)), horizon=3)
