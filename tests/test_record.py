@@ -202,3 +202,50 @@ def test_strafe_policy_holds_take_covers_buttons_and_never_turns():
             runs.append(n)
             n = 1
     assert 3 < np.mean(runs) < 10  # held a while: 1-8 frames a hold, and holds of the same choice may meet
+
+
+def test_an_agent_plays_the_recording_with_exploration(tmp_path):
+    """record --agent: the shipped Take Cover controller plays (World Models' iterative
+    training), every recorded action is one of its set, and --epsilon mixes in random choices
+    that the controller's memory is told of; another frame size or frame skip is refused before
+    any engine starts."""
+    from neuralworld.agents import load_agent
+    from neuralworld.record.doom import AgentPolicy
+
+    root = Path(__file__).resolve().parents[1]
+    agent_dir = root / "agents" / "take-cover"
+    out = tmp_path / "played"
+    run("record", "--env", "doom/take_cover", "--agent", agent_dir, "--epsilon", "0.3", "--episodes", "2",
+        "--workers", "2", "--resolution", "64x64", "--max-steps", "40", "--seed", "5", "--out", out, "--quiet")
+    ds = Dataset(out)
+    assert len(ds) == 2
+    agent = load_agent(agent_dir)
+    table = {tuple(row) for row in np.asarray(agent.table, np.float32)}
+    for i in range(2):
+        ep = ds.episode(i)
+        assert "agent" in ep.attrs["policy"] and "epsilon 0.3" in ep.attrs["policy"]
+        assert all(tuple(a) in table for a in ep["actions"][:])
+
+    class Counting:  # the controller, counting what it is told was played instead of its choice
+        def __init__(self, inner):
+            self.inner, self.table, self.told = inner, inner.table, 0
+
+        def predict(self, *a, **k):
+            return self.inner.predict(*a, **k)
+
+        def played(self, i, index):
+            self.told += 1
+            self.inner.played(i, index)
+
+    frame = np.asarray(ds.episode(0)["frames"][0])
+    for epsilon, expect in ((0.0, 0), (1.0, 50)):
+        counting = Counting(agent)
+        policy = AgentPolicy(counting, seed=0, epsilon=epsilon)
+        chosen = [tuple(policy.act_frame(frame)) for _ in range(50)]
+        assert counting.told == expect and all(c in table for c in chosen)
+
+    for args, message in ((["--resolution", "32x32"], "sees (64, 64) frames"), (["--frame-skip", "4"], "fps 17.5 vs 8.75")):
+        p = run("record", "--env", "doom/take_cover", "--agent", agent_dir, "--episodes", "1", "--out", tmp_path / "no",
+                *(args if "--resolution" in args else [*args, "--resolution", "64x64"]), check=False)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+        assert not (tmp_path / "no").exists()

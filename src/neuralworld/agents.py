@@ -207,6 +207,9 @@ class Agent:
     def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True) -> Any:
         return self.model.predict(observation, state, episode_start, deterministic)
 
+    def played(self, i: int, index: int) -> None:
+        """Element ``i`` played ``index`` instead of the policy's choice: a PPO policy keeps no memory of it."""
+
     def act(self, frame: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """The action vector (A,) in the spec's units for one frame (H, W, 3): what a player's autopilot plays."""
         index, _ = self.model.predict(frame, deterministic=deterministic)

@@ -75,8 +75,24 @@ def _cmd_record(args: argparse.Namespace) -> int:
         frame_skip=args.frame_skip,
         seed=args.seed,
         policy=args.policy,
+        agent=args.agent,
+        epsilon=args.epsilon,
     )
-    summary = record(cfg, args.out, progress=not args.quiet)
+    load = None
+    if args.agent is not None:
+        import functools
+
+        from neuralworld.agents import AgentError, load_agent
+        from neuralworld.record.doom import doom_action_spec
+
+        try:  # refused here, before any engine starts: another ActionSpec, another frame size
+            agent = load_agent(args.agent, doom_action_spec(args.frame_skip), env=f"{args.env} at frame skip {args.frame_skip}")
+        except AgentError as e:
+            raise UserError(str(e)) from None
+        if tuple(agent.resolution) != tuple(args.resolution):
+            raise UserError(f"agent {args.agent} sees {tuple(agent.resolution)} frames; --resolution records {tuple(args.resolution)}")
+        load = functools.partial(load_agent, args.agent)
+    summary = record(cfg, args.out, progress=not args.quiet, load_agent=load)
     print(json.dumps(summary))
     return 0
 
@@ -343,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", default="explorer", choices=["explorer", "random", "strafe"],
                    help="how the recorded player acts: explorer (walks the map), random (every control at random each "
                         "frame), strafe (no-op / strafe left / right held 1-8 frames, never turning: Take Cover's buttons)")
+    r.add_argument("--agent", help="an agent folder (neuralworld agent train) plays instead of --policy: what a trained "
+                                   "controller meets, for the next world to learn (World Models' iterative training)")
+    r.add_argument("--epsilon", type=float, default=0.0,
+                   help="with --agent: the chance each step plays a random choice of the agent's actions instead (exploration)")
     r.add_argument("--seed", type=int, default=0, help="base seed; episode k uses seed+k")
     r.add_argument("--out", help="dataset folder (created, or appended to if it is one); required unless --env list")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

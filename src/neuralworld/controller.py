@@ -314,6 +314,11 @@ class ControllerAgent:
         starts = np.ones(len(obs), bool) if episode_start is None else np.asarray(episode_start, bool)
         return np.array([self._choose(i, obs[i], bool(starts[i])) for i in range(len(obs))]), None
 
+    def played(self, i: int, index: int) -> None:
+        """Element ``i`` played Discrete action ``index``, not its own choice (a recorder exploring):
+        its memory reads that action with the next frame."""
+        self._last[i] = self.table[index]
+
     def act(self, frame: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """The action vector (A,) for the next frame of the playthrough it is watching."""
         return self.table[self._choose(0, np.asarray(frame), False)]

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -102,6 +102,31 @@ class RecordConfig:
     frame_skip: int = 2
     seed: int = 0
     policy: str = "explorer"
+    agent: str | None = None  # an agent folder plays instead of ``policy`` (see AgentPolicy)
+    epsilon: float = 0.0  # with ``agent``: the chance a step plays a random choice of its set instead
+
+
+class AgentPolicy:
+    """An agent plays the recording: World Models' iterative procedure, where what the trained
+    controller meets in the engine is recorded so that the next world learns those states (a
+    world recorded from random play has seen few of the places a good player reaches). Each
+    step, with probability ``epsilon``, a random choice of the agent's Discrete set is played
+    instead, and the agent is told what was played (``played``: a controller's memory reads the
+    action that led to the next frame)."""
+
+    def __init__(self, agent: Any, seed: int, epsilon: float):
+        self.agent, self.epsilon = agent, float(epsilon)
+        self.rng = np.random.default_rng([seed, 7])
+        self.started = False
+
+    def act_frame(self, frame: np.ndarray) -> np.ndarray:
+        """The action vector (A,) for this frame; the first call of an episode starts the agent's memory."""
+        index, _ = self.agent.predict(frame[None], episode_start=np.array([not self.started]), deterministic=False)
+        index, self.started = int(np.asarray(index).reshape(-1)[0]), True
+        if self.epsilon > 0 and self.rng.random() < self.epsilon:
+            index = int(self.rng.integers(len(self.agent.table)))
+            self.agent.played(0, index)
+        return np.asarray(self.agent.table[index], np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -220,12 +245,14 @@ def record_episode(
     env: str,
     parent_pid: int | None = None,
     progress: Any = None,
+    agent: Any = None,
+    epsilon: float = 0.0,
 ) -> dict[str, Any]:
-    """Play one episode with the policy and stream it into the store."""
+    """Play one episode with the policy (or ``agent``, see AgentPolicy) and stream it into the store."""
     g = engine.game
     g.set_seed(int(seed) % (2**31))
     g.new_episode()
-    policy = make_policy(policy_name, seed, TURN_LIMIT)
+    policy = AgentPolicy(agent, seed, epsilon) if agent is not None else make_policy(policy_name, seed, TURN_LIMIT)
     ep = writer.episode(episode_id, env=env, seed=seed, policy=policy_name)
     xy = []
     total_reward = 0.0
@@ -241,8 +268,11 @@ def record_episode(
             gv = np.asarray(state.game_variables, np.float32)
             pose, game_vars = gv[:4], gv[4:]
             xy.append(pose[:2])
-            want = policy.act(float(pose[0]), float(pose[1]), float(pose[3]), engine.clearance(state))
-            executed, reward = engine.step(spec.make(want))
+            if isinstance(policy, AgentPolicy):
+                want = policy.act_frame(frame)
+            else:
+                want = spec.make(policy.act(float(pose[0]), float(pose[1]), float(pose[3]), engine.clearance(state)))
+            executed, reward = engine.step(want)
             executed[-1] = np.clip(executed[-1], -TURN_LIMIT, TURN_LIMIT)
             terminated = bool(g.is_episode_finished())  # died or left the map
             total_reward += reward
@@ -272,8 +302,13 @@ def record_episode(
 _worker: dict[str, Any] = {}
 
 
-def _worker_init(cfg: RecordConfig, out: str, parent_pid: int, progress: Any) -> None:
+def _worker_init(cfg: RecordConfig, out: str, parent_pid: int, progress: Any, load_agent: Callable[[], Any] | None) -> None:
     _, scenario = parse_env(cfg.env)
+    if load_agent is not None:
+        import torch
+
+        torch.set_num_threads(1)  # one engine and one agent a worker, the workers side by side
+        _worker["agent"] = load_agent()
     engine = _worker["engine"] = DoomEngine(scenario, cfg.resolution, cfg.frame_skip, cfg.seed)
     mp.util.Finalize(engine, engine.close, exitpriority=10)  # runs when the pool closes cleanly
     _worker["writer"] = DatasetWriter.open(out)
@@ -287,14 +322,23 @@ def _worker_episode(task: tuple[str, int]) -> dict[str, Any]:
     cfg: RecordConfig = _worker["cfg"]
     return record_episode(
         _worker["engine"], _worker["writer"], episode_id,
-        spec=doom_action_spec(cfg.frame_skip), policy_name=cfg.policy, seed=seed,
+        spec=doom_action_spec(cfg.frame_skip), seed=seed,
+        policy_name=f"agent {cfg.agent} epsilon {cfg.epsilon:g}" if cfg.agent else cfg.policy,
         max_steps=cfg.max_steps, env=cfg.env, parent_pid=_worker["parent"], progress=_worker["progress"],
+        agent=_worker.get("agent"), epsilon=cfg.epsilon,
     )
 
 
-def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
-    """Record ``cfg.episodes`` episodes into the dataset at ``out`` (created or appended to)."""
+def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True,
+           load_agent: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Record ``cfg.episodes`` episodes into the dataset at ``out`` (created or appended to).
+    With ``cfg.agent``, ``load_agent`` (picklable: each worker process calls it) opens the agent
+    that plays; the caller checks it fits the engine's ActionSpec and ``cfg.resolution``."""
     name, scenario = parse_env(cfg.env)
+    if (cfg.agent is None) != (load_agent is None):
+        raise ValueError("record: cfg.agent and load_agent go together")
+    if not 0.0 <= cfg.epsilon <= 1.0:
+        raise DatasetError(f"epsilon must be within [0, 1], got {cfg.epsilon}")
     try:
         import vizdoom  # noqa: F401
     except ImportError:
@@ -319,7 +363,7 @@ def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True) 
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.episodes, unit="ep", desc=f"recording {cfg.env}", dynamic_ncols=True)
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, str(out), os.getpid(), counter)) as pool:
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg, str(out), os.getpid(), counter, load_agent)) as pool:
         pending = pool.imap_unordered(_worker_episode, tasks)
         while len(results) < len(tasks):
             try:
