@@ -147,6 +147,31 @@ def test_train_rnn_cli_plays_and_resumes(dodge_data, tmp_path, capsys):
     assert frames.shape == (4, 32, 32, 3)
 
 
+def test_train_rnn_from_another_world(dodge_data, tmp_path, capsys):
+    """--init-world: 0 steps keep the given world's networks as they are; steps train on from
+    them (the VAE kept with --vae-steps 0); another preset is refused, naming the network."""
+    base = ["train", str(dodge_data), "--model", "rnn", "--preset", "tiny", "--checkpoint-every", "5",
+            "--validate-every", "5", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--vae-steps", "10", "--rnn-steps", "5"]) == 0
+    a = bundle.load_bundle(tmp_path / "a" / "world")
+
+    def weights(module):
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    assert main([*base, "--out", str(tmp_path / "b"), "--vae-steps", "0", "--rnn-steps", "0", "--init-world", str(tmp_path / "a")]) == 0
+    b = bundle.load_bundle(tmp_path / "b" / "world")
+    for mine, theirs in ((b.autoencoder, a.autoencoder), (b.dynamics, a.dynamics)):
+        assert all(torch.equal(v, weights(theirs)[k]) for k, v in weights(mine).items())
+    assert main([*base, "--out", str(tmp_path / "c"), "--vae-steps", "0", "--rnn-steps", "5", "--init-world", str(tmp_path / "a")]) == 0
+    c = bundle.load_bundle(tmp_path / "c" / "world")
+    assert all(torch.equal(v, weights(a.autoencoder)[k]) for k, v in weights(c.autoencoder).items())
+    assert any(not torch.equal(v, weights(a.dynamics)[k]) for k, v in weights(c.dynamics).items())
+    capsys.readouterr()
+    assert main([*base, "--preset", "mini", "--out", str(tmp_path / "d"), "--vae-steps", "0", "--rnn-steps", "0",
+                 "--init-world", str(tmp_path / "a")]) == 2
+    assert "its vae is not this run's" in capsys.readouterr().err
+
+
 def test_episode_batches_mark_deaths_only_where_they_were(dodge_data):
     from neuralworld.data.store import Dataset
     from neuralworld.train.rnn import _Episodes, _load

@@ -30,7 +30,7 @@ from neuralworld.model.autoencoder import tensor_to_frames
 from neuralworld.model.rnn import MODEL_KIND, VAE, MemoryRNN, RNNConfig, count_parameters, mixture_nll, rnn_preset, vae_loss
 from neuralworld.train.config import StageConfig, TrainConfig, TrainingError
 from neuralworld.train.data import TrainData
-from neuralworld.train.loop import EMA, _ema_copy, _rng, load_checkpoint, lr_at, mean_psnr, save_checkpoint
+from neuralworld.train.loop import EMA, _ema_copy, _rng, load_checkpoint, lr_at, mean_psnr, save_checkpoint, world_to_start_from
 from neuralworld.train.run import training_run
 
 HELD_FRAMES = 256
@@ -59,17 +59,21 @@ def train_rnn(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig,
         frames = torch.from_numpy(all_frames)  # (N, H, W, 3) uint8, the same memory
         held_frames = _spread(held_all, HELD_FRAMES) if held else None
         r.summary["parameters"] = {"vae": count_parameters(vae), "rnn": count_parameters(net)}
-        vae = _train_vae(vae, cfg, r, frames, held_frames)
+        vae_from = cfg.init_autoencoder or cfg.init_world
+        vae = _train_vae(vae, cfg, r, frames, held_frames,
+                         init=(lambda: _start_from(vae_from, r.world, "vae")) if vae_from else None)
         codes = [_encode(vae, e["frames"]) for e in train]
         held_codes = [_encode(vae, e["frames"]) for e in held] if held else None
         actions = [torch.from_numpy(spec.normalize(e["actions"])).float() for e in train]
         net = _train_memory(net, cfg, r, _Episodes(codes, actions, train),
                             _Episodes(held_codes, [torch.from_numpy(spec.normalize(e["actions"])).float() for e in held], held)
-                            if held else None)
+                            if held else None,
+                            init=(lambda: _start_from(cfg.init_world, r.world, "rnn")) if cfg.init_world else None)
         if held_frames is not None:
             r.summary["held_out_vae_psnr"] = _vae_psnr(vae, held_frames)
         record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
-                  "steps": {"vae": cfg.vae.steps, "rnn": cfg.rnn.steps}, "rnn_sequence": cfg.rnn_sequence}
+                  "steps": {"vae": cfg.vae.steps, "rnn": cfg.rnn.steps}, "rnn_sequence": cfg.rnn_sequence,
+                  "init": {"vae": vae_from, "rnn": cfg.init_world}}
         save_bundle(r.path / "world", r.world, vae, net, name=r.path.name, training=record,
                     start_frames=train[0]["frames"][:1], start_actions=spec.noop()[None])
         r.summary["bundle"] = str(r.path / "world")
@@ -182,7 +186,25 @@ def memory_loss(net: MemoryRNN, b: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return nll + rew + bce + hp, {"nll": nll.item(), "reward": rew.item(), "termination": bce.item(), "health": hp.item()}
 
 
-def _train_vae(vae: VAE, cfg: TrainConfig, r: Any, frames: torch.Tensor, held: np.ndarray | None) -> VAE:
+def _start_from(source: str, world: RNNConfig, which: str) -> nn.Module:
+    """The VAE (``which="vae"``) or MDN-LSTM of the recurrent world at ``source``, checked to be
+    this run's (same preset, controls and resolution)."""
+    flag = "--init-world" if which == "rnn" else "--init-world/--init-autoencoder"
+    other = world_to_start_from(source, flag)
+    if other.model != MODEL_KIND:
+        raise TrainingError(f"{flag} {source} is a {other.model} world, not a recurrent one (--model rnn)")
+    keys = ("latent", "channels") if which == "vae" else ("latent", "hidden", "mixtures")
+    mine = [world.resolution, *(getattr(world.dynamics, k) for k in keys)]
+    theirs = [other.config.resolution, *(getattr(other.config.dynamics, k) for k in keys)]
+    if which == "rnn":
+        mine, theirs = mine + [world.spec], theirs + [other.spec]
+    if [tuple(v) if isinstance(v, list) else v for v in mine] != [tuple(v) if isinstance(v, list) else v for v in theirs]:
+        raise TrainingError(f"{flag} {source}: its {which} is not this run's (another --preset, resolution or controls?)")
+    return other.autoencoder if which == "vae" else other.dynamics
+
+
+def _train_vae(vae: VAE, cfg: TrainConfig, r: Any, frames: torch.Tensor, held: np.ndarray | None, *,
+               init: Callable[[], nn.Module] | None = None) -> VAE:
     def batch_loss(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         rng = _rng(cfg.seed, "vae", step)
         x = _to_input(frames[torch.from_numpy(rng.integers(0, len(frames), cfg.vae.batch_size))])
@@ -195,10 +217,11 @@ def _train_vae(vae: VAE, cfg: TrainConfig, r: Any, frames: torch.Tensor, held: n
         with torch.no_grad():
             r.folder.logger.images("vae/held_out", step, [held[:8], tensor_to_frames(model(_to_input(torch.from_numpy(held[:8]))))])
 
-    return _run_stage("vae", vae, cfg.vae, cfg, r, batch_loss, validate)
+    return _run_stage("vae", vae, cfg.vae, cfg, r, batch_loss, validate, init=init)
 
 
-def _train_memory(net: MemoryRNN, cfg: TrainConfig, r: Any, eps: _Episodes, held: _Episodes | None) -> MemoryRNN:
+def _train_memory(net: MemoryRNN, cfg: TrainConfig, r: Any, eps: _Episodes, held: _Episodes | None, *,
+                  init: Callable[[], nn.Module] | None = None) -> MemoryRNN:
     def batch_loss(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return memory_loss(net, eps.batch(_rng(cfg.seed, "rnn", step), cfg.rnn.batch_size, cfg.rnn_sequence,
                                           horizon=net.config.death_horizon))
@@ -212,17 +235,23 @@ def _train_memory(net: MemoryRNN, cfg: TrainConfig, r: Any, eps: _Episodes, held
                                                        horizon=net.config.death_horizon))
         r.folder.logger.scalars("rnn", step, {f"held_out_{k}": v for k, v in figures.items()}, kind="val")
 
-    return _run_stage("rnn", net, cfg.rnn, cfg, r, batch_loss, validate)
+    return _run_stage("rnn", net, cfg.rnn, cfg, r, batch_loss, validate, init=init)
 
 
 def _run_stage(name: str, module: nn.Module, sc: StageConfig, cfg: TrainConfig, r: Any,
                batch_loss: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
-               validate: Callable[[nn.Module, int], None]) -> Any:
+               validate: Callable[[nn.Module, int], None], *, init: Callable[[], nn.Module] | None = None) -> Any:
     """Adam over ``module`` for ``sc.steps`` steps of ``batch_loss(step)``, resuming from the run's
-    checkpoint of the stage; returns the module with its EMA weights, in eval mode."""
+    checkpoint of the stage; returns the module with its EMA weights, in eval mode. ``init``
+    gives another world's network to start from (``--init-world``), unless the run has a
+    checkpoint of the stage: it is copied in as the stage's step-0 checkpoint (fresh Adam), so a
+    resume loads nothing from outside the run, and 0 steps keep it as it is."""
     run = r.folder
     ckpt = run.path / f"{name}.safetensors"
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad])
+    if init is not None and not ckpt.exists():
+        module.load_state_dict(init().state_dict())
+        save_checkpoint(ckpt, module, EMA(module, sc.ema_decay), opt, 0, {"stage": name, "init": "given"})
     ema = EMA(module, sc.ema_decay)
     step = 0
     if ckpt.exists():
