@@ -20,6 +20,7 @@ SLOW_TESTS = {
     "test_record.py": {  # `neuralworld record` and record() for real (the CLI's argument errors stay fast)
         "test_record_info_show", "test_explorer_covers_more_than_random",
         "test_kill_9_keeps_finished_episodes_and_appends", "test_append_with_other_resolution_is_refused",
+        "test_an_agent_plays_the_recording_with_exploration",
     },
     "test_shipped_world.py": {"test_turn_left_on_the_play_page", "test_turn_left_on_the_exported_page"},  # Chromium
     "test_eval_bars.py": {"test_cli_bars_on_the_shipped_world"},  # records a 12k-frame map, then `neuralworld eval --report`
