@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dreams", type=int, default=512)
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--temperature", type=float, default=1.15, help="the dream's temperature (a recurrent world's)")
+    ap.add_argument("--death-scale", type=float, default=1.0, help="each step's death probability times this (as agent train's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     combos = _combos(args.actions)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 session.step(table[choose.integers(0, len(combos), B)])
                 total += np.where(alive, session.last_reward, 0.0)
                 steps += alive
-                alive &= fate.random(B) >= session.last_termination
+                alive &= fate.random(B) >= np.minimum(session.last_termination * args.death_scale, 1.0)
                 if not alive.any():
                     break
         print(f"{path}: random play in the dream returns {total.mean():.0f} (std {total.std():.0f}) over "

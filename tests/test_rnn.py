@@ -229,6 +229,10 @@ def test_controller_refuses_a_world_without_code_and_memory(tmp_path, capsys):
     warp = bundle.save_bundle(tmp_path / "warp", cfg, *bundle.build_networks(cfg))
     assert main(["agent", "train", str(warp), "--algorithm", "cma", "--out", str(tmp_path / "a"), "--generations", "1"]) == 2
     assert "plays a recurrent world" in capsys.readouterr().err
+    world = random_world(tmp_path / "rnn")
+    assert main(["agent", "train", str(world), "--algorithm", "cma", "--out", str(tmp_path / "b"), "--generations", "1",
+                 "--death-scale", "1.2"]) == 2  # without --sample-deaths it would change nothing
+    assert "needs sample_deaths" in capsys.readouterr().err
 
 
 def test_controller_in_the_real_game(tmp_path, capsys):
@@ -254,7 +258,8 @@ def test_controller_in_the_real_game(tmp_path, capsys):
 def test_sampled_deaths_end_dreams_at_the_heads_rate(tmp_path):
     """With ``sample_deaths`` a dream ends at each step with the head's probability: a head that says
     about 0.5 every step (random weights) ends dreams after about two steps, where the threshold
-    (0.5 exactly is not passed reliably) would let some run out; the same seed plays the same."""
+    (0.5 exactly is not passed reliably) would let some run out; the same seed plays the same; a
+    death scale multiplies the probability."""
     pytest.importorskip("cma")
     from neuralworld.controller import dream_returns
     from neuralworld.envs import combination_table
@@ -269,6 +274,11 @@ def test_sampled_deaths_end_dreams_at_the_heads_rate(tmp_path):
     r2, n2 = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5, sample_deaths=True)
     assert n1 == n2 and np.array_equal(r1, r2)
     assert 100 <= n1 <= 400  # 100 dreams of mean length about 1 / p, not 40 steps each
+    _, longer = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5, sample_deaths=True,
+                              death_scale=0.25)
+    _, shortest = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5, sample_deaths=True,
+                                death_scale=10.0)
+    assert longer > 2 * n1 and shortest == 100  # a scaled hazard: a quarter lives about 4x longer; at p x 10 >= 1 every dream ends at once
     _, never = dream_returns(world, w, b, table, rollouts=25, max_steps=40, threshold=1.0, seed=5)
     assert never == 100 * 40
 

@@ -71,6 +71,11 @@ class ControllerConfig:
     temperature: float | None = None
     """the dream's temperature (``RNNNetConfig.temperature``; World Models trained Doom's controller at
     1.15: a dream a little wilder than the recording is harder to cheat); None: the world's own"""
+    death_scale: float = 1.0
+    """with ``sample_deaths``: each step's death probability is multiplied by it (at most 1). A world
+    trained on a good player's long episodes can learn that deaths are rarer than they are; this
+    calibrates its dream against the engine (``scripts/dream_survival.py``: random play should live
+    in the dream as long as in the engine)"""
 
 
 def _cma() -> Any:
@@ -90,11 +95,11 @@ def _features(world: Any) -> int:
 
 
 def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int, max_steps: int,
-                  threshold: float, seed: int, sample_deaths: bool = False) -> tuple[np.ndarray, int]:
+                  threshold: float, seed: int, sample_deaths: bool = False, death_scale: float = 1.0) -> tuple[np.ndarray, int]:
     """Candidates' weights (P, D, n) and biases (P, n) playing ``rollouts`` dreams each from the
     world's start frames, the Discrete action i being ``table[i]``: returns their mean returns (P,)
     and the dream steps played. A dream ends when the termination head passes ``threshold``, or
-    with ``sample_deaths`` at each step with its probability."""
+    with ``sample_deaths`` at each step with its probability (times ``death_scale``, at most 1)."""
     P = weight.shape[0]
     B = P * rollouts
     session = world.start(batch_size=B, seed=seed, backend="eager", pixels=False)
@@ -113,7 +118,7 @@ def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.nd
             total += np.where(alive, session.last_reward, 0.0)
             played += int(alive.sum())
             p = session.last_termination
-            alive &= (fate.random(B) >= p) if sample_deaths else (p <= threshold)
+            alive &= (fate.random(B) >= np.minimum(p * death_scale, 1.0)) if sample_deaths else (p <= threshold)
             if not alive.any():
                 break
     return total.reshape(P, rollouts).mean(1), played
@@ -178,9 +183,14 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
     from neuralworld.bundle import load_bundle
     from neuralworld.envs import combination_table, default_combinations, heads_problem
 
+    if cfg.death_scale <= 0 or (cfg.death_scale != 1.0 and not cfg.sample_deaths):
+        raise AgentError(f"the death scale multiplies sampled deaths' probabilities: it needs sample_deaths and must be > 0, "
+                         f"got {cfg.death_scale}")
     if cfg.generations < 1 or cfg.population < 2 or cfg.rollouts < 1 or cfg.max_steps < 1 or (cfg.steps or 1) < 1:
         raise AgentError("generations, steps, rollouts and max_steps must be >= 1, population >= 2")
     real = str(world_path).startswith("doom/")
+    if real and cfg.death_scale != 1.0:
+        raise AgentError(f"the death scale calibrates a dream's deaths; {world_path}'s are the engine's own")
     if real and sees_through is None:
         raise AgentError(f"a controller in {world_path} sees through a recurrent world: give it one (--world WORLD)")
     world = load_bundle(sees_through if real else world_path)
@@ -235,7 +245,8 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
             else:
                 returns, played = dream_returns(world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
                                                 rollouts=cfg.rollouts, max_steps=cfg.max_steps, threshold=cfg.termination_threshold,
-                                                seed=cfg.seed * 100_003 + generation, sample_deaths=cfg.sample_deaths)
+                                                seed=cfg.seed * 100_003 + generation, sample_deaths=cfg.sample_deaths,
+                                                death_scale=cfg.death_scale)
             es.tell(list(xs), list(-returns))  # cma minimises
             generation += 1
             timesteps += played
