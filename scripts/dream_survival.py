@@ -12,10 +12,10 @@ import argparse
 import sys
 
 import numpy as np
-import torch
 
 from neuralworld.bundle import load_bundle
 from neuralworld.cli import _combos
+from neuralworld.controller import dream
 from neuralworld.envs import combination_table
 
 
@@ -36,20 +36,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{path}: a {world.model} world; the dream's survival is measured in a recurrent world (--model rnn)")
         world.dynamics.config.temperature = args.temperature
         table = combination_table(world.spec, combos)
-        B = args.dreams
-        choose, fate = np.random.default_rng([args.seed, 0]), np.random.default_rng([args.seed, 1])
-        session = world.start(batch_size=B, seed=args.seed, backend="eager", pixels=False)
-        alive, total, steps = np.ones(B, bool), np.zeros(B), np.zeros(B)
-        with torch.no_grad():
-            for _ in range(args.max_steps):
-                session.step(table[choose.integers(0, len(combos), B)])
-                total += np.where(alive, session.last_reward, 0.0)
-                steps += alive
-                alive &= fate.random(B) >= np.minimum(session.last_termination * args.death_scale, 1.0)
-                if not alive.any():
-                    break
+        choice = np.random.default_rng([args.seed, 0])
+        total, steps = dream(world, lambda session: table[choice.integers(0, len(combos), args.dreams)],
+                             batch_size=args.dreams, max_steps=args.max_steps, threshold=1.0, seed=args.seed,
+                             sample_deaths=True, death_scale=args.death_scale)
         print(f"{path}: random play in the dream returns {total.mean():.0f} (std {total.std():.0f}) over "
-              f"{steps.mean():.0f} steps, {B} dreams")
+              f"{steps.mean():.0f} steps, {args.dreams} dreams")
     return 0
 
 

@@ -34,7 +34,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -94,34 +94,45 @@ def _features(world: Any) -> int:
     return int(dyn.config.latent + dyn.config.hidden)
 
 
-def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int, max_steps: int,
-                  threshold: float, seed: int, sample_deaths: bool = False, death_scale: float = 1.0) -> tuple[np.ndarray, int]:
-    """Candidates' weights (P, D, n) and biases (P, n) playing ``rollouts`` dreams each from the
-    world's start frames, the Discrete action i being ``table[i]``: returns their mean returns (P,)
-    and the dream steps played. A dream ends when the termination head passes ``threshold``, or
-    with ``sample_deaths`` at each step with its probability (times ``death_scale``, at most 1)."""
-    P = weight.shape[0]
-    B = P * rollouts
+def dream(world: Any, choose: Callable[[Any], np.ndarray], *, batch_size: int, max_steps: int, threshold: float, seed: int,
+          sample_deaths: bool = False, death_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``batch_size`` dreams from the world's start frames, ``choose(session)`` giving each step's
+    action vectors (B, A): returns each dream's return and length (B,). A dream ends when the
+    termination head passes ``threshold``, or with ``sample_deaths`` at each step with its
+    probability (times ``death_scale``, at most 1), or at ``max_steps``."""
+    B = batch_size
     session = world.start(batch_size=B, seed=seed, backend="eager", pixels=False)
-    W = torch.from_numpy(np.repeat(weight, rollouts, 0)).float()  # (B, D, n)
-    b = torch.from_numpy(np.repeat(bias, rollouts, 0)).float()  # (B, n)
-    actions = np.asarray(table, np.float32)
     alive = np.ones(B, bool)
-    total = np.zeros(B)
-    played = 0
+    total, length = np.zeros(B), np.zeros(B, np.int64)
     fate = np.random.default_rng([seed, 1])
     with torch.no_grad():
         for _ in range(max_steps):
-            f = world.dynamics.features(session.cache).float()  # (B, D)
-            choice = (torch.einsum("bd,bdn->bn", f, W) + b).argmax(1).numpy()
-            session.step(actions[choice])
+            session.step(choose(session))
             total += np.where(alive, session.last_reward, 0.0)
-            played += int(alive.sum())
+            length += alive
             p = session.last_termination
             alive &= (fate.random(B) >= np.minimum(p * death_scale, 1.0)) if sample_deaths else (p <= threshold)
             if not alive.any():
                 break
-    return total.reshape(P, rollouts).mean(1), played
+    return total, length
+
+
+def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int, max_steps: int,
+                  threshold: float, seed: int, sample_deaths: bool = False, death_scale: float = 1.0) -> tuple[np.ndarray, int]:
+    """Candidates' weights (P, D, n) and biases (P, n) playing ``rollouts`` dreams each (``dream``),
+    the Discrete action i being ``table[i]``: returns their mean returns (P,) and the dream steps played."""
+    P = weight.shape[0]
+    W = torch.from_numpy(np.repeat(weight, rollouts, 0)).float()  # (B, D, n)
+    b = torch.from_numpy(np.repeat(bias, rollouts, 0)).float()  # (B, n)
+    actions = np.asarray(table, np.float32)
+
+    def choose(session: Any) -> np.ndarray:
+        f = world.dynamics.features(session.cache).float()  # (B, D)
+        return actions[(torch.einsum("bd,bdn->bn", f, W) + b).argmax(1).numpy()]
+
+    total, length = dream(world, choose, batch_size=P * rollouts, max_steps=max_steps, threshold=threshold, seed=seed,
+                          sample_deaths=sample_deaths, death_scale=death_scale)
+    return total.reshape(P, rollouts).mean(1), int(length.sum())
 
 
 def real_returns(engines: list[Any], world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int,
