@@ -14,9 +14,8 @@ import sys
 import numpy as np
 
 from neuralworld.bundle import load_bundle
-from neuralworld.cli import _combos
 from neuralworld.controller import dream
-from neuralworld.envs import combination_table
+from neuralworld.envs import combination_table, parse_combinations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--death-scale", type=float, default=1.0, help="each step's death probability times this (as agent train's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    combos = _combos(args.actions)
+    combos = parse_combinations(args.actions)
     for path in args.worlds:
         world = load_bundle(path)
         if not hasattr(world.dynamics.config, "temperature"):

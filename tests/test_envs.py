@@ -110,6 +110,15 @@ def test_discrete_actions(warp_world):
         env.step(99)
 
 
+def test_combinations_as_typed():
+    combos = envs.parse_combinations("noop; strafe_left ;forward,turn=-5")
+    assert combos == [{}, {"strafe_left": 1.0}, {"forward": 1.0, "turn": -5.0}]
+    table = envs.combination_table(doom_action_spec(2), combos)
+    np.testing.assert_array_equal(table[2], doom_action_spec(2).make(forward=1, turn=-5))
+    with pytest.raises(EnvError, match="'turn=left' is not NAME or NAME=NUMBER"):
+        envs.parse_combinations("noop;turn=left")
+
+
 def test_session_restarts_some_elements(warp_world):
     """``step(restart=mask)``: restarted elements hold their start frame, the others play
     exactly as without the restart."""

@@ -291,21 +291,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _combos(text: str) -> list[dict[str, float]]:
     """--actions "noop;strafe_left=1;strafe_right=1" -> [{}, {"strafe_left": 1.0}, {"strafe_right": 1.0}]."""
-    combos = []
-    for part in text.split(";"):
-        part = part.strip()
-        if part in ("", "noop"):
-            combos.append({})
-            continue
-        combo = {}
-        for item in part.split(","):
-            name, sep, value = item.partition("=")
-            try:
-                combo[name.strip()] = float(value) if sep else 1.0
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"--actions: {item!r} is not NAME or NAME=NUMBER") from None
-        combos.append(combo)
-    return combos
+    from neuralworld.envs import EnvError, parse_combinations
+
+    try:
+        return parse_combinations(text)
+    except EnvError as e:
+        raise argparse.ArgumentTypeError(f"--actions: {e}") from None
 
 
 def _cmd_agent_train(args: argparse.Namespace) -> int:

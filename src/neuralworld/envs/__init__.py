@@ -14,12 +14,13 @@ import gymnasium as gym
 
 from neuralworld.envs.world import (
     DiscreteActions, EnvError, WorldEnv, action_space, combination_table, default_combinations, heads_problem,
+    parse_combinations,
 )  # fmt: skip
 from neuralworld.envs.vector import DiscreteVectorActions, WorldVectorEnv
 
 __all__ = [
     "DiscreteActions", "DiscreteVectorActions", "DoomEnv", "EnvError", "WorldEnv", "WorldVectorEnv",
-    "action_space", "combination_table", "default_combinations", "heads_problem",
+    "action_space", "combination_table", "default_combinations", "heads_problem", "parse_combinations",
 ]  # fmt: skip
 
 WORLD_ID = "neuralworld/World-v0"

@@ -242,6 +242,27 @@ def default_combinations(spec: ActionSpec) -> list[dict[str, float]]:
     return combos
 
 
+def parse_combinations(text: str) -> list[dict[str, float]]:
+    """``"noop;strafe_left=1;forward,turn=-5"`` -> ``[{}, {"strafe_left": 1.0}, {"forward": 1.0, "turn": -5.0}]``:
+    the combinations of a Discrete action set as a user types them (``;`` between combinations,
+    ``,`` between the controls of one, ``NAME`` alone for 1). Names are checked by ``combination_table``."""
+    combos = []
+    for part in text.split(";"):
+        part = part.strip()
+        if part in ("", "noop"):
+            combos.append({})
+            continue
+        combo = {}
+        for item in part.split(","):
+            name, sep, value = item.partition("=")
+            try:
+                combo[name.strip()] = float(value) if sep else 1.0
+            except ValueError:
+                raise EnvError(f"{item!r} is not NAME or NAME=NUMBER") from None
+        combos.append(combo)
+    return combos
+
+
 def combination_table(spec: ActionSpec, combos: Sequence[Mapping[str, float]] | None = None) -> np.ndarray:
     """(n, A) action vectors of ``combos`` (default ``default_combinations``), validated."""
     combos = default_combinations(spec) if combos is None else combos
