@@ -296,7 +296,7 @@ def _combos(text: str) -> list[dict[str, float]]:
     try:
         return parse_combinations(text)
     except EnvError as e:
-        raise argparse.ArgumentTypeError(f"--actions: {e}") from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cmd_agent_train(args: argparse.Namespace) -> int:
