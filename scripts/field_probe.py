@@ -7,7 +7,9 @@ Prints one JSON line: the mean PSNR of renders at every recorded pose against th
 frames (and copy-last's, for scale), the median sharpness (variance of the Laplacian) of the
 renders over the frames', and the radial flow (eval.probes.radial_flow, Farneback, weapon
 masked) of runs of 6 frames with forward held and |turn| < 1 degree: the engine's frames and
-the renders at the same poses. ``--episodes held`` (the default): the episodes
+the renders at the same poses; and the sharpness again over the frames that face a wall nearer
+than 48 map units (their columns' median depth; what random play mostly looks at late), with
+their PSNR. ``--episodes held`` (the default): the episodes
 ``neuralworld train`` holds out (``Dataset.split(0.1)``); ``A:B``: episodes A to B - 1.
 ``--strip``: 8 of those frames above their renders. For docs/experiments.md; not the package."""
 from __future__ import annotations
@@ -24,6 +26,10 @@ import neuralworld
 from neuralworld.data.store import Dataset
 from neuralworld.eval.metrics import psnr, sharpness
 from neuralworld.eval.probes import flows, radial_flow
+from neuralworld.train.field import column_depth
+
+CLOSE = 48.0
+"""Map units: a frame whose columns' median depth is nearer faces a wall."""
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -46,9 +52,11 @@ def main() -> None:
         episodes = list(range(first, min(last, ds.num_episodes)))
     fwd = ds.spec.buttons.index("forward")
     turn = len(ds.spec.buttons) + [x.name for x in ds.spec.axes].index("turn")
-    real, gen, copy, r_flow, g_flow = [], [], [], [], []
+    real, gen, copy, r_flow, g_flow, near = [], [], [], [], [], []
     for e in episodes:
-        d = ds.episode(e).load(("frames", "poses", "actions"))
+        d = ds.episode(e).load(("frames", "poses", "actions", "depth"))
+        view = column_depth(d["depth"]) * np.float32(ds.info.camera.depth_unit)
+        near.append(np.median(np.where(view > 0, view, np.inf), 1) < CLOSE)
         poses = torch.from_numpy(d["poses"][:, :4].astype(np.float32))
         with torch.no_grad():
             g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])
@@ -63,11 +71,14 @@ def main() -> None:
             r_flow += list(flows(d["frames"][t + 1 : t + 7], radial_flow))
             g_flow += list(flows(g[t + 1 : t + 7], radial_flow))
             t += 6
-    R, G = np.concatenate(real), np.concatenate(gen)
+    R, G, N = np.concatenate(real), np.concatenate(gen), np.concatenate(near)
     out = {"frames": len(R), "psnr": round(float(np.mean(psnr(R, G))), 2), "copy_last_psnr": round(float(np.mean(np.concatenate(copy))), 2),
            "sharpness_ratio": round(float(np.median(sharpness(G)) / np.median(sharpness(R))), 3),
            "forward_runs": len(r_flow) // 5, "radial_flow_engine": round(float(np.median(r_flow)), 2),
-           "radial_flow_world": round(float(np.median(g_flow)), 2)}
+           "radial_flow_world": round(float(np.median(g_flow)), 2), "close_frames": int(N.sum())}
+    if N.any():
+        out["close_psnr"] = round(float(np.mean(psnr(R[N], G[N]))), 2)
+        out["close_sharpness_ratio"] = round(float(np.median(sharpness(G[N])) / np.median(sharpness(R[N]))), 3)
     print(json.dumps(out))
     if a.strip:
         k = np.linspace(0, len(R) - 1, 8).astype(int)

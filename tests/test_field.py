@@ -257,6 +257,46 @@ def test_advance_turns_walks_slides_and_stops_at_walls():
     assert torch.allclose(p[0, :2], torch.tensor([126.0, 40.0]))
 
 
+def test_the_camera_keeps_its_radius_from_the_wall_map():
+    net = small_net(renderer="ray")
+    hand_kinematics(net)
+    wall_at_x(net, 200.0)  # the wall's cells: x in [face, face + 2)
+    face = float(net.hit_lo[0]) + (200.0 - float(net.hit_lo[0])) // net.config.occupancy_cell * net.config.occupancy_cell
+    R = net.config.player_radius
+    assert R > 0
+    at = lambda x, y=60.0: torch.tensor([[x, y]])  # noqa: E731
+    assert torch.allclose(net.clearance(at(face - 5.0)), torch.tensor([5.0]))
+    assert torch.allclose(net.clearance(at(face - 100.0)), torch.tensor([R]))  # capped at the radius
+    assert torch.allclose(net.clearance(at(face + 9.0)), torch.tensor([7.0]))  # past it: the box distance to its far edge
+    s = spec()
+    a = lambda **kw: torch.from_numpy(s.normalize(s.make(**kw)))[None]  # noqa: E731
+    move = torch.zeros(1, 2)
+    p, m = net.advance(torch.tensor([[face - 20.0, 60.0, 0.0, 0.0]]), move, a(forward=1))  # 10 units on: within R
+    assert torch.allclose(p[0, :2], torch.tensor([face - 20.0, 60.0])) and torch.all(m == 0)
+    p, _ = net.advance(torch.tensor([[face - 20.0, 60.0, 0.0, 45.0]]), move, a(forward=1))  # at 45 degrees: slides along y
+    assert torch.allclose(p[0, 0], torch.tensor(face - 20.0)) and p[0, 1] > 65.0
+    p, _ = net.advance(torch.tensor([[face - 30.0, 60.0, 0.0, 0.0]]), move, a(forward=1))  # stays R away: goes
+    assert torch.allclose(p[0, :2], torch.tensor([face - 20.0, 60.0]))
+    p, _ = net.advance(torch.tensor([[face - 5.0, 60.0, 0.0, 0.0]]), move, a(forward=1))  # placed nearer: no nearer
+    assert torch.allclose(p[0, :2], torch.tensor([face - 5.0, 60.0]))
+    p, _ = net.advance(torch.tensor([[face - 5.0, 60.0, 0.0, 180.0]]), move, a(forward=1))  # ... but it may back off
+    assert torch.allclose(p[0, :2], torch.tensor([face - 15.0, 60.0]))
+    net.config.player_radius = 0.0  # only the walked cells bound it
+    p, _ = net.advance(torch.tensor([[face - 20.0, 60.0, 0.0, 0.0]]), move, a(forward=1))
+    assert torch.allclose(p[0, :2], torch.tensor([face - 10.0, 60.0]))
+
+
+def test_a_batch_draws_its_share_of_close_views():
+    from neuralworld.train.field import _batch
+
+    close = np.array([3, 7])
+    idx = _batch(np.random.default_rng(0), 1000, close, 32, 0.25).numpy()
+    assert len(idx) == 32 and np.isin(idx[-8:], close).all() and idx.max() < 1000
+    plain = _batch(np.random.default_rng(0), 1000, close, 32, 0.0).numpy()
+    assert np.array_equal(plain, np.random.default_rng(0).integers(0, 1000, 32))  # share 0: the old draw, exactly
+    assert len(_batch(np.random.default_rng(0), 1000, close[:0], 32, 0.25)) == 32  # no close views: all from the rest
+
+
 def save_small(tmp_path: Path, net: FieldNet, poses: np.ndarray) -> Path:
     cfg = FieldConfig(resolution=net.latent_size, dynamics=net.config).for_spec(spec())
     frames = to_uint8(net.render(torch.from_numpy(poses)))

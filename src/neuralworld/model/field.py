@@ -19,9 +19,10 @@ turns at the engine's rate and a step forward walks into the place.
   units, yaw in degrees, in the earlier camera's frame) is linear in the previous move and
   the action (least squares on the recording, ``fit_kinematics``: Doom's momentum is the
   previous move). The player cannot leave the recorded place: ``walls`` marks the
-  ``wall_cell``-unit cells the recording visited; a move into another cell slides along one
-  axis or stops, as Doom's player slides along walls. The floor height is each cell's
-  recorded median.
+  ``wall_cell``-unit cells the recording visited, and (the "ray" renderer) it keeps
+  ``player_radius`` from the wall map, as Doom's player box keeps from a wall; a move that
+  would break either slides along one axis or stops, as Doom's player slides along walls.
+  The floor height is each cell's recorded median.
 * **Localisation** (``locate``): a session started from an image must find where it is.
   The bundle holds a bank of recorded thumbnails with their poses; the nearest few are
   refined by gradient steps on the rendering's L1 to the image, and the best is kept.
@@ -85,6 +86,10 @@ class FieldNetConfig:
     """x0, y0, x1, y1: the map area the grids cover (the recorded positions and a margin)."""
     wall_cell: float = 16.0
     """Map units per cell of the walkable map (cells the recording visited)."""
+    player_radius: float = 14.0
+    """"ray": map units the camera keeps from the wall map's cells (box distance, as Doom's player
+    box keeps its 16 from a wall), so play cannot press it closer to a wall than the recording
+    ever was; 0: only the walkable cells bound it. A camera placed closer may not get closer."""
     bank_size: int = 4096
     """Recorded thumbnails with their poses kept for localisation."""
     locate_candidates: int = 4
@@ -96,6 +101,12 @@ class FieldNetConfig:
     field: from scratch a critic collapses the field to one frame (experiments, field C)."""
     grid_lr_scale: float = 5.0
     """The grids' learning rate as a multiple of the rest's (each grid cell is seen rarely)."""
+    close_share: float = 0.0
+    """"ray": the share of each training batch drawn from the recorded frames that face a wall
+    nearer than ``close_depth`` (their columns' median depth): play presses the camera against
+    walls far more often than a recording looks at them, and a view seen rarely is drawn blurred."""
+    close_depth: float = 48.0
+    """Map units: a recorded frame whose columns' median depth is nearer faces a wall (``close_share``)."""
     # -- the renderer ------------------------------------------------------------------------
     renderer: str = "column"
     """"column": a conv decoder turns the row of column features into the picture (it must learn
@@ -152,6 +163,10 @@ class FieldNetConfig:
             raise ConfigError(f"field: hfov {self.hfov} must be in (0, 180) degrees")
         if self.bank_size < 1 or self.locate_candidates < 1 or self.locate_steps < 0:
             raise ConfigError("field: bank_size and locate_candidates must be >= 1, locate_steps >= 0")
+        if not 0 <= self.close_share < 1 or self.close_depth <= 0:
+            raise ConfigError(f"field: close_share {self.close_share} must be in [0, 1) and close_depth {self.close_depth} > 0")
+        if self.player_radius < 0:
+            raise ConfigError(f"field: player_radius {self.player_radius} must be >= 0")
         if self.adv_weight < 0 or self.grid_lr_scale <= 0:
             raise ConfigError("field: adv_weight must be >= 0 and grid_lr_scale > 0")
         if self.renderer not in ("column", "ray"):
@@ -530,9 +545,31 @@ class FieldNet(nn.Module):
         iy, ix = self._cell(xy)
         return inside & (self.walls[iy, ix] > 0.5)
 
+    def clearance(self, xy: torch.Tensor) -> torch.Tensor:
+        """(B, 2) positions -> map units (B,) to the nearest cell of the wall map, as a box (the
+        larger of the x and y gaps), at most ``player_radius`` (which it is without a wall map)."""
+        R = float(self.config.player_radius)
+        if self.config.renderer != "ray" or R <= 0:
+            return torch.full_like(xy[:, 0], R)
+        c = self.config.occupancy_cell
+        k = int(math.ceil(R / c))
+        ny, nx = self.occupancy.shape
+        offs = torch.arange(-k, k + 1, device=xy.device, dtype=xy.dtype)
+        ix = torch.floor((xy[:, 0] - self.hit_lo[0]) / c)[:, None] + offs  # (B, 2k + 1) columns near each
+        iy = torch.floor((xy[:, 1] - self.hit_lo[1]) / c)[:, None] + offs
+        gap_x = torch.maximum(self.hit_lo[0] + ix * c - xy[:, 0, None], xy[:, 0, None] - self.hit_lo[0] - (ix + 1) * c).clamp(min=0)
+        gap_y = torch.maximum(self.hit_lo[1] + iy * c - xy[:, 1, None], xy[:, 1, None] - self.hit_lo[1] - (iy + 1) * c).clamp(min=0)
+        inside = ((ix >= 0) & (ix < nx))[:, None, :] & ((iy >= 0) & (iy < ny))[:, :, None]  # (B, rows, columns)
+        flat = (iy.clamp(0, ny - 1)[:, :, None] * nx + ix.clamp(0, nx - 1)[:, None, :]).long()
+        wall = (self.occupancy.reshape(-1)[flat] > 0.5) & inside
+        gap = torch.maximum(gap_x[:, None, :], gap_y[:, :, None])
+        return torch.where(wall, gap, torch.full_like(gap, R)).flatten(1).amin(1).clamp(max=R)
+
     def advance(self, pose: torch.Tensor, move: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where ``action`` (B, A, normalised) takes the camera at ``pose`` (B, 4) after ``move``
-        (B, 2): (pose (B, 4), move (B, 2)). Blocked moves slide along one axis or stop."""
+        (B, 2): (pose (B, 4), move (B, 2)). A move must stay in the walked cells and keep
+        ``player_radius`` from the wall map (or, closer already, get no closer); a blocked move
+        slides along one axis or stops."""
         pose, move, action = pose.float(), move.float(), action.float()
         ones = torch.ones_like(pose[:, :1])
         mv = torch.cat([move, action, ones], 1) @ self.kinematics  # (B, 3) forward, left, yaw
@@ -544,7 +581,9 @@ class FieldNet(nn.Module):
         only_x = xy + torch.stack([dx, torch.zeros_like(dy)], 1)
         only_y = xy + torch.stack([torch.zeros_like(dx), dy], 1)
         stranded = ~self._free(xy)  # placed outside the walked cells (a located image): any move is allowed
-        f_full, f_x, f_y = ((stranded | self._free(q))[:, None] for q in (full, only_x, only_y))
+        room = self.clearance(xy) - 1e-3
+        f_full, f_x, f_y = ((stranded | (self._free(q) & (self.clearance(q) >= room)))[:, None]
+                            for q in (full, only_x, only_y))
         new_xy = torch.where(f_full, full, torch.where(f_x, only_x, torch.where(f_y, only_y, xy)))
         new_move = torch.where(f_full, mv[:, :2], torch.zeros_like(mv[:, :2]))
         iy, ix = self._cell(new_xy)

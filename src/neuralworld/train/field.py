@@ -89,11 +89,11 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             raise TrainingError("the field world trains in one process: run it without torchrun")
         torch.manual_seed(cfg.seed + 1)
         _, net = build_networks(r.world)
-        frames, poses, starts = _fit_geometry(net, r.data, r.world)
+        frames, poses, close, starts = _fit_geometry(net, r.data, r.world)
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
         held = _held_out(r.data)
-        net = _train_stage(net.to(r.d.device), cfg, r, frames, poses, held).cpu()
+        net = _train_stage(net.to(r.d.device), cfg, r, frames, poses, close, held).cpu()
         if held is not None:
             r.summary["held_out_psnr"] = _score(net, *held)
         record = {"data": str(data), "model": MODEL_KIND, "preset": cfg.preset, "held_out": cfg.held_out,
@@ -128,10 +128,11 @@ def column_depth(depth: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0)
 
 
-def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict[str, Any]]:
     """Fill ``net``'s kinematics, walls, floor and bank (and the "ray" renderer's wall map) from
     the training episodes; returns their frames (N, H, W, 3) uint8 and poses (N, 4) with a known
-    pose, and the bundle's start."""
+    pose, the indices of those that face a wall nearer than ``close_depth`` (none without depth),
+    and the bundle's start."""
     ds, cfg = data.ds, world.dynamics
     if cfg.renderer == "ray" and ds.info.camera is None:
         raise TrainingError(f"--field-renderer ray fits its walls from the recording's depth buffers; {ds.where} has none "
@@ -159,6 +160,10 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         depth = np.concatenate([d["depth"] for d in eps])[keep] * np.float32(cfg.depth_unit)
         with torch.no_grad():
             net.occupancy.copy_(torch.from_numpy(fit_occupancy(net, poses, depth)))
+        view = np.where(depth > 0, depth, np.inf)
+        close = np.flatnonzero(np.median(view, 1) < cfg.close_depth)  # an all-unknown view (inf) is not close
+    else:
+        close = np.zeros(0, np.int64)
     with torch.no_grad():
         net.kinematics.copy_(torch.from_numpy(K))
         ny, nx = net.walls.shape
@@ -185,7 +190,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
               "start_poses": first_ep["poses"][:1, :4].astype(np.float32),
               "kinematics_error": {"forward": round(float(error[0]), 3), "left": round(float(error[1]), 3),
                                    "yaw": round(float(error[2]), 4)}}
-    return torch.from_numpy(frames), torch.from_numpy(poses), starts
+    return torch.from_numpy(frames), torch.from_numpy(poses), close, starts
 
 
 def fit_occupancy(net: FieldNet, poses: np.ndarray, depth: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -269,9 +274,18 @@ def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
     return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
 
 
-def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor,
+def _batch(rng: np.random.Generator, n: int, close: np.ndarray, size: int, share: float) -> torch.Tensor:
+    """A batch's frame indices: ``share`` of them drawn from ``close`` (when it has any), the rest from all ``n``."""
+    k = int(round(size * share)) if len(close) else 0
+    return torch.from_numpy(np.concatenate([rng.integers(0, n, size - k), close[rng.integers(0, len(close), k)]]))
+
+
+def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, poses: torch.Tensor, close: np.ndarray,
                  held: tuple[np.ndarray, np.ndarray] | None) -> FieldNet:
     sc, fc, run = cfg.field, r.world.dynamics, r.folder
+    if fc.close_share > 0 and not len(close):
+        print(f"[{STAGE}] close_share {fc.close_share}: no recorded frame faces a wall nearer than {fc.close_depth} "
+              "(or the recording has no depth): batches draw from all frames", flush=True)
     ckpt = run.path / f"{STAGE}.safetensors"
     if cfg.init_world and not ckpt.exists():  # a resume loads nothing from outside the run
         other = world_to_start_from(cfg.init_world, "--init-world").dynamics
@@ -316,7 +330,7 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
         lr = lr_at(step, sc)
         for g, s in zip(opt.param_groups, scale):
             g["lr"] = lr * s
-        idx = torch.from_numpy(_rng(cfg.seed, STAGE, step).integers(0, len(frames), sc.batch_size))
+        idx = _batch(_rng(cfg.seed, STAGE, step), len(frames), close, sc.batch_size, fc.close_share)
         x = frames[idx].to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1
         y = net.render(poses[idx].to(dev))
         l1 = (y - x).abs().mean()
