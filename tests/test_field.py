@@ -259,11 +259,11 @@ def test_advance_turns_walks_slides_and_stops_at_walls():
 
 def test_the_camera_keeps_its_radius_from_the_wall_map():
     net = small_net(renderer="ray")
+    net.config.player_radius = 14.0
     hand_kinematics(net)
     wall_at_x(net, 200.0)  # the wall's cells: x in [face, face + 2)
     face = float(net.hit_lo[0]) + (200.0 - float(net.hit_lo[0])) // net.config.occupancy_cell * net.config.occupancy_cell
     R = net.config.player_radius
-    assert R > 0
     at = lambda x, y=60.0: torch.tensor([[x, y]])  # noqa: E731
     assert torch.allclose(net.clearance(at(face - 5.0)), torch.tensor([5.0]))
     assert torch.allclose(net.clearance(at(face - 100.0)), torch.tensor([R]))  # capped at the radius

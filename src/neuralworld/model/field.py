@@ -86,10 +86,11 @@ class FieldNetConfig:
     """x0, y0, x1, y1: the map area the grids cover (the recorded positions and a margin)."""
     wall_cell: float = 16.0
     """Map units per cell of the walkable map (cells the recording visited)."""
-    player_radius: float = 14.0
+    player_radius: float = 0.0
     """"ray": map units the camera keeps from the wall map's cells (box distance, as Doom's player
-    box keeps its 16 from a wall), so play cannot press it closer to a wall than the recording
-    ever was; 0: only the walkable cells bound it. A camera placed closer may not get closer."""
+    box keeps its 16 from a wall; 14 is Doom's less a cell), so play cannot press it closer to a
+    wall than the recording ever was; 0: only the walkable cells bound it. A camera placed closer
+    may not get closer. Off by default: what it buys and costs, docs/experiments.md."""
     bank_size: int = 4096
     """Recorded thumbnails with their poses kept for localisation."""
     locate_candidates: int = 4
