@@ -286,6 +286,20 @@ def test_the_camera_keeps_its_radius_from_the_wall_map():
     assert torch.allclose(p[0, :2], torch.tensor([face - 10.0, 60.0]))
 
 
+def test_a_grown_texture_table_draws_what_it_drew():
+    from neuralworld.train.field import grow_table
+
+    net = small_net(renderer="ray", texture=1.0)
+    big = small_net(renderer="ray", texture=1.0)
+    big.config.texture_table = 14
+    for t_small, t_big in zip(net.textures, big.textures):
+        torch.nn.init.normal_(t_small)
+        t_big.data = grow_table(t_small.data, 2 ** 14)
+    pts = torch.rand(1, 4, 5, 3) * torch.tensor([200.0, 100.0, 64.0])
+    assert big.textures[0].shape[0] == 4 * net.textures[0].shape[0]
+    assert torch.allclose(net.texture(pts), big.texture(pts))
+
+
 def test_a_batch_draws_its_share_of_close_views():
     from neuralworld.train.field import _batch
 

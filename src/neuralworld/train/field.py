@@ -274,6 +274,16 @@ def lowpass(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
     return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
 
 
+def grow_table(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """A texture level's hash table (N, F) grown to ``rows`` (a multiple of N, both powers of two)
+    that reads exactly as it did: a key's entry is ``key % rows``, and ``(key % rows) % N`` is
+    ``key % N``, so entry j starts as entry j % N. Training then tells apart the cells that shared one."""
+    n = table.shape[0]
+    if rows % n:
+        raise TrainingError(f"a texture table of {n} entries cannot grow to {rows}: not a multiple")
+    return table.repeat(rows // n, 1)
+
+
 def _batch(rng: np.random.Generator, n: int, close: np.ndarray, size: int, share: float) -> torch.Tensor:
     """A batch's frame indices: ``share`` of them drawn from ``close`` (when it has any), the rest from all ``n``."""
     k = int(round(size * share)) if len(close) else 0
@@ -297,6 +307,9 @@ def _train_stage(net: FieldNet, cfg: TrainConfig, r: Any, frames: torch.Tensor, 
                  and v.shape[:1] + v.shape[2:] == mine[k].shape[:1] + mine[k].shape[2:] and v.shape[1] < mine[k].shape[1]}
         for k, v in grown.items():  # the texture's inputs join with zero weights: the field draws what it drew
             learned[k] = torch.cat([v, v.new_zeros(v.shape[0], mine[k].shape[1] - v.shape[1], *v.shape[2:])], 1)
+        for k, v in list(learned.items()):  # a larger texture table: the field draws what it drew
+            if k.startswith("textures.") and v.shape != mine[k].shape and v.shape[1:] == mine[k].shape[1:]:
+                learned[k] = grow_table(v, mine[k].shape[0])
         bad = [k for k, v in learned.items() if v.shape != mine[k].shape]
         fresh = [k for k in mine if not k.startswith(FITTED) and k not in learned]
         if bad or any(not k.startswith("textures.") for k in fresh):
