@@ -26,7 +26,7 @@ import neuralworld
 from neuralworld.data.store import Dataset
 from neuralworld.eval.metrics import psnr, sharpness
 from neuralworld.eval.probes import flows, radial_flow
-from neuralworld.train.field import column_depth
+from neuralworld.train.field import column_depth, faces_a_wall
 
 CLOSE = 48.0
 """Map units: a frame whose columns' median depth is nearer faces a wall."""
@@ -55,8 +55,7 @@ def main() -> None:
     real, gen, copy, r_flow, g_flow, near = [], [], [], [], [], []
     for e in episodes:
         d = ds.episode(e).load(("frames", "poses", "actions", "depth"))
-        view = column_depth(d["depth"]) * np.float32(ds.info.camera.depth_unit)
-        near.append(np.median(np.where(view > 0, view, np.inf), 1) < CLOSE)
+        near.append(faces_a_wall(column_depth(d["depth"]) * np.float32(ds.info.camera.depth_unit), CLOSE))
         poses = torch.from_numpy(d["poses"][:, :4].astype(np.float32))
         with torch.no_grad():
             g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])

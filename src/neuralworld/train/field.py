@@ -128,6 +128,12 @@ def column_depth(depth: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0)
 
 
+def faces_a_wall(depth: np.ndarray, near: float) -> np.ndarray:
+    """Column depths (N, W) in map units (0: unknown) -> (N,) bool: the frame's columns' median
+    known depth is nearer than ``near`` (a frame with no known column is not)."""
+    return np.median(np.where(depth > 0, depth, np.inf), 1) < near
+
+
 def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict[str, Any]]:
     """Fill ``net``'s kinematics, walls, floor and bank (and the "ray" renderer's wall map) from
     the training episodes; returns their frames (N, H, W, 3) uint8 and poses (N, 4) with a known
@@ -160,8 +166,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         depth = np.concatenate([d["depth"] for d in eps])[keep] * np.float32(cfg.depth_unit)
         with torch.no_grad():
             net.occupancy.copy_(torch.from_numpy(fit_occupancy(net, poses, depth)))
-        view = np.where(depth > 0, depth, np.inf)
-        close = np.flatnonzero(np.median(view, 1) < cfg.close_depth)  # an all-unknown view (inf) is not close
+        close = np.flatnonzero(faces_a_wall(depth, cfg.close_depth))
     else:
         close = np.zeros(0, np.int64)
     with torch.no_grad():
