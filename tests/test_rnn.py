@@ -220,6 +220,42 @@ def test_controller_trains_resumes_and_plays_its_world(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["mean_length"] == 5
 
 
+def test_controller_reading_the_cell_state(tmp_path, capsys):
+    """--features zhc: the controller reads [z, h, c] (World Models' Doom set): its weights have
+    room for the cell, the agent loads reading it, and its scores follow the cell; a resume asking
+    for the other set is refused."""
+    pytest.importorskip("cma")
+    pytest.importorskip("stable_baselines3")
+    from neuralworld.agents import load_agent
+    from neuralworld.state_io import load_tensors
+
+    world = random_world(tmp_path / "w")
+    out = tmp_path / "agent"
+    base = ["agent", "train", str(world), "--algorithm", "cma", "--out", str(out), "--population", "4", "--rollouts", "2",
+            "--max-steps", "4", "--actions", "noop;strafe_left;strafe_right", "--threshold", "1.0", "--quiet"]
+    assert main([*base, "--generations", "1", "--features", "zhc"]) == 0
+    capsys.readouterr()
+    weights, _ = load_tensors(out / "controller.safetensors", what="controller")
+    dyn = bundle.load_bundle(world).dynamics.config
+    assert weights["weight"].shape == (dyn.latent + 2 * dyn.hidden, 3)
+    assert main([*base, "--generations", "2", "--resume"]) == 2  # it read zhc; this asks for zh
+    assert "was trained reading zhc" in capsys.readouterr().err
+    agent = load_agent(out, SPEC)
+    assert agent.cell
+    frame = np.full((32, 32, 3), 90, np.uint8)
+    agent.act(frame)
+    cache = agent._sessions[0].cache
+    f = agent.world.dynamics.features(cache, True)[0]
+    assert torch.equal(f[-dyn.hidden:], cache.c[0])  # the cell is what the last numbers are
+    agent.weight.zero_()
+    agent.bias.zero_()
+    agent.weight[-1] = torch.tensor([0.0, 1.0, -1.0])  # only the cell's last number scores
+    for _ in range(3):
+        move = tuple(agent.act(frame))
+        last = float(agent._sessions[0].cache.c[0, -1])
+        assert move == tuple(SPEC.make(**({"strafe_left": 1.0} if last > 0 else {"strafe_right": 1.0})))
+
+
 def test_controller_refuses_a_world_without_code_and_memory(tmp_path, capsys):
     pytest.importorskip("cma")
     from neuralworld.model.warp import warp_preset

@@ -308,7 +308,7 @@ def _cmd_agent_train(args: argparse.Namespace) -> int:
         ccfg = ControllerConfig(generations=args.generations, steps=args.steps, population=args.population, rollouts=args.rollouts,
                                 max_steps=args.max_steps, termination_threshold=args.threshold, seed=args.seed,
                                 temperature=args.temperature, sample_deaths=args.sample_deaths,
-                                death_scale=args.death_scale)
+                                death_scale=args.death_scale, features=args.features)
         print(json.dumps(train_controller(args.world, args.out, ccfg, combos=args.actions, resume=args.resume,
                                           progress=not args.quiet, sees_through=args.sees_through, resolution=args.resolution,
                                           frame_skip=args.frame_skip, engines=args.envs)))
@@ -565,6 +565,9 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
                     help="--algorithm cma with --sample-deaths: each dream step's death probability times this (at "
                          "most 1): calibrates a dream whose random play lives longer than in the engine "
                          "(scripts/dream_survival.py)")
+    at.add_argument("--features", choices=("zh", "zhc"), default="zh",
+                    help="--algorithm cma: what the controller reads: the code and the LSTM's output [z, h], or with its "
+                         "cell state too [z, h, c] (World Models' Doom controller)")
     at.add_argument("--quiet", action="store_true", help="no progress bar")
     at.set_defaults(func=_cmd_agent_train)
     ae = asub.add_parser("eval", help="mean return over episodes in a world or the real game (doom/<scenario>)")

@@ -1,7 +1,8 @@
 """A controller trained by CMA-ES inside a recurrent world's dream (World Models' C).
 
 The controller is linear: the world's code of the current frame and its memory, [z, h]
-(``MemoryRNN.features``), give one score per action of a Discrete set, and it plays the best
+(``MemoryRNN.features``; ``features="zhc"`` adds the LSTM's cell state c, as World Models' Doom
+controller read), give one score per action of a Discrete set, and it plays the best
 score. CMA-ES (the ``cma`` library; we write no optimiser) searches its weights: every
 generation, each of ``population`` candidates plays ``rollouts`` dreams (at ``temperature``), all of them advancing
 together in one batched ``WorldSession`` that decodes no pixels; a dream's return is the reward
@@ -71,6 +72,9 @@ class ControllerConfig:
     temperature: float | None = None
     """the dream's temperature (``RNNNetConfig.temperature``; World Models trained Doom's controller at
     1.15: a dream a little wilder than the recording is harder to cheat); None: the world's own"""
+    features: str = "zh"
+    """what the controller reads: "zh", the code and the LSTM's output [z, h] (World Models' car),
+    or "zhc", with its cell state c too (World Models' Doom controller: 64 + 512 + 512 numbers)"""
     death_scale: float = 1.0
     """with ``sample_deaths``: each step's death probability is multiplied by it (at most 1). A world
     trained on a good player's long episodes can learn that deaths are rarer than they are; this
@@ -86,12 +90,18 @@ def _cma() -> Any:
     return cma
 
 
-def _features(world: Any) -> int:
+FEATURES = ("zh", "zhc")
+
+
+def _features(world: Any, features: str = "zh") -> int:
+    """The numbers a controller reading ``features`` of ``world`` sees."""
     dyn = world.dynamics
     if not hasattr(dyn, "features"):
         raise AgentError(f"{world.path or world.name}: a {world.model} world has no code and memory to read; a CMA-ES "
                          "controller plays a recurrent world (neuralworld train --model rnn)")
-    return int(dyn.config.latent + dyn.config.hidden)
+    if features not in FEATURES:
+        raise AgentError(f"a controller reads one of {', '.join(FEATURES)}, got {features!r}")
+    return int(dyn.config.latent + dyn.config.hidden * (2 if features == "zhc" else 1))
 
 
 def dream(world: Any, choose: Callable[[Any], np.ndarray], *, batch_size: int, max_steps: int, threshold: float, seed: int,
@@ -118,7 +128,8 @@ def dream(world: Any, choose: Callable[[Any], np.ndarray], *, batch_size: int, m
 
 
 def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int, max_steps: int,
-                  threshold: float, seed: int, sample_deaths: bool = False, death_scale: float = 1.0) -> tuple[np.ndarray, int]:
+                  threshold: float, seed: int, sample_deaths: bool = False, death_scale: float = 1.0,
+                  cell: bool = False) -> tuple[np.ndarray, int]:
     """Candidates' weights (P, D, n) and biases (P, n) playing ``rollouts`` dreams each (``dream``),
     the Discrete action i being ``table[i]``: returns their mean returns (P,) and the dream steps played."""
     P = weight.shape[0]
@@ -127,7 +138,7 @@ def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.nd
     actions = np.asarray(table, np.float32)
 
     def choose(session: Any) -> np.ndarray:
-        f = world.dynamics.features(session.cache).float()  # (B, D)
+        f = world.dynamics.features(session.cache, cell).float()  # (B, D)
         return actions[(torch.einsum("bd,bdn->bn", f, W) + b).argmax(1).numpy()]
 
     total, length = dream(world, choose, batch_size=P * rollouts, max_steps=max_steps, threshold=threshold, seed=seed,
@@ -136,7 +147,7 @@ def dream_returns(world: Any, weight: np.ndarray, bias: np.ndarray, table: np.nd
 
 
 def real_returns(engines: list[Any], world: Any, weight: np.ndarray, bias: np.ndarray, table: np.ndarray, *, rollouts: int,
-                 seed: int) -> tuple[np.ndarray, int]:
+                 seed: int, cell: bool = False) -> tuple[np.ndarray, int]:
     """As ``dream_returns``, in the real game: ``engines`` (the real twin, ``envs.doom.DoomEnv``)
     play the candidates' episodes in lockstep, each frame seen through ``world`` (encoded and
     remembered with the action that led to it, as ``ControllerAgent`` sees), one batched call a
@@ -164,7 +175,7 @@ def real_returns(engines: list[Any], world: Any, weight: np.ndarray, bias: np.nd
             start(i)
         while (job >= 0).any():
             session.observe(frames, actions=acts)
-            f = world.dynamics.features(session.cache).float()  # (E, D)
+            f = world.dynamics.features(session.cache, cell).float()  # (E, D)
             for i in np.flatnonzero(job >= 0):
                 p = jobs[job[i]][0]
                 choice = int((f[i] @ W[p] + b[p]).argmax())
@@ -217,7 +228,8 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
             raise AgentError(f"{sees_through} sees {world.resolution} frames; --resolution asks for {tuple(resolution)}")
         doom = [DoomEnv(str(world_path), resolution=tuple(world.resolution), frame_skip=frame_skip, max_steps=cfg.max_steps)
                 for _ in range(max(1, engines))]
-    D = _features(world)
+    D = _features(world, cfg.features)
+    cell = cfg.features == "zhc"
     if cfg.temperature is not None:
         if cfg.temperature <= 0:
             raise AgentError(f"the dream's temperature must be > 0, got {cfg.temperature}")
@@ -233,6 +245,8 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
         saved = pickle.loads(state.read_bytes())
         if saved["combinations"] != combos:
             raise AgentError(f"{out} was trained with actions {saved['combinations']}; this run asks for {combos}")
+        if saved.get("features", "zh") != cfg.features:
+            raise AgentError(f"{out} was trained reading {saved.get('features', 'zh')}; this run asks for {cfg.features}")
         es, generation, timesteps = saved["es"], saved["generation"], saved["timesteps"]
     else:
         if (out / WEIGHTS_FILE).exists() or state.exists():
@@ -252,12 +266,12 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
             xs = np.asarray(es.ask())  # (P, D * n + n)
             if real:
                 returns, played = real_returns(doom, world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
-                                               rollouts=cfg.rollouts, seed=(cfg.seed * 100_003 + generation) * 10_007)
+                                               rollouts=cfg.rollouts, seed=(cfg.seed * 100_003 + generation) * 10_007, cell=cell)
             else:
                 returns, played = dream_returns(world, xs[:, : D * n].reshape(-1, D, n), xs[:, D * n :], table,
                                                 rollouts=cfg.rollouts, max_steps=cfg.max_steps, threshold=cfg.termination_threshold,
                                                 seed=cfg.seed * 100_003 + generation, sample_deaths=cfg.sample_deaths,
-                                                death_scale=cfg.death_scale)
+                                                death_scale=cfg.death_scale, cell=cell)
             es.tell(list(xs), list(-returns))  # cma minimises
             generation += 1
             timesteps += played
@@ -271,7 +285,8 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
             _save(out, np.asarray(es.result.xfavorite), D, n, spec, combos, world_path=str(world_path), resolution=world.resolution,
                   cfg=cfg, generation=generation, timesteps=timesteps)
             tmp = state.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps({"es": es, "generation": generation, "timesteps": timesteps, "combinations": combos}))
+            tmp.write_bytes(pickle.dumps({"es": es, "generation": generation, "timesteps": timesteps, "combinations": combos,
+                                      "features": cfg.features}))
             os.replace(tmp, state)
     finally:
         writer.close()
@@ -300,7 +315,7 @@ class ControllerAgent:
     signature (``episode_start`` starts an element's memory afresh), so ``evaluate`` scores it as
     it scores PPO; ``act`` is the autopilot's one-frame call (a new frame goes on the same memory)."""
 
-    def __init__(self, path: str | os.PathLike, spec: ActionSpec, combinations: list[dict[str, float]]):
+    def __init__(self, path: str | os.PathLike, spec: ActionSpec, combinations: list[dict[str, float]], features: str = "zh"):
         from neuralworld.bundle import BundleError, load_bundle
         from neuralworld.envs import combination_table
         from neuralworld.state_io import StateError, load_tensors
@@ -312,7 +327,8 @@ class ControllerAgent:
         except (BundleError, StateError) as e:
             raise AgentError(f"{path}: {e}") from None
         self.weight, self.bias = tensors["weight"].float(), tensors["bias"].float()
-        D = _features(self.world)
+        D = _features(self.world, features)
+        self.cell = features == "zhc"
         if self.weight.shape != (D, len(combinations)) or self.bias.shape != (len(combinations),):
             raise AgentError(f"{path}: controller weights {tuple(self.weight.shape)} do not fit {D} features x {len(combinations)} actions")
         self.table = combination_table(spec, combinations)
@@ -326,7 +342,7 @@ class ControllerAgent:
         else:
             self._sessions[i].observe(frame[None], actions=self._last[i][None])
         with torch.no_grad():
-            f = self.world.dynamics.features(self._sessions[i].cache)[0].float()
+            f = self.world.dynamics.features(self._sessions[i].cache, self.cell)[0].float()
             index = int((f @ self.weight + self.bias).argmax())
         self._last[i] = self.table[index]
         return index
@@ -352,7 +368,8 @@ class ControllerAgent:
 
 
 def load_controller(path: str | os.PathLike, meta: dict[str, Any]) -> ControllerAgent:
-    return ControllerAgent(path, ActionSpec.from_json((Path(path) / SPEC_FILE).read_text()), meta.get("combinations") or [])
+    return ControllerAgent(path, ActionSpec.from_json((Path(path) / SPEC_FILE).read_text()), meta.get("combinations") or [],
+                           features=(meta.get("config") or {}).get("features", "zh"))
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -286,9 +286,10 @@ class MemoryRNN(nn.Module):
             term = torch.where(fresh, torch.full_like(term, SILENT), term)
         return DynamicsOutput(torch.zeros_like(latent), reward, term)
 
-    def features(self, cache: RNNCache) -> torch.Tensor:
-        """What a controller reads (World Models' C): the last code and M's memory, (B, latent + hidden)."""
-        return torch.cat([cache.z, cache.h], 1)
+    def features(self, cache: RNNCache, cell: bool = False) -> torch.Tensor:
+        """What a controller reads (World Models' C): the last code and M's memory, (B, latent + hidden);
+        ``cell`` adds the LSTM's cell state (B, latent + 2 hidden), as World Models' Doom controller read."""
+        return torch.cat([cache.z, cache.h, cache.c] if cell else [cache.z, cache.h], 1)
 
 
 def count_parameters(module: nn.Module) -> int:
