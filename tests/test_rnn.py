@@ -249,11 +249,53 @@ def test_controller_reading_the_cell_state(tmp_path, capsys):
     assert torch.equal(f[-dyn.hidden:], cache.c[0])  # the cell is what the last numbers are
     agent.weight.zero_()
     agent.bias.zero_()
-    agent.weight[-1] = torch.tensor([0.0, 1.0, -1.0])  # only the cell's last number scores
+    agent.weight[0, -1] = torch.tensor([0.0, 1.0, -1.0])  # only the cell's last number scores
     for _ in range(3):
         move = tuple(agent.act(frame))
         last = float(agent._sessions[0].cache.c[0, -1])
         assert move == tuple(SPEC.make(**({"strafe_left": 1.0} if last > 0 else {"strafe_right": 1.0})))
+
+
+def test_vote_takes_the_most_chosen_and_breaks_ties_by_order():
+    from neuralworld.controller import vote
+
+    assert vote(torch.tensor([2, 1, 1])) == 1
+    assert vote(torch.tensor([2, 1, 0])) == 2  # all differ: the first member's
+    assert vote(torch.tensor([0, 2, 2, 0])) == 0  # a tie: the earliest member's among the tied
+    assert vote(torch.tensor([1])) == 1
+
+
+def test_controllers_combine_into_a_voting_ensemble(tmp_path, capsys):
+    """agent combine: controllers of one world vote; the ensemble plays what most members choose,
+    and members of other action sets are refused."""
+    pytest.importorskip("cma")
+    pytest.importorskip("stable_baselines3")
+    from neuralworld.agents import load_agent
+
+    world = random_world(tmp_path / "w")
+    base = ["agent", "train", str(world), "--algorithm", "cma", "--population", "4", "--rollouts", "2", "--max-steps", "4",
+            "--threshold", "1.0", "--generations", "1", "--quiet"]
+    three = "noop;strafe_left;strafe_right"
+    for name, seed, actions in (("a", 0, three), ("b", 1, three), ("c", 2, three), ("other", 0, "noop;strafe_left")):
+        assert main([*base, "--out", str(tmp_path / name), "--seed", str(seed), "--actions", actions]) == 0
+    capsys.readouterr()
+    out = tmp_path / "ens"
+    assert main(["agent", "combine", *(str(tmp_path / n) for n in "abc"), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 3
+    ens = load_agent(out, SPEC)
+    members = [load_agent(tmp_path / n, SPEC) for n in "abc"]
+    assert ens.weight.shape[0] == 3
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # the members choose from the ensemble's memory (it remembers the ensemble's moves)
+        move = tuple(ens.act(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+        f = ens.world.dynamics.features(ens._sessions[0].cache)[0]
+        choices = [tuple(m.table[int((f @ m.weight[0] + m.bias[0]).argmax())]) for m in members]
+        best = max(choices, key=choices.count)
+        assert move == (best if choices.count(best) > 1 else choices[0])
+    assert main(["agent", "combine", str(tmp_path / "a"), str(tmp_path / "other"), "--out", str(tmp_path / "bad")]) == 2
+    assert "differ in their actions" in capsys.readouterr().err
+    assert main(["agent", "combine", str(tmp_path / "a"), "--out", str(tmp_path / "one")]) == 2
+    assert "at least two" in capsys.readouterr().err
 
 
 def test_controller_refuses_a_world_without_code_and_memory(tmp_path, capsys):

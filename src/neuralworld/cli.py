@@ -336,6 +336,13 @@ def _cmd_agent_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agent_combine(args: argparse.Namespace) -> int:
+    from neuralworld.controller import combine_controllers
+
+    print(json.dumps(combine_controllers(args.members, args.out)))
+    return 0
+
+
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuralworld", description="Worlds that exist only as a neural network.")
@@ -581,6 +588,10 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
                     help="random baseline only: its Discrete action set (as agent train's --actions)")
     ae.add_argument("--all", action="store_true", help="print every episode's return and length too")
     ae.set_defaults(func=_cmd_agent_eval)
+    ac = asub.add_parser("combine", help="an ensemble of CMA-ES controllers of one world: it plays the action most of them chose")
+    ac.add_argument("members", nargs="+", help="controller folders (agent train --algorithm cma), searched in the same world")
+    ac.add_argument("--out", required=True, help="the ensemble's agent folder")
+    ac.set_defaults(func=_cmd_agent_combine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

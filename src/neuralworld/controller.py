@@ -309,9 +309,20 @@ def _save(out: Path, x: np.ndarray, D: int, n: int, spec: ActionSpec, combos: li
     })  # fmt: skip
 
 
+def vote(choices: torch.Tensor) -> int:
+    """The action most members chose (choices (K,): each member's best); a tie goes to the
+    earliest member's choice among the tied."""
+    counts = torch.bincount(choices)
+    for c in choices.tolist():
+        if counts[c] == counts.max():
+            return int(c)
+    raise AssertionError("unreachable")
+
+
 class ControllerAgent:
     """A loaded controller: it sees each frame through its world (encoded, remembered with the
-    action that led to it) and plays the action whose score is highest. ``predict`` has SB3's
+    action that led to it) and plays the action whose score is highest; an ensemble
+    (``combine_controllers``) plays the action most of its members chose (``vote``). ``predict`` has SB3's
     signature (``episode_start`` starts an element's memory afresh), so ``evaluate`` scores it as
     it scores PPO; ``act`` is the autopilot's one-frame call (a new frame goes on the same memory)."""
 
@@ -326,11 +337,13 @@ class ControllerAgent:
             tensors, _ = load_tensors(Path(path) / WEIGHTS_FILE, what="controller weights")
         except (BundleError, StateError) as e:
             raise AgentError(f"{path}: {e}") from None
-        self.weight, self.bias = tensors["weight"].float(), tensors["bias"].float()
+        weight, bias = tensors["weight"].float(), tensors["bias"].float()
+        self.weight, self.bias = (weight, bias) if weight.dim() == 3 else (weight[None], bias[None])  # (K, D, n), (K, n)
         D = _features(self.world, features)
         self.cell = features == "zhc"
-        if self.weight.shape != (D, len(combinations)) or self.bias.shape != (len(combinations),):
-            raise AgentError(f"{path}: controller weights {tuple(self.weight.shape)} do not fit {D} features x {len(combinations)} actions")
+        K = self.weight.shape[0]
+        if self.weight.shape[1:] != (D, len(combinations)) or self.bias.shape != (K, len(combinations)):
+            raise AgentError(f"{path}: controller weights {tuple(weight.shape)} do not fit {D} features x {len(combinations)} actions")
         self.table = combination_table(spec, combinations)
         self.resolution = tuple(self.world.resolution)
         self._sessions: dict[int, Any] = {}
@@ -343,7 +356,7 @@ class ControllerAgent:
             self._sessions[i].observe(frame[None], actions=self._last[i][None])
         with torch.no_grad():
             f = self.world.dynamics.features(self._sessions[i].cache, self.cell)[0].float()
-            index = int((f @ self.weight + self.bias).argmax())
+            index = vote((torch.einsum("d,kdn->kn", f, self.weight) + self.bias).argmax(1))
         self._last[i] = self.table[index]
         return index
 
@@ -375,3 +388,60 @@ def load_controller(path: str | os.PathLike, meta: dict[str, Any]) -> Controller
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path) / META_FILE
     return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def combine_controllers(members: list[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
+    """An ensemble of controllers searched in the same world (other seeds, say): one agent whose
+    members each choose from the same [z, h] and which plays the action most of them chose
+    (``vote``). Each member must be a CMA-ES controller of the same world (its weights byte for
+    byte), action set, features and ActionSpec. Nothing is learnt: it is a fixed rule over
+    policies each trained only where they were."""
+    from neuralworld.state_io import StateError, load_tensors, save_tensors
+
+    if len(members) < 2:
+        raise AgentError("an ensemble needs at least two controllers")
+    out = Path(out)
+    if (out / WEIGHTS_FILE).exists():
+        raise AgentError(f"{out} already holds an agent: choose another --out")
+    metas, weights, biases = [], [], []
+    for m in members:
+        meta = read_meta(m)
+        if meta.get("algorithm") != ALGORITHM or meta.get("format") != FORMAT:
+            raise AgentError(f"{m} is not a CMA-ES controller (agent train --algorithm cma writes one)")
+        try:
+            t, _ = load_tensors(Path(m) / WEIGHTS_FILE, what="controller weights")
+        except StateError as e:
+            raise AgentError(f"{m}: {e}") from None
+        w, b = t["weight"].float(), t["bias"].float()
+        weights.append(w if w.dim() == 3 else w[None])
+        biases.append(b if b.dim() == 2 else b[None])
+        metas.append(meta)
+    first = Path(members[0])
+    same = {
+        "actions": lambda p, meta: meta.get("combinations"),
+        "features": lambda p, meta: (meta.get("config") or {}).get("features", "zh"),
+        "ActionSpec": lambda p, meta: (Path(p) / SPEC_FILE).read_text(),
+        "world": lambda p, meta: (Path(p) / WORLD_DIR / "model.safetensors").read_bytes(),
+    }
+    for what, get in same.items():
+        for m, meta in zip(members[1:], metas[1:]):
+            if get(m, meta) != get(first, metas[0]):
+                raise AgentError(f"{m} and {first} differ in their {what}: an ensemble's members choose the same way from "
+                                 "the same world")
+    weight, bias = torch.cat(weights), torch.cat(biases)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first / SPEC_FILE, out / SPEC_FILE)
+    if not (out / WORLD_DIR).is_dir():
+        shutil.copytree(first / WORLD_DIR, out / (WORLD_DIR + ".tmp"), dirs_exist_ok=True)
+        os.replace(out / (WORLD_DIR + ".tmp"), out / WORLD_DIR)
+    save_tensors(out / WEIGHTS_FILE, {"weight": weight.contiguous(), "bias": bias.contiguous()}, {"format": FORMAT})
+    meta = {k: metas[0][k] for k in ("combinations", "observation", "resolution", "world", "config") if k in metas[0]}
+    atomic_write_json(out / META_FILE, {
+        "format": FORMAT, "algorithm": ALGORITHM, **meta, "members": [
+            {"agent": str(m), "seed": (mm.get("config") or {}).get("seed"), "generations": mm.get("generations"),
+             "command": mm.get("command")} for m, mm in zip(members, metas)],
+        "generations": max(int(mm.get("generations", 0)) for mm in metas),
+        "timesteps": sum(int(mm.get("timesteps", 0)) for mm in metas),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })  # fmt: skip
+    return {"agent": str(out), "members": len(weight)}
