@@ -226,8 +226,30 @@ def test_kinematics_fit_recovers_a_linear_law():
             mv[t] = np.concatenate([mv[t - 1, :2], a[t], [1.0]]) @ K_true
         moves.append(mv), actions.append(a)
     assert np.allclose(fit_kinematics(moves, actions), K_true, atol=1e-4)
+    assert np.allclose(fit_kinematics(moves, actions, blocked_mads=None), K_true, atol=1e-4)
     with pytest.raises(ValueError):
         fit_kinematics([np.zeros((1, 3))], [np.zeros((1, 3))])
+
+
+def test_kinematics_fit_leaves_out_moves_a_wall_cut_short():
+    """A walk with Doom's momentum (each step keeps 0.82 of the last move and the forward key
+    adds 2.9), a quarter of its moves stopped dead by walls: plain least squares learns a
+    slower, lazier camera; the fit that leaves out the short moves learns the free one."""
+    rng = np.random.default_rng(1)
+    K_true = np.zeros((2 + 1 + 1, 3), np.float32)
+    K_true[0, 0], K_true[1, 1], K_true[2, 0] = 0.82, 0.82, 2.9  # forward follows momentum and the key
+    moves, actions = [], []
+    for _ in range(20):
+        a = np.repeat((rng.random((25, 1)) < 0.7).astype(np.float32), 8, 0)[:200]  # forward held or not, 8 frames at a time
+        mv = np.zeros((199, 3), np.float32)
+        for t in range(1, 199):
+            mv[t] = np.concatenate([mv[t - 1, :2], a[t], [1.0]]) @ K_true + rng.normal(0, 0.05, 3)
+            if rng.random() < 0.25:
+                mv[t, :2] = 0.0  # a wall: no move this frame
+        moves.append(mv), actions.append(a)
+    plain, free = fit_kinematics(moves, actions, blocked_mads=None), fit_kinematics(moves, actions)
+    assert abs(free[0, 0] - 0.82) < 0.03 and abs(free[2, 0] - 2.9) < 0.15
+    assert abs(plain[0, 0] - 0.82) > 3 * abs(free[0, 0] - 0.82) or abs(plain[2, 0] - 2.9) > 3 * abs(free[2, 0] - 2.9)
 
 
 def test_body_move_is_in_the_old_cameras_frame():

@@ -17,7 +17,7 @@ turns at the engine's rate and a step forward walks into the place.
   so the graph is plain Gather/Mul/Add.
 * **Kinematics** (``advance``): the camera's move between two frames (forward, left in map
   units, yaw in degrees, in the earlier camera's frame) is linear in the previous move and
-  the action (least squares on the recording, ``fit_kinematics``: Doom's momentum is the
+  the action (least squares on the recording's free moves, ``fit_kinematics``: Doom's momentum is the
   previous move). The player cannot leave the recorded place: ``walls`` marks the
   ``wall_cell``-unit cells the recording visited, and (the "ray" renderer) it keeps
   ``player_radius`` from the wall map, as Doom's player box keeps from a wall; a move that
@@ -240,10 +240,25 @@ def body_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
     return torch.stack([fwd, left, yaw], -1)
 
 
-def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray]) -> np.ndarray:
+BLOCKED_MADS = 2.0
+
+
+def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray], *, turns: tuple[int, ...] = (),
+                   blocked_mads: float | None = BLOCKED_MADS, rounds: int = 8) -> np.ndarray:
     """Least squares: [previous move (forward, left), action, 1] -> move (forward, left, yaw),
     over episodes (``moves[e][t]``: pose t -> t + 1 of episode e, after ``actions[e][t]``,
-    normalised). Returns K (2 + A + 1, 3)."""
+    normalised). Returns K (2 + A + 1, 3).
+
+    ``turns``: the action's rotation axes (the spec's axes in degrees). They turn the camera and
+    do not move it, and nothing else turns it; the fit holds to that. (A recording's policy that
+    turns as it slows for a wall would otherwise teach a camera that backs away as it turns.)
+
+    A recording is full of moves a wall cut short (the player pressed into it, or slid along
+    it): fitted with the free ones, they teach a camera that speeds up slowly and never reaches
+    the engine's pace. So each of ``rounds`` rounds leaves out the moves shorter than the law
+    predicts by more than ``blocked_mads`` robust deviations (1.4826 x the median absolute
+    shortfall of those kept) and fits the move again: the law of the free camera, which the
+    world's own walls then stop (``FieldNet.advance``). ``blocked_mads=None``: plain least squares."""
     X, Y = [], []
     for mv, act in zip(moves, actions):
         if len(mv) < 2:
@@ -252,7 +267,26 @@ def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray]) -> np.nda
         Y.append(mv[1:])
     if not X:
         raise ValueError("fit_kinematics needs episodes of at least three frames")
-    K, *_ = np.linalg.lstsq(np.concatenate(X).astype(np.float64), np.concatenate(Y).astype(np.float64), rcond=None)
+    Xa, Ya = np.concatenate(X).astype(np.float64), np.concatenate(Y).astype(np.float64)
+    n = Xa.shape[1]
+    turning = [2 + i for i in turns]
+    moving = [c for c in range(n) if c not in turning]  # what may move the camera
+    yawing = turning + [n - 1] if turning else list(range(n))  # what may turn it
+    K = np.zeros((n, 3))
+    K[yawing, 2] = np.linalg.lstsq(Xa[:, yawing], Ya[:, 2], rcond=None)[0]
+    Xm = Xa[:, moving]
+    keep = np.ones(len(Xa), bool)
+    M = np.linalg.lstsq(Xm, Ya[:, :2], rcond=None)[0]
+    for _ in range(rounds if blocked_mads is not None else 0):
+        pred = Xm @ M
+        short = np.hypot(pred[:, 0], pred[:, 1]) - np.hypot(Ya[:, 0], Ya[:, 1])  # > 0: moved less than the law says
+        mad = 1.4826 * float(np.median(np.abs(short[keep])))
+        kept = short <= blocked_mads * mad + 1e-6
+        if kept.sum() < 4 * n or (kept == keep).all():
+            break
+        keep = kept
+        M = np.linalg.lstsq(Xm[keep], Ya[keep, :2], rcond=None)[0]
+    K[moving, :2] = M
     return K.astype(np.float32)
 
 

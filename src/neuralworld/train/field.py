@@ -154,7 +154,8 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
             acts.append(ds.spec.normalize(d["actions"]))
     if not moves:
         raise TrainingError("the field world's kinematics need episodes with every pose known")
-    K = fit_kinematics(moves, acts)
+    turns = tuple(i for i, a in enumerate(ds.spec.axes) if a.unit.startswith("deg"))  # yaw axes: they turn, not move
+    K = fit_kinematics(moves, acts, turns=tuple(len(ds.spec.buttons) + i for i in turns))
     X = np.concatenate([np.concatenate([m[:-1, :2], a[1 : len(m)], np.ones((len(m) - 1, 1))], 1) for m, a in zip(moves, acts)])
     Y = np.concatenate([m[1:] for m in moves])
     error = np.median(np.abs(X @ K - Y), 0)
