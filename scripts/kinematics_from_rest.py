@@ -5,7 +5,12 @@ laws ``fit_kinematics`` fits to a recording, plain least squares and the free ca
     .venv/bin/python scripts/kinematics_from_rest.py --data data/ship64d --env doom/freedoom_map01 \\
         --out docs/images/experiments/x.png worlds/freedoom-map01 runs/Pk/world
 
-Prints one line per curve; with --out, draws them. For docs/experiments.md; not part of the package.
+Prints one line per curve; with --out, draws them. With --env and worlds, also the picture's
+radial flow (``eval.probes.radial_flow``, the forward bar's reading) for the same hold from the map's
+start, in the engine and in each world (whose start frames are the recording's first, at the
+same pose): the bar's real reference is the recording's pooled pairs, mostly at full pace and in
+other places, this is the engine under the same controls. For docs/experiments.md; not part of
+the package.
 """
 
 from __future__ import annotations
@@ -43,6 +48,34 @@ def engine_from_rest(env: str, frame_skip: int, rounds: int = 3) -> list[float]:
         return out
     finally:
         eng.close()
+
+
+def engine_flow_from_start(env: str, frame_skip: int, frames: int) -> list[float]:
+    """The radial flow of each frame of a forward hold from the episode's start, in the engine."""
+    from neuralworld.eval.probes import radial_flow
+    from neuralworld.record.doom import DoomEngine, doom_action_spec, parse_env
+
+    spec = doom_action_spec(frame_skip)
+    eng = DoomEngine(parse_env(env)[1], (64, 64), frame_skip, seed=0)
+    try:
+        eng.game.new_episode()
+        shots = [eng.frame(eng.game.get_state())]
+        for _ in range(frames):
+            eng.step(spec.make(forward=1))
+            shots.append(eng.frame(eng.game.get_state()))
+    finally:
+        eng.close()
+    return [radial_flow(shots[i], shots[i + 1]) for i in range(frames)]
+
+
+def world_flow_from_start(path: str, frames: int) -> list[float]:
+    import neuralworld
+    from neuralworld.eval.probes import radial_flow
+
+    w = neuralworld.load(path)
+    s = w.start(seed=0)
+    shots = [np.asarray(s.frame)] + [s.step(w.spec.make(forward=1)) for _ in range(frames)]
+    return [radial_flow(shots[i], shots[i + 1]) for i in range(frames)]
 
 
 def law_from_rest(K: np.ndarray, forward: int) -> list[float]:
@@ -98,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         curves[w] = world_from_rest(w)
     for name, c in curves.items():
         print(f"{name}: " + " ".join(f"{x:.2f}" for x in c) + f"  (frames 2-{FRAMES} mean {np.mean(c[1:]):.2f})")
+    if args.env and args.worlds:
+        flows = {f"ViZDoom ({args.env})": engine_flow_from_start(args.env, args.frame_skip, 2 * FRAMES)}
+        flows.update({w: world_flow_from_start(w, 2 * FRAMES) for w in args.worlds})
+        engine = next(iter(flows.values()))
+        for name, f in flows.items():
+            a, b = np.mean(f[1:FRAMES]), np.mean(f[FRAMES:])
+            print(f"radial flow from the start, forward held: {name}: frames 2-{FRAMES} {a:.3f} px/frame "
+                  f"({a / np.mean(engine[1:FRAMES]):.2f} of the engine's), frames {FRAMES + 1}-{2 * FRAMES} {b:.3f} "
+                  f"({b / np.mean(engine[FRAMES:]):.2f})")
     if args.out:
         import matplotlib
 
