@@ -1,6 +1,6 @@
 """How kind is a world's dream? Random play (a uniform choice of the actions each step) in each
-world given, deaths sampled from the termination head (or, with --threshold, when it passes it): the mean return, to set beside random play
-in the real engine (`neuralworld agent eval random --env doom/<scenario>`). A world whose dream lets
+world given, deaths sampled from the termination head (or, with --threshold, when it passes
+it): the mean return, to set beside random play in the real engine (`neuralworld agent eval random --env doom/<scenario>`). A world whose dream lets
 random play live longer than the engine does will teach a controller that deaths are rare.
 
     .venv/bin/python scripts/dream_survival.py worlds/take-cover runs/other/world

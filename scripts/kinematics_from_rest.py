@@ -68,16 +68,6 @@ def engine_flow_from_start(env: str, frame_skip: int, frames: int) -> list[float
     return [radial_flow(shots[i], shots[i + 1]) for i in range(frames)]
 
 
-def world_flow_from_start(path: str, frames: int) -> list[float]:
-    import neuralworld
-    from neuralworld.eval.probes import radial_flow
-
-    w = neuralworld.load(path)
-    s = w.start(seed=0)
-    shots = [np.asarray(s.frame)] + [s.step(w.spec.make(forward=1)) for _ in range(frames)]
-    return [radial_flow(shots[i], shots[i + 1]) for i in range(frames)]
-
-
 def law_from_rest(K: np.ndarray, forward: int) -> list[float]:
     v, out = np.zeros(2), []
     a = np.zeros(K.shape[0] - 3)
@@ -88,16 +78,20 @@ def law_from_rest(K: np.ndarray, forward: int) -> list[float]:
     return out
 
 
-def world_from_rest(path: str) -> list[float]:
+def world_walk(path: str, frames: int) -> tuple[list[float], list[float]]:
+    """Forward held for ``frames`` frames from the world's start: the map units moved in each
+    frame, and the picture's radial flow between each two."""
     import neuralworld
+    from neuralworld.eval.probes import radial_flow
 
     w = neuralworld.load(path)
-    s, out = w.start(seed=0), []
-    for _ in range(FRAMES):
+    s, moved, shots = w.start(seed=0), [], []
+    shots.append(np.asarray(s.frame))
+    for _ in range(frames):
         p = s.cache.pose.clone()
-        s.step(w.spec.make(forward=1))
-        out.append(float((s.cache.pose[0, :2] - p[0, :2]).norm()))
-    return out
+        shots.append(s.step(w.spec.make(forward=1)))
+        moved.append(float((s.cache.pose[0, :2] - p[0, :2]).norm()))
+    return moved, [radial_flow(shots[i], shots[i + 1]) for i in range(frames)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         curves[f"ViZDoom ({args.env})"] = engine_from_rest(args.env, args.frame_skip)
     if args.data:
         from neuralworld.data.store import Dataset
-        from neuralworld.model.field import body_move, fit_kinematics
+        from neuralworld.model.field import body_move, fit_kinematics, rotation_axes
 
         ds = Dataset(args.data)
         moves, acts = [], []
@@ -122,18 +116,17 @@ def main(argv: list[str] | None = None) -> int:
             p = torch.from_numpy(d["poses"][:, :4]).double()
             moves.append(body_move(p[1:], p[:-1]).numpy())
             acts.append(ds.spec.normalize(d["actions"]))
-        nb = len(ds.spec.buttons)
-        turns = tuple(nb + i for i, a in enumerate(ds.spec.axes) if a.unit.startswith("deg"))
         fwd = ds.spec.index("forward")
         curves["law: plain least squares"] = law_from_rest(fit_kinematics(moves, acts, blocked_mads=None), fwd)
-        curves["law: the free camera"] = law_from_rest(fit_kinematics(moves, acts, turns=turns), fwd)
-    for w in args.worlds:
-        curves[w] = world_from_rest(w)
+        curves["law: the free camera"] = law_from_rest(fit_kinematics(moves, acts, turns=rotation_axes(ds.spec)), fwd)
+    walks = {w: world_walk(w, 2 * FRAMES) for w in args.worlds}
+    for w, (moved, _) in walks.items():
+        curves[w] = moved[:FRAMES]
     for name, c in curves.items():
         print(f"{name}: " + " ".join(f"{x:.2f}" for x in c) + f"  (frames 2-{FRAMES} mean {np.mean(c[1:]):.2f})")
     if args.env and args.worlds:
         flows = {f"ViZDoom ({args.env})": engine_flow_from_start(args.env, args.frame_skip, 2 * FRAMES)}
-        flows.update({w: world_flow_from_start(w, 2 * FRAMES) for w in args.worlds})
+        flows.update({w: flow for w, (_, flow) in walks.items()})
         engine = next(iter(flows.values()))
         for name, f in flows.items():
             a, b = np.mean(f[1:FRAMES]), np.mean(f[FRAMES:])

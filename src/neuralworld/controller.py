@@ -256,9 +256,7 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
         generation = timesteps = 0
     out.mkdir(parents=True, exist_ok=True)
     (out / SPEC_FILE).write_text(spec.to_json())
-    if not (out / WORLD_DIR).is_dir():
-        shutil.copytree(world.path, out / (WORLD_DIR + ".tmp"), dirs_exist_ok=True)
-        os.replace(out / (WORLD_DIR + ".tmp"), out / WORLD_DIR)
+    _copy_world(world.path, out)
     writer = SummaryWriter(str(out / "tensorboard"))
     try:
         while generation < cfg.generations and (cfg.steps is None or timesteps < cfg.steps):
@@ -293,6 +291,13 @@ def train_controller(world_path: str | os.PathLike, out: str | os.PathLike, cfg:
         for env in doom:
             env.close()
     return {"agent": str(out), "world": str(world_path), "generations": generation, "timesteps": timesteps}
+
+
+def _copy_world(world: str | os.PathLike, out: Path) -> None:
+    """The world a controller sees through, copied into its folder once (whole, or not at all)."""
+    if not (out / WORLD_DIR).is_dir():
+        shutil.copytree(world, out / (WORLD_DIR + ".tmp"), dirs_exist_ok=True)
+        os.replace(out / (WORLD_DIR + ".tmp"), out / WORLD_DIR)
 
 
 def _save(out: Path, x: np.ndarray, D: int, n: int, spec: ActionSpec, combos: list[dict[str, float]], *, world_path: str,
@@ -431,9 +436,7 @@ def combine_controllers(members: list[str | os.PathLike], out: str | os.PathLike
     weight, bias = torch.cat(weights), torch.cat(biases)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(first / SPEC_FILE, out / SPEC_FILE)
-    if not (out / WORLD_DIR).is_dir():
-        shutil.copytree(first / WORLD_DIR, out / (WORLD_DIR + ".tmp"), dirs_exist_ok=True)
-        os.replace(out / (WORLD_DIR + ".tmp"), out / WORLD_DIR)
+    _copy_world(first / WORLD_DIR, out)
     save_tensors(out / WEIGHTS_FILE, {"weight": weight.contiguous(), "bias": bias.contiguous()}, {"format": FORMAT})
     meta = {k: metas[0][k] for k in ("combinations", "observation", "resolution", "world", "config") if k in metas[0]}
     atomic_write_json(out / META_FILE, {

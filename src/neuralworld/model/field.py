@@ -243,6 +243,12 @@ def body_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
 BLOCKED_MADS = 2.0
 
 
+def rotation_axes(spec: ActionSpec) -> tuple[int, ...]:
+    """The action vector's indices of the axes that turn the camera (those in degrees): they turn
+    it and do not move it (``fit_kinematics``'s ``turns``)."""
+    return tuple(len(spec.buttons) + i for i, a in enumerate(spec.axes) if a.unit.startswith("deg"))
+
+
 def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray], *, turns: tuple[int, ...] = (),
                    blocked_mads: float | None = BLOCKED_MADS, rounds: int = 8) -> np.ndarray:
     """Least squares: [previous move (forward, left), action, 1] -> move (forward, left, yaw),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from neuralworld.bundle import build_networks, save_bundle
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
-    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics,
+    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics, rotation_axes,
 )  # fmt: skip
 from neuralworld.model.autoencoder import tensor_to_frames
 from neuralworld.model.unet import PixelCodec
@@ -154,8 +154,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
             acts.append(ds.spec.normalize(d["actions"]))
     if not moves:
         raise TrainingError("the field world's kinematics need episodes with every pose known")
-    turns = tuple(i for i, a in enumerate(ds.spec.axes) if a.unit.startswith("deg"))  # yaw axes: they turn, not move
-    K = fit_kinematics(moves, acts, turns=tuple(len(ds.spec.buttons) + i for i in turns))
+    K = fit_kinematics(moves, acts, turns=rotation_axes(ds.spec))
     X = np.concatenate([np.concatenate([m[:-1, :2], a[1 : len(m)], np.ones((len(m) - 1, 1))], 1) for m, a in zip(moves, acts)])
     Y = np.concatenate([m[1:] for m in moves])
     error = np.median(np.abs(X @ K - Y), 0)
