@@ -170,6 +170,16 @@ def test_train_rnn_from_another_world(dodge_data, tmp_path, capsys):
     assert main([*base, "--preset", "mini", "--out", str(tmp_path / "d"), "--vae-steps", "0", "--rnn-steps", "0",
                  "--init-world", str(tmp_path / "a")]) == 2
     assert "its vae is not this run's" in capsys.readouterr().err
+    # --rnn-hidden: a wider memory over the same VAE (--init-autoencoder), not the same MDN-LSTM
+    assert main([*base, "--out", str(tmp_path / "e"), "--vae-steps", "0", "--rnn-steps", "5", "--rnn-hidden", "24",
+                 "--init-autoencoder", str(tmp_path / "a")]) == 0
+    e = bundle.load_bundle(tmp_path / "e" / "world")
+    assert e.config.dynamics.hidden == 24 and e.dynamics.lstm.hidden_size == 24 != a.config.dynamics.hidden
+    assert all(torch.equal(v, weights(a.autoencoder)[k]) for k, v in weights(e.autoencoder).items())
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "f"), "--vae-steps", "0", "--rnn-steps", "0", "--rnn-hidden", "24",
+                 "--init-world", str(tmp_path / "a")]) == 2
+    assert "its rnn is not this run's" in capsys.readouterr().err
 
 
 def test_episode_batches_mark_deaths_only_where_they_were(dodge_data):
@@ -218,6 +228,26 @@ def test_controller_trains_resumes_and_plays_its_world(tmp_path, capsys):
     assert moves <= {tuple(SPEC.make(**c)) for c in agent.combinations}
     assert main(["agent", "eval", str(out), "--env", str(world), "--episodes", "2", "--max-steps", "5", "--threshold", "1.0"]) == 0
     assert json.loads(capsys.readouterr().out)["mean_length"] == 5
+    # --codes sample: the remembered code of a real frame is a draw from the VAE's posterior, seeded
+    from neuralworld.agents import AgentError
+    from neuralworld.model.autoencoder import frames_to_tensor
+
+    frame = np.full((32, 32, 3), 100, np.uint8)
+    codes = []
+    for how in ("mean", "sample", "sample"):
+        agent.reset()
+        agent.seed(3, how)
+        agent.act(frame)
+        codes.append(agent._sessions[0].cache.z.clone())
+    with torch.no_grad():
+        mean, _ = agent.world.autoencoder.posterior(frames_to_tensor(frame[None]))
+    assert torch.allclose(codes[0], mean, atol=1e-5) and not torch.allclose(codes[1], mean, atol=1e-2)
+    assert torch.equal(codes[1], codes[2])
+    with pytest.raises(AgentError, match="codes must be"):
+        agent.seed(0, "mode")
+    assert main(["agent", "eval", str(out), "--env", str(world), "--episodes", "1", "--max-steps", "3", "--threshold", "1.0",
+                 "--codes", "sample"]) == 0
+    assert json.loads(capsys.readouterr().out)["codes"] == "sample"
 
 
 def test_controller_reading_the_cell_state(tmp_path, capsys):

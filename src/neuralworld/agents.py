@@ -267,10 +267,12 @@ def make_eval_env(env: str, *, resolution: tuple[int, int] | None, frame_skip: i
 
 def evaluate(agent_path: str, env: str, *, episodes: int = 100, seed: int = 0, max_steps: int = 1000,
              deterministic: bool = False, termination_threshold: float = 0.5, resolution: tuple[int, int] | None = None,
-             frame_skip: int | None = None, combos: list[dict[str, float]] | None = None) -> dict[str, Any]:
+             frame_skip: int | None = None, combos: list[dict[str, float]] | None = None,
+             codes: str | None = None) -> dict[str, Any]:
     """Score an agent (a folder, or ``"random"``) over ``episodes`` episodes of ``env``:
     returns per-episode returns and lengths, their mean and standard deviation. ``combos``:
-    the random baseline's Discrete set (an agent plays its own)."""
+    the random baseline's Discrete set (an agent plays its own). ``codes``: how a CMA-ES
+    controller reads a frame's code, "mean" or "sample" (``ControllerAgent.codes``)."""
     _sb3()
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
@@ -284,6 +286,10 @@ def evaluate(agent_path: str, env: str, *, episodes: int = 100, seed: int = 0, m
         agent, spec, res = None, None, resolution
     else:
         agent = load_agent(agent_path)  # the spec is checked below, against the env as made
+        if hasattr(agent, "seed"):  # a controller: its code draws are seeded too
+            agent.seed(seed, codes)
+        elif codes is not None:
+            raise AgentError(f"--codes is for a CMA-ES controller; {agent_path} is not one")
         spec, res = agent.spec, resolution or agent.resolution
     skip = frame_skip or (round(35 / spec.fps) if spec is not None else None)
     raw = make_eval_env(env, resolution=res, frame_skip=skip, max_steps=max_steps, termination_threshold=termination_threshold)
@@ -302,6 +308,7 @@ def evaluate(agent_path: str, env: str, *, episodes: int = 100, seed: int = 0, m
     r, n = np.asarray(returns, float), np.asarray(lengths, int)
     return {
         "agent": agent_path, "env": env, "episodes": episodes, "seed": seed, "deterministic": deterministic,
+        **({"codes": agent.codes} if hasattr(agent, "codes") else {}),
         "mean_return": round(float(r.mean()), 3), "std_return": round(float(r.std()), 3),
         "mean_length": round(float(n.mean()), 2), "returns": [round(float(v), 3) for v in r], "lengths": n.tolist(),
     }  # fmt: skip

@@ -129,6 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
            "rnn.batch_size": args.rnn_batch},
         rnn_sequence=args.rnn_sequence,
         rnn_death_horizon=args.rnn_death_horizon,
+        rnn_hidden=args.rnn_hidden,
         warp_unroll=args.warp_unroll,
         warp_chain=args.warp_chain,
         warp_objective=dict(args.warp_objective) if args.warp_objective else None,
@@ -328,7 +329,7 @@ def _cmd_agent_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         args.agent, args.env, episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
         deterministic=args.deterministic, termination_threshold=args.threshold, resolution=args.resolution,
-        combos=args.actions,
+        combos=args.actions, codes=args.codes,
     )  # fmt: skip
     if not args.all:
         result = {k: v for k, v in result.items() if k not in ("returns", "lengths")}
@@ -406,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rnn-batch", type=_positive_int, default=None, help="--model rnn: the MDN-LSTM's batch (sequences)")
     t.add_argument("--rnn-sequence", type=_positive_int, default=None,
                    help="--model rnn: most steps in one MDN-LSTM training sequence (default 200)")
+    t.add_argument("--rnn-hidden", type=_positive_int, default=None,
+                   help="--model rnn: the LSTM's memory size (default: the preset's; mini and small 256, base 512)")
     t.add_argument("--rnn-death-horizon", type=_positive_int, default=None,
                    help="--model rnn: the termination head learns 'the episode ends within N steps' (default 1)")
     t.add_argument("--field-steps", type=_non_negative_int, default=None, help="--model field: override the preset's steps")
@@ -584,6 +587,9 @@ def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     _episode_options(ae, seed="seeds the env (and the random baseline)")
     ae.add_argument("--resolution", type=_resolution, default=None, help="frame size HxW for the random baseline (default: the agent's)")
     ae.add_argument("--deterministic", action="store_true", help="the policy's most likely action, not a sample")
+    ae.add_argument("--codes", choices=("mean", "sample"), default=None,
+                    help="a CMA-ES controller: read each real frame's code as the VAE's posterior mean, or a draw "
+                         "from it as the dream's codes are drawn (default: mean)")
     ae.add_argument("--actions", type=_combos, default=None, metavar="COMBOS",
                     help="random baseline only: its Discrete action set (as agent train's --actions)")
     ae.add_argument("--all", action="store_true", help="print every episode's return and length too")

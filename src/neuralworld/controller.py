@@ -353,13 +353,31 @@ class ControllerAgent:
         self.resolution = tuple(self.world.resolution)
         self._sessions: dict[int, Any] = {}
         self._last: dict[int, np.ndarray] = {}
+        self.codes = "mean"
+        """How a real frame's code is read: "mean" (the VAE's posterior mean) or "sample" (a draw from
+        the posterior, as the codes the MDN-LSTM learnt from and the dream's are drawn)."""
+        self._noise = torch.Generator().manual_seed(0)
+
+    def seed(self, seed: int, codes: str | None = None) -> None:
+        """Seed the draws of ``codes="sample"`` (and set ``codes``)."""
+        if codes is not None:
+            if codes not in ("mean", "sample"):
+                raise AgentError(f"codes must be 'mean' or 'sample', got {codes!r}")
+            self.codes = codes
+        self._noise.manual_seed(int(seed))
 
     def _choose(self, i: int, frame: np.ndarray, start: bool) -> int:
         if start or i not in self._sessions:
             self._sessions[i] = self.world.start(frame, backend="eager", pixels=False)
         else:
             self._sessions[i].observe(frame[None], actions=self._last[i][None])
-        with torch.no_grad():
+        with torch.inference_mode():  # the session's cache is made in inference mode
+            if self.codes == "sample":  # the remembered code (the mean) becomes a draw from the posterior
+                from neuralworld.model.autoencoder import frames_to_tensor
+
+                mean, log_var = self.world.autoencoder.posterior(frames_to_tensor(np.ascontiguousarray(frame)[None]))
+                noise = torch.randn(mean.shape, generator=self._noise)
+                self._sessions[i].cache.z.copy_(mean + (0.5 * log_var).exp() * noise)
             f = self.world.dynamics.features(self._sessions[i].cache, self.cell)[0].float()
             index = vote((torch.einsum("d,kdn->kn", f, self.weight) + self.bias).argmax(1))
         self._last[i] = self.table[index]

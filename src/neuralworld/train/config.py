@@ -116,6 +116,8 @@ class TrainConfig:
     """The recurrent world's MDN-LSTM (its second stage), on the VAE's codes of whole stretches of episodes."""
     rnn_sequence: int = 200
     """Most steps in one of the MDN-LSTM's training sequences (an episode, or a stretch of a longer one)."""
+    rnn_hidden: int | None = None
+    """The recurrent world's LSTM memory (``RNNNetConfig.hidden``); None: the preset's."""
     rnn_death_horizon: int | None = None
     """The recurrent world's termination head learns "the episode ends within this many steps"
     (``RNNNetConfig.death_horizon``); None: the preset's (1)."""

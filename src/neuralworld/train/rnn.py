@@ -44,6 +44,8 @@ def train_rnn(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig,
         world = rnn_preset(preset, **where)
         if cfg.rnn_death_horizon is not None:
             world.dynamics.death_horizon = int(cfg.rnn_death_horizon)
+        if cfg.rnn_hidden is not None:
+            world.dynamics.hidden = int(cfg.rnn_hidden)
         return world
 
     with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config, model=MODEL_KIND) as r:
@@ -199,7 +201,7 @@ def _start_from(source: str, world: RNNConfig, which: str) -> nn.Module:
     if which == "rnn":
         mine, theirs = mine + [world.spec], theirs + [other.spec]
     if [tuple(v) if isinstance(v, list) else v for v in mine] != [tuple(v) if isinstance(v, list) else v for v in theirs]:
-        raise TrainingError(f"{flag} {source}: its {which} is not this run's (another --preset, resolution or controls?)")
+        raise TrainingError(f"{flag} {source}: its {which} is not this run's (another --preset, --rnn-hidden, resolution or controls?)")
     return other.autoencoder if which == "vae" else other.dynamics
 
 
