@@ -138,6 +138,24 @@ def test_image_shift_reads_a_slide_and_real_recorded_turns(doom32):
     assert ctl.agreement(ep["actions"][1:, -1], yaw)["corr"] < a["corr"]  # one frame off
 
 
+def test_the_engine_plays_the_probes_beside_the_worlds(doom32):
+    """The recording's engine under the probes' controls, from its map's start: the picture
+    slides with a held turn the way the recorded pairs do, expands when walking forward, and is
+    sharp; a dataset from elsewhere has no engine to play."""
+    from neuralworld.eval import probes as prb
+    from neuralworld.eval.inputs import sample_real_frames
+
+    held = list(range(doom32.num_episodes))
+    real = prb.real_motion(doom32, held, sample_real_frames(doom32, held, 200))
+    assert doom32.info.source == "vizdoom:freedoom_map01"
+    e = prb.run_engine_probes(doom32.info.source, doom32.info.resolution, doom32.spec, real)
+    for side in ("right", "left"):
+        assert e["turn"][side]["second_ratio"] > 0.5  # the same direction as the recorded slide, about as far
+    # random play meets walls the recording's explorer keeps away from: sharp, but less than the recording
+    assert e["forward"]["px"] > 0 and 0.2 < e["sharpness"]["ratio"] < 1.5
+    assert "not a ViZDoom scenario" in prb.run_engine_probes("video:walk.mp4", doom32.info.resolution, doom32.spec, real)["skipped"]
+
+
 def test_stability_judge_passes_real_and_flags_black_and_frozen(doom32):
     project = stab.FeatureProjection()
     train, held = doom32.split(0.2)
@@ -234,6 +252,7 @@ def test_report_figures_are_consistent(report):
 
     assert [r["key"] for r in m["bars"]] == list(BARS) and all(r["mark"] in "✓✗–" for r in m["bars"])
     assert set(m["probes"]["worlds"]) == set(names) and m["probes"]["real"]["turn_pairs"] >= 0
+    assert m["probes"]["engine"]["forward"]["px"] > 0  # the recording's engine beside them, under the same probes
     assert st["end"]["drives"] == 1 and st["end"]["last_frames"] == 120
     assert "## Bars (issue 15)" in (out / "report.md").read_text()
     heads = m["heads"]["worlds"][names[0]]  # freedoom has no deaths: only false alarms are counted

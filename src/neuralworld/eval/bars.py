@@ -72,8 +72,10 @@ def _probe_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
         return [_row(k, "", None, _skipped(m, "probes")) for k in ("sharpness_start", "turn_right", "turn_left", "forward")]
     real = m["probes"]["real"]
     sh = p["sharpness"]
+    engine = m["probes"].get("engine", {}).get("sharpness", {})
     rows = [_row("sharpness_start", _f(sh["ratio"]), _at_least(sh["ratio"], "sharpness_start"),
-                 f"median {_f(sh['median'], 1)} vs real {_f(sh['real_median'], 1)} ({p['start']})")]
+                 f"median {_f(sh['median'], 1)} vs real {_f(sh['real_median'], 1)} ({p['start']})"
+                 + (f"; the engine under the same play: {_f(engine['ratio'])}" if engine.get("ratio") is not None else ""))]
     turn = p["turn"]
     for side in ("right", "left"):
         key = f"turn_{side}"
@@ -85,6 +87,9 @@ def _probe_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
         ok = None if None in ratios else all(r >= BARS[key].threshold for r in ratios)
         note = (f"{_f(t['first_px'])} / {_f(t['second_px'])} px/frame vs real {_f(t['real_px'])} at {_f(turn['rate'], 1)}°/frame "
                 f"({real['turn_pairs']} recorded pairs, degrees from the {real['degrees_from']})")  # fmt: skip
+        engine = m["probes"].get("engine", {}).get("turn", {}).get(side, {})
+        if engine.get("first_ratio") is not None:
+            note += f"; the engine under the same hold: {_f(engine['first_ratio'])} / {_f(engine['second_ratio'])}"
         if t["real_px"] is None:
             note = "no recorded pairs turn at this rate without moving: the real slide is unknown"
         rows.append(_row(key, " / ".join(_f(r) for r in ratios), ok, note))
@@ -94,6 +99,9 @@ def _probe_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         note = (f"{_f(fw['px'])} px/frame vs real {_f(fw['real_px'])} ({real['forward_pairs']} recorded pairs)"
                 if fw["real_px"] is not None else "no recorded forward-only pairs: the real flow is unknown")
+        engine = m["probes"].get("engine", {}).get("forward", {})
+        if engine.get("ratio") is not None:
+            note += f"; the engine under the same hold: {_f(engine['ratio'])}"
         rows.append(_row("forward", _f(fw["ratio"]), _at_least(fw["ratio"], "forward"), note))
     return rows
 

@@ -191,7 +191,17 @@ def render_markdown(m: dict[str, Any]) -> str:
             t, fw, sh = w["turn"], w["forward"], w["sharpness"]
             turns = [f"{t[d]['first_px']:.2f} / {t[d]['second_px']:.2f} (real {t[d]['real_px']})" if d in t else "—" for d in ("right", "left")]
             rows.append([n, *turns, f"{fw['px']:.2f} (real {fw['real_px']})" if "px" in fw else "—", f"{sh['median']:.1f} ({sh['ratio']}× real)"])
+        engine = p.get("engine", {"skipped": "not measured"})
+        if "skipped" not in engine:  # the same probes played by the recording's engine: what a perfect world scores
+            t, fw, sh = engine["turn"], engine["forward"], engine["sharpness"]
+            turns = [f"{t[d]['first_px']:.2f} / {t[d]['second_px']:.2f} ({_f(t[d]['first_ratio'])} / {_f(t[d]['second_ratio'])}× real)"
+                     if d in t else "—" for d in ("right", "left")]  # fmt: skip
+            rows.append([f"the engine ({engine['session']})", *turns, f"{fw['px']:.2f} ({_f(fw['ratio'])}× real)" if "px" in fw else "—",
+                         f"{sh['median']:.1f} ({sh['ratio']}× real)"])  # fmt: skip
         L += [_table(head, rows), ""]
+        L += [f"The engine's row plays the same probes in the recording's engine: {engine['skipped']}." if "skipped" in engine else
+              "The engine's row plays the same probes in the recording's engine, from its map's start: a perfect world's figures "
+              "(the bars compare with the recorded pairs, mostly at full pace).", ""]  # fmt: skip
     if "heads" in m:
         L += ["## Heads", "", "The termination head on held-out real episodes, teacher-forced (the last 200 steps of each): "
               "a death is caught when a step within the tolerance of it has a probability above the threshold; false alarms "

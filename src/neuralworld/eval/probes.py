@@ -14,6 +14,12 @@ frames before each probe (a world without start frames starts from a held-out re
   ``SHARP_FRAMES`` frames played under random held controls (``stability.random_actions``),
   median, as a ratio to the median of real held-out frames.
 
+Where the recording came from a ViZDoom scenario (the dataset's ``source``) and ViZDoom is
+installed, the engine itself plays the same probes from its map's start (``run_engine_probes``:
+the real twin, ``envs.doom.DoomEnv``): the pooled recorded pairs are mostly at full pace, and a
+hold from rest is not, so the engine under the same controls says what a perfect world would
+score on each probe. The bars stay against the recorded pairs; the engine's figures go beside them.
+
 The real references come from the dataset's recorded frames (``real_motion``), never from
 constants: the slide per degree from pairs where the recorded action turns and moves no
 button (nor did in the two frames before: the engine's momentum), in degrees from the pose's
@@ -175,6 +181,26 @@ class Player:
         return np.concatenate([np.asarray(first)[None], self.session.rollout(actions)])
 
 
+@dataclass
+class EnginePlayer:
+    """The recording's engine played as a world is probed: each ``play`` a new episode from the
+    map's start (the same seed each time), then the actions; after the episode ends (a death)
+    its last frame is held."""
+
+    env: Any  # an envs.doom.DoomEnv
+    seed: int = 0
+
+    def play(self, actions: np.ndarray) -> np.ndarray:
+        frame, _ = self.env.reset(seed=self.seed)
+        out, done = [frame], False
+        for a in actions:
+            if not done:
+                frame, _, terminated, truncated, _ = self.env.step(np.asarray(a, np.float32))
+                done = terminated or truncated
+            out.append(frame)
+        return np.stack(out)
+
+
 def _ratio(value: float | None, real: float | None) -> float | None:
     return None if value is None or not real else round(float(value) / real, 4)
 
@@ -221,12 +247,40 @@ def run_probes(world: Any, real: RealMotion, *, start: tuple[np.ndarray, np.ndar
     ``world.start`` (the player's sampler and backend by default)."""
     frames, actions = (None, None) if start is None else start
     session = world.start(frames, actions=actions, sampler=sampler, backend=backend, seed=seed)
-    player = Player(session, frames, actions, seed)
-    spec = world.spec
-    axis = turn_axis(spec)
     result: dict[str, Any] = {"session": repr(session), "start": "world start frames" if start is None else "held-out real frames",
                               "real": real.to_json()}  # fmt: skip
-    result["turn"] = turn_probe(player, spec, axis, real) if axis is not None else {"skipped": "the world has no turn or yaw axis"}
-    result["forward"] = forward_probe(player, spec, real) if "forward" in spec.buttons else {"skipped": "the world has no forward button"}
-    result["sharpness"] = sharpness_probe(player, spec, real, seed=seed)
-    return result
+    return {**result, **_probe(Player(session, frames, actions, seed), world.spec, real, seed)}
+
+
+def run_engine_probes(source: str, resolution: tuple[int, int], spec: Any, real: RealMotion, *, seed: int = 0) -> dict[str, Any]:
+    """Every probe played by the engine a dataset was recorded from (``source``: the dataset's,
+    "vizdoom:<scenario>"), at its resolution and frame skip, from the map's start; or
+    ``{"skipped": why}`` where there is no such engine here."""
+    if not source.startswith("vizdoom:"):
+        return {"skipped": f"recorded from {source or 'an unknown source'}, not a ViZDoom scenario: no engine to play"}
+    from neuralworld.envs.world import EnvError
+
+    try:
+        from neuralworld.envs.doom import DoomEnv
+        from neuralworld.record.doom import TICS_PER_SECOND
+
+        env = DoomEnv("doom/" + source.split(":", 1)[1], resolution=tuple(resolution), frame_skip=round(TICS_PER_SECOND / spec.fps),
+                      max_steps=10**6)  # fmt: skip
+    except EnvError as e:
+        return {"skipped": str(e)}
+    try:
+        if env.spec_actions != spec:
+            return {"skipped": f"the dataset's controls are not the engine's ({spec.diff(env.spec_actions)})"}
+        return {"session": f"ViZDoom {source.split(':', 1)[1]}, from the map's start", "start": "the engine's map start",
+                **_probe(EnginePlayer(env, seed), spec, real, seed)}  # fmt: skip
+    finally:
+        env.close()
+
+
+def _probe(player: Any, spec: Any, real: RealMotion, seed: int) -> dict[str, Any]:
+    axis = turn_axis(spec)
+    return {
+        "turn": turn_probe(player, spec, axis, real) if axis is not None else {"skipped": "the world has no turn or yaw axis"},
+        "forward": forward_probe(player, spec, real) if "forward" in spec.buttons else {"skipped": "the world has no forward button"},
+        "sharpness": sharpness_probe(player, spec, real, seed=seed),
+    }

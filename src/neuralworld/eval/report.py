@@ -317,6 +317,9 @@ def _probes(s: _Suite) -> dict[str, Any]:
             win = real_windows(s.inputs, s.rollouts.context, 1, per_episode=1, max_windows=1)
             start = (win.frames[0, : s.rollouts.context], win.led_to[0, : s.rollouts.context])
         result["worlds"][name] = prb.run_probes(w, s.real, start=start, sampler=s.rollouts.sampler, seed=s.rollouts.seed)
+    info = s.inputs.data.info
+    s.log(f"probes: the engine ({info.source or 'unknown source'})")
+    result["engine"] = prb.run_engine_probes(info.source, info.resolution, info.spec, s.real, seed=s.rollouts.seed)
     return result
 
 
