@@ -253,6 +253,8 @@ def test_report_figures_are_consistent(report):
     assert [r["key"] for r in m["bars"]] == list(BARS) and all(r["mark"] in "✓✗–" for r in m["bars"])
     assert set(m["probes"]["worlds"]) == set(names) and m["probes"]["real"]["turn_pairs"] >= 0
     assert m["probes"]["engine"]["forward"]["px"] > 0  # the recording's engine beside them, under the same probes
+    engine = m["stability"]["engine"]  # and under the same random drive
+    assert engine["frames"] == 120 and engine["sharpness_ratio"] > 0.2 and engine["black_frames"] == 0
     assert st["end"]["drives"] == 1 and st["end"]["last_frames"] == 120
     assert "## Bars (issue 15)" in (out / "report.md").read_text()
     heads = m["heads"]["worlds"][names[0]]  # freedoom has no deaths: only false alarms are counted

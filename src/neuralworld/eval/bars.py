@@ -121,12 +121,18 @@ def _long_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     where = f"the stability part's random drive{'s' if end['drives'] > 1 else ''}, from held-out context"
     ok = _at_least(end["sharpness_ratio"], "sharpness_long")
     note = f"{where}; {frames} frames" + (f" of the {LONG_FRAMES:,} the bar asks for" if short else "")
-    sharp = _row("sharpness_long", _f(end["sharpness_ratio"]), None if short and ok else ok, note)
+    engine = m["stability"].get("engine", {})
+    sharp_note, collapse_note = note, note
+    if engine.get("sharpness_ratio") is not None:
+        sharp_note += f"; the engine under the same drive: {_f(engine['sharpness_ratio'])}"
+        collapse_note += (f"; the engine under the same drive: black {engine['black_frames']}, white {engine['white_frames']}, "
+                          f"frozen {engine['frozen_frames']}")  # fmt: skip
+    sharp = _row("sharpness_long", _f(end["sharpness_ratio"]), None if short and ok else ok, sharp_note)
     bad = end["black_frames"] + end["white_frames"] + end["frozen_frames"]
     value = f"black {end['black_frames']}, white {end['white_frames']}, frozen {end['frozen_frames']}"
     defs = (f"black: mean grey < {end['black_below']:g}; white: > {end['white_above']:g}; frozen: in a run of ≥ {end['frozen_run']} frames "
             f"changing < {end['frozen_change']:g} grey levels while the controls move the view")  # fmt: skip
-    collapse = _row("collapse_long", value, False if bad else (None if short else True), f"{defs}; {note}")
+    collapse = _row("collapse_long", value, False if bad else (None if short else True), f"{defs}; {collapse_note}")
     return [sharp, collapse]
 
 

@@ -137,6 +137,13 @@ def render_markdown(m: dict[str, Any]) -> str:
                 rows.append([f"{n}: {d}", r["frames"], r["in_band_fraction"], r["in_band_at_start"],
                              r["collapse_frame"] if r["collapse_frame"] is not None else "none", r["black_fraction"], r["frozen_fraction"], _reasons(r["out_reasons"])])
         L += [_table(head, rows), ""]
+        engine = s.get("engine")
+        if engine is not None:
+            L += [f"The recording's engine under the same random drives: {engine['skipped']}." if "skipped" in engine else
+                  f"The recording's engine under the same random drives (from its map's start, {engine['frames']} frames): the "
+                  f"median sharpness of its last {engine['last_frames']} frames {_f(engine['sharpness'], 1)} "
+                  f"({_f(engine['sharpness_ratio'])}× the recording's), black {engine['black_frames']}, white {engine['white_frames']}, "
+                  f"frozen {engine['frozen_frames']} (the player held against a wall): what a perfect world would show.", ""]  # fmt: skip
         for n in names:
             for key, label in ((f"stability_{n}", "traces"), (f"stability_frames_{n}", "frames along the rollout (rows: drives)")):
                 if key in plots:

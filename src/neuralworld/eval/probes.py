@@ -189,16 +189,42 @@ class EnginePlayer:
 
     env: Any  # an envs.doom.DoomEnv
     seed: int = 0
+    restart: bool = False  # after a death, a new episode goes on (long drives) instead of the last frame held
 
     def play(self, actions: np.ndarray) -> np.ndarray:
         frame, _ = self.env.reset(seed=self.seed)
-        out, done = [frame], False
+        out, done, episode = [frame], False, 0
         for a in actions:
-            if not done:
+            if done and self.restart:
+                episode += 1
+                frame, _ = self.env.reset(seed=self.seed + episode)
+                done = False
+            elif not done:
                 frame, _, terminated, truncated, _ = self.env.step(np.asarray(a, np.float32))
                 done = terminated or truncated
             out.append(frame)
         return np.stack(out)
+
+
+def engine_env(source: str, resolution: tuple[int, int], spec: Any) -> tuple[Any, str]:
+    """The engine a dataset was recorded from (``source``: the dataset's, "vizdoom:<scenario>"),
+    as its real twin (``envs.doom.DoomEnv``) at its resolution and frame skip; or (None, why)."""
+    if not source.startswith("vizdoom:"):
+        return None, f"recorded from {source or 'an unknown source'}, not a ViZDoom scenario: no engine to play"
+    from neuralworld.envs.world import EnvError
+
+    try:
+        from neuralworld.envs.doom import DoomEnv
+        from neuralworld.record.doom import TICS_PER_SECOND
+
+        env = DoomEnv("doom/" + source.split(":", 1)[1], resolution=tuple(resolution), frame_skip=round(TICS_PER_SECOND / spec.fps),
+                      max_steps=10**9)  # fmt: skip
+    except EnvError as e:
+        return None, str(e)
+    if env.spec_actions != spec:
+        env.close()
+        return None, f"the dataset's controls are not the engine's ({spec.diff(env.spec_actions)})"
+    return env, ""
 
 
 def _ratio(value: float | None, real: float | None) -> float | None:
@@ -256,21 +282,10 @@ def run_engine_probes(source: str, resolution: tuple[int, int], spec: Any, real:
     """Every probe played by the engine a dataset was recorded from (``source``: the dataset's,
     "vizdoom:<scenario>"), at its resolution and frame skip, from the map's start; or
     ``{"skipped": why}`` where there is no such engine here."""
-    if not source.startswith("vizdoom:"):
-        return {"skipped": f"recorded from {source or 'an unknown source'}, not a ViZDoom scenario: no engine to play"}
-    from neuralworld.envs.world import EnvError
-
+    env, why = engine_env(source, resolution, spec)
+    if env is None:
+        return {"skipped": why}
     try:
-        from neuralworld.envs.doom import DoomEnv
-        from neuralworld.record.doom import TICS_PER_SECOND
-
-        env = DoomEnv("doom/" + source.split(":", 1)[1], resolution=tuple(resolution), frame_skip=round(TICS_PER_SECOND / spec.fps),
-                      max_steps=10**6)  # fmt: skip
-    except EnvError as e:
-        return {"skipped": str(e)}
-    try:
-        if env.spec_actions != spec:
-            return {"skipped": f"the dataset's controls are not the engine's ({spec.diff(env.spec_actions)})"}
         return {"session": f"ViZDoom {source.split(':', 1)[1]}, from the map's start", "start": "the engine's map start",
                 **_probe(EnginePlayer(env, seed), spec, real, seed)}  # fmt: skip
     finally:

@@ -290,6 +290,10 @@ def _stability(s: _Suite, frames: int, window: int, random_rollouts: int) -> dic
         result["worlds"][name] = r
         s.plots[f"stability_{name}"] = plot.plot_stability(traces, names, band, r, s.out / f"stability_{name}.png", name)
         s.plots[f"stability_frames_{name}"] = plot.save_strip(snaps, names, steps, s.out / f"stability_frames_{name}.png")
+    if s.real is not None and random_rollouts > 0:
+        s.log(f"stability: the engine ({ds.info.source or 'unknown source'}), {frames} frames of the same random drives")
+        result["engine"] = stab.run_engine_drives(ds.info.source, ds.info.resolution, ds.spec, s.real.sharpness, frames=frames,
+                                                  random_rollouts=random_rollouts, seed=s.rollouts.seed)  # fmt: skip
     return result
 
 

@@ -325,6 +325,30 @@ def run_stability(
     }
 
 
+def run_engine_drives(source: str, resolution: tuple[int, int], spec: Any, real_sharpness: float, *, frames: int = 10_000,
+                      random_rollouts: int = 1, seed: int = 0) -> dict[str, Any]:
+    """The random drives of ``run_stability`` (the same actions) played by the engine the data was
+    recorded from, from its map's start (a death starts a new episode): what the long-rollout bar
+    reads off them (``end_of_drives``), or ``{"skipped": why}`` where there is no such engine here."""
+    from neuralworld.eval.probes import EnginePlayer, engine_env
+
+    env, why = engine_env(source, resolution, spec)
+    if env is None:
+        return {"skipped": why}
+    try:
+        names = [f"random{k}" for k in range(random_rollouts)]
+        traces = {k: np.zeros((len(names), frames), np.float32) for k in (*STATS, "luma", "frozen")}
+        for b in range(len(names)):
+            actions = random_actions(spec, frames, seed + 1 + b)
+            played = EnginePlayer(env, seed, restart=True).play(actions)  # (frames + 1, H, W, 3)
+            for k, v in frame_stats(played[1:]).items():
+                traces[k][b] = v
+            traces["frozen"][b] = frozen_flags(frame_change(played[0], played[1:]), controls_moving(spec, actions))
+        return {"frames": frames, **(end_of_drives(traces, names, real_sharpness) or {})}
+    finally:
+        env.close()
+
+
 def end_of_drives(traces: dict[str, np.ndarray], names: list[str], real_sharpness: float, last: int = 200) -> dict[str, Any] | None:
     """What the long-rollout bar reads off the random drives' traces (B, frames): the lowest
     median sharpness of their ``last`` frames over ``real_sharpness``, and how many of their
