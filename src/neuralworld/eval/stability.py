@@ -330,7 +330,7 @@ def run_engine_drives(source: str, resolution: tuple[int, int], spec: Any, real_
     """The random drives of ``run_stability`` (the same actions) played by the engine the data was
     recorded from, from its map's start (a death starts a new episode): what the long-rollout bar
     reads off them (``end_of_drives``), or ``{"skipped": why}`` where there is no such engine here."""
-    from neuralworld.eval.probes import EnginePlayer, engine_env
+    from neuralworld.eval.engine import EnginePlayer, engine_env
 
     env, why = engine_env(source, resolution, spec)
     if env is None:
