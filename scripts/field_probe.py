@@ -11,7 +11,9 @@ the renders at the same poses; and the sharpness again over the frames that face
 than 48 map units (their columns' median depth; what random play mostly looks at late), with
 their PSNR. ``--episodes held`` (the default): the episodes
 ``neuralworld train`` holds out (``Dataset.split(0.1)``); ``A:B``: episodes A to B - 1.
-``--strip``: 8 of those frames above their renders. For docs/experiments.md; not the package."""
+``--strip``: 8 of those frames above their renders (4 facing a wall). ``--eye standing``: render
+at a standing player's eye height, not the recorded one (the view's bob), where the recording
+stores it. For docs/experiments.md; not the package."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +43,9 @@ def main() -> None:
     p.add_argument("world"), p.add_argument("data")
     p.add_argument("--episodes", default="held")
     p.add_argument("--strip", default=None)
+    p.add_argument("--eye", choices=("recorded", "standing"), default="recorded",
+                   help="render at the recorded eye height (the view's walking bob; where the recording stores it) "
+                        "or at a standing player's")
     a = p.parse_args()
     torch.manual_seed(0)
     w = neuralworld.load(a.world)
@@ -50,13 +55,15 @@ def main() -> None:
     else:
         first, last = (int(x) for x in a.episodes.split(":"))
         episodes = list(range(first, min(last, ds.num_episodes)))
+    names = list(ds.info.pose_names)
     fwd = ds.spec.buttons.index("forward")
     turn = len(ds.spec.buttons) + [x.name for x in ds.spec.axes].index("turn")
     real, gen, copy, r_flow, g_flow, near = [], [], [], [], [], []
     for e in episodes:
         d = ds.episode(e).load(("frames", "poses", "actions", "depth"))
-        near.append(faces_a_wall(column_depth(d["depth"]) * np.float32(ds.info.camera.depth_unit), CLOSE))
-        poses = torch.from_numpy(d["poses"][:, :4].astype(np.float32))
+        near.append(faces_a_wall(ds.info.camera.distance(column_depth(d["depth"])), CLOSE))
+        cols = list(range(4)) + ([names.index("eye")] if "eye" in names and a.eye == "recorded" else [])
+        poses = torch.from_numpy(d["poses"][:, cols].astype(np.float32))
         with torch.no_grad():
             g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])
         real.append(d["frames"]), gen.append(g)
@@ -80,7 +87,8 @@ def main() -> None:
         out["close_sharpness_ratio"] = round(float(np.median(sharpness(G[N])) / np.median(sharpness(R[N]))), 3)
     print(json.dumps(out))
     if a.strip:
-        k = np.linspace(0, len(R) - 1, 8).astype(int)
+        k = np.linspace(0, len(R) - 1, 4).astype(int)  # four frames spread over the episodes, four facing a wall
+        k = np.concatenate([k, np.flatnonzero(N)[np.linspace(0, max(0, N.sum() - 1), 4).astype(int)]]) if N.any() else k
         big = lambda f: cv2.resize(f, (128, 128), interpolation=cv2.INTER_NEAREST)  # noqa: E731
         Image.fromarray(np.concatenate([np.concatenate([big(f) for f in X[k]], 1) for X in (R, G)], 0)).save(a.strip)
 

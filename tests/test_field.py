@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import neuralworld
 from neuralworld.actions import ActionSpec
 from neuralworld.bundle import BundleError, load_bundle, save_bundle
-from neuralworld.model.field import FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_kinematics
+from neuralworld.model.config import ConfigError
+from neuralworld.model.field import TEXTURE_FLOOR, FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_kinematics
 from neuralworld.model.unet import PixelCodec
 from neuralworld.state_io import load_tensors
 
@@ -151,6 +152,40 @@ def test_surface_points_land_on_the_floor_or_the_wall_and_the_texture_reads_them
     y = net.render(pose)
     y.sum().backward()
     assert table.grad is not None and 0 < int((table.grad.abs().sum(1) > 0).sum()) < table.shape[0]
+
+
+def test_texture_snap_reads_one_value_per_cell_along_the_surface_and_stays_continuous_across_it():
+    """texture_snap 1: on a wall (x = const) the finest level's read is the same anywhere in a
+    cell along y and height (the read at the cell's middle); across the wall it still ramps. The
+    coarse level is not snapped. A rendered wall square to the view gets its normal axis x."""
+    net = small_net(renderer="ray", texture=2.0, exact=True)
+    net.config.texture_snap = 1
+    wall_at_x(net, 200.0)
+    origin = torch.tensor([float(net.hit_lo[0]), float(net.hit_lo[1]), -TEXTURE_FLOOR])
+    base = origin + 2.0 * torch.tensor([10.0, 7.0, 2052.0])  # a corner of the finest level's cell (10, 7, 2052)
+    along = torch.stack([base + torch.tensor([0.0, dy, dz]) for dy, dz in ((0.2, 0.2), (1.0, 1.5), (1.9, 0.7))])
+    across = torch.stack([base + torch.tensor([dx, 1.0, 1.0]) for dx in (0.0, 1.0)])
+    pts = torch.cat([along, across])[None, None]  # (1, 1, 5, 3)
+    wall = torch.zeros(1, 1, 5)  # normal axis 0 (x) for all
+    got = net.texture(pts, wall)[0, :, 0]  # (2F, 5)
+    F_ = net.config.texture_features
+    fine, coarse = got[:F_], got[F_:]
+    assert torch.allclose(fine[:, 0], fine[:, 1], atol=1e-6) and torch.allclose(fine[:, 0], fine[:, 2], atol=1e-6)
+    assert torch.allclose(fine[:, 0], fine[:, 3], atol=1e-6)  # x at the corner: the cell's middle along y, z
+    assert not torch.allclose(fine[:, 3], fine[:, 4], atol=1e-4)  # half a cell across the wall: a ramp
+    assert not torch.allclose(coarse[:, 0], coarse[:, 1], atol=1e-4)  # the coarse level stays trilinear
+    with pytest.raises(ValueError, match="normals"):
+        net.texture(pts)
+    pose = torch.tensor([[100.0, 60.0, 8.0, 0.0]])
+    ang = pose[:, 3:4] + net.col_angle[None]
+    depth = net.march_depth(pose, ang)
+    points = net.surface_points(pose, ang, depth, net.pixel_heights(pose, depth))
+    floor = net._sees_floor(depth, net.eye(pose))[0]
+    normals = net.surface_normals(points, floor)
+    assert (normals[floor] == 2).all() and (normals[~floor] == 0).all()
+    assert torch.isfinite(net.render(pose)).all()
+    with pytest.raises(ConfigError, match="texture_snap"):
+        FieldNetConfig(texture_snap=3).validate()
 
 
 def test_column_depth_skips_the_weapon():

@@ -77,6 +77,12 @@ def test_a_store_with_a_camera_keeps_depth_and_refuses_frames_without_it(tmp_pat
         DatasetWriter.create(tmp_path / "d", SPEC, (H, W), source="test", exist_ok=True)
 
 
+def test_the_camera_turns_depth_buffer_steps_into_distances_with_its_offset():
+    cam = Camera(depth_unit=10.0, depth_offset=6.0)
+    np.testing.assert_allclose(cam.distance(np.array([[0, 1], [3, 255]], np.uint8)), [[0, 16], [36, 2556]])  # 0: unknown
+    assert Camera.from_attrs({"hfov_deg": 90, "aspect": 4 / 3, "depth_unit": 10}).depth_offset == 0.0  # a recording that did not say
+
+
 def test_a_store_without_a_camera_refuses_depth(tmp_path):
     w = DatasetWriter.create(tmp_path / "d", SPEC, (H, W), source="test")
     ep = w.episode(w.next_ids(1)[0])

@@ -36,12 +36,14 @@ def test_record_info_show(tmp_path):
 
     ds = Dataset(out)
     assert ds.num_episodes == 2 and ds.resolution == (64, 80) and ds.fps == 17.5
+    assert ds.info.pose_names == ("x", "y", "z", "angle", "eye") and ds.info.camera.depth_offset > 0
     assert ds.spec.names == ("forward", "back", "strafe_left", "strafe_right", "attack", "use", "turn")
     data = ds.episode(0).load()
     assert data["frames"].shape == (60, 64, 80, 3) and data["frames"].std() > 10  # a picture, not a blank
     ds.spec.validate(data["actions"])
     assert np.isfinite(data["poses"]).all() and np.isfinite(data["game_vars"]).all()
     assert data["game_vars"][0, 0] > 0  # health
+    assert data["poses"][0, 4] == pytest.approx(41.0, abs=0.5) and data["poses"][:, 4].std() > 0.5  # standing, then the walk's bob
 
     # the stored actions are what the engine executed: the turn axis explains the angle change
     turn = data["actions"][:-1, -1]
@@ -249,3 +251,22 @@ def test_an_agent_plays_the_recording_with_exploration(tmp_path):
                 *(args if "--resolution" in args else [*args, "--resolution", "64x64"]), check=False)
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
         assert not (tmp_path / "no").exists()
+
+
+def test_appending_to_a_recording_from_before_the_eye_keeps_its_columns_and_camera(tmp_path):
+    """A recording made before poses stored the eye, and before the camera knew its depth offset:
+    a new episode appended to it keeps its four pose columns and its camera."""
+    from dataclasses import replace
+
+    from neuralworld.data.store import DatasetWriter
+    from neuralworld.record.doom import CAMERA, GAME_VARIABLES, LEGACY_POSE_NAMES, doom_action_spec
+
+    out = tmp_path / "old"
+    old_camera = replace(CAMERA, depth_offset=0.0)
+    DatasetWriter.create(out, doom_action_spec(2), (64, 64), source="vizdoom:freedoom_map01", pose_names=LEGACY_POSE_NAMES,
+                         game_variables=GAME_VARIABLES, camera=old_camera)
+    record(RecordConfig(env="doom/freedoom_map01", episodes=1, workers=1, max_steps=20, resolution=(64, 64)), out, progress=False)
+    ds = Dataset(out)
+    assert ds.num_episodes == 1 and ds.info.pose_names == LEGACY_POSE_NAMES and ds.info.camera == old_camera
+    assert ds.episode(0).load(("poses",))["poses"].shape == (20, 4)
+

@@ -35,6 +35,7 @@ import numpy as np
 from neuralworld.actions import ActionSpec
 from neuralworld.agent_folder import FORMAT, META_FILE, SPEC_FILE, AgentError
 from neuralworld.agent_folder import check_spec as _check_spec
+from neuralworld.record.doom import frame_skip_for
 from neuralworld.state_io import atomic_write_json
 
 MODEL_FILE = "agent.zip"
@@ -291,7 +292,7 @@ def evaluate(agent_path: str, env: str, *, episodes: int = 100, seed: int = 0, m
         elif codes is not None:
             raise AgentError(f"--codes is for a CMA-ES controller; {agent_path} is not one")
         spec, res = agent.spec, resolution or agent.resolution
-    skip = frame_skip or (round(35 / spec.fps) if spec is not None else None)
+    skip = frame_skip or (frame_skip_for(spec) if spec is not None else None)
     raw = make_eval_env(env, resolution=res, frame_skip=skip, max_steps=max_steps, termination_threshold=termination_threshold)
     try:
         if agent is not None:

@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "an L1 field with --init-world), grid_lr_scale, locate_steps, locate_candidates, bank_size, "
                         "exact_hit (1: the ray renderer's depth where a ray enters its wall cell, not the cell's middle), "
                         "texture_cell (the ray renderer's per-pixel surface texture, map units; 0: none), texture_features, "
-                        "texture_table")
+                        "texture_table, texture_snap (levels read one value per cell along the surface, as Doom's texels)")
     t.add_argument("--field-renderer", choices=("column", "ray"), default=None,
                    help="--model field: how columns become the picture: 'column' (a conv decoder) or 'ray' (each "
                         "column marches a wall map fitted from the recording's depth buffers; the distance places "

@@ -38,6 +38,9 @@ class Camera:
     """Width / height of the engine's render, with square pixels (frames may be resized from it)."""
     depth_unit: float = 100.0 / 14.0
     """Pose units (map units) per step of the depth buffer; ViZDoom's 8-bit buffer is about 14 per 100."""
+    depth_offset: float = 0.0
+    """Pose units a depth buffer's reading falls short of the distance along the view (measured
+    for ViZDoom against its map's lines: ``record.doom.CAMERA``); 0 for a recording that did not say."""
 
     def to_attrs(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +48,11 @@ class Camera:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> "Camera":
         return cls(**{k: float(v) for k, v in attrs.items() if k in cls.__dataclass_fields__})
+
+    def distance(self, depth: np.ndarray) -> np.ndarray:
+        """Depth buffer steps (any shape; 0: unknown) -> distances along the view in pose units (0: unknown)."""
+        d = np.asarray(depth, np.float32)
+        return np.where(d > 0, d * np.float32(self.depth_unit) + np.float32(self.depth_offset), np.float32(0))
 
     def focal(self, height: int, width: int) -> tuple[float, float]:
         """(fx, fy) in pixels of a (height, width) frame resized from the render."""

@@ -26,7 +26,7 @@ from gymnasium import spaces
 
 from neuralworld.actions import ActionSpec
 from neuralworld.envs.world import DEFAULT_MAX_STEPS, EnvError, action_space, flat_action, open_world
-from neuralworld.record.doom import TICS_PER_SECOND, TURN_LIMIT, DoomEngine, doom_action_spec, parse_env
+from neuralworld.record.doom import TURN_LIMIT, DoomEngine, doom_action_spec, frame_skip_for, parse_env
 
 
 class DoomEnv(gym.Env):
@@ -51,8 +51,7 @@ class DoomEnv(gym.Env):
         if world is not None:
             w = open_world(world)
             resolution = resolution or tuple(w.resolution)
-            skip = TICS_PER_SECOND / w.spec.fps
-            frame_skip = frame_skip or int(round(skip))
+            frame_skip = frame_skip or frame_skip_for(w.spec)
             if doom_action_spec(frame_skip) != w.spec:
                 raise EnvError(
                     f"{w.name}'s controls are not ViZDoom's at frame skip {frame_skip}: "

@@ -45,9 +45,9 @@ def engine_env(source: str, resolution: tuple[int, int], spec: Any) -> tuple[Any
 
     try:
         from neuralworld.envs.doom import DoomEnv
-        from neuralworld.record.doom import TICS_PER_SECOND
+        from neuralworld.record.doom import frame_skip_for
 
-        env = DoomEnv("doom/" + source.split(":", 1)[1], resolution=tuple(resolution), frame_skip=round(TICS_PER_SECOND / spec.fps),
+        env = DoomEnv("doom/" + source.split(":", 1)[1], resolution=tuple(resolution), frame_skip=frame_skip_for(spec),
                       max_steps=10**9)  # fmt: skip
     except EnvError as e:
         return None, str(e)

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from neuralworld.eval.engine import EnginePlayer, engine_env
 from neuralworld.eval.inputs import EvalInputs, Rollouts, controls_moving, real_windows, turn_axis
 from neuralworld.eval.metrics import sharpness
 
@@ -330,8 +331,6 @@ def run_engine_drives(source: str, resolution: tuple[int, int], spec: Any, real_
     """The random drives of ``run_stability`` (the same actions) played by the engine the data was
     recorded from, from its map's start (a death starts a new episode): what the long-rollout bar
     reads off them (``end_of_drives``), or ``{"skipped": why}`` where there is no such engine here."""
-    from neuralworld.eval.engine import EnginePlayer, engine_env
-
     env, why = engine_env(source, resolution, spec)
     if env is None:
         return {"skipped": why}

@@ -127,6 +127,8 @@ class FieldNetConfig:
     """"ray": the farthest a column looks (map units); nothing met by then is drawn at that distance."""
     depth_unit: float = 100.0 / 14.0
     """"ray": map units per step of the recording's depth buffer (``data.flow.Camera``)."""
+    depth_offset: float = 0.0
+    """"ray": map units a reading of the recording's depth buffer falls short (``data.flow.Camera``)."""
     aspect: float = 4.0 / 3.0
     """"ray": width / height of the engine's render (sets the vertical focal length's start)."""
     exact_hit: bool = False
@@ -142,6 +144,11 @@ class FieldNetConfig:
     texture_features: int = 4
     texture_table: int = 19
     """"ray": log2 of the entries in each texture level's hash table."""
+    texture_snap: int = 0
+    """"ray": how many of the texture's levels, finest first, read one value per cell across the
+    surface (the trilinear read at the middle of the cell the point is in, along the surface's two
+    axes; across it, the read stays continuous): Doom draws a texel as one colour, where a
+    continuous read ramps between cells and a near wall, whose cells span pixels, comes out blurred."""
 
     def levels(self) -> int:
         return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
@@ -178,6 +185,8 @@ class FieldNetConfig:
             raise ConfigError("field: occupancy_cell must be > 0 and march at least one cell")
         if self.texture_cell < 0 or self.texture_features < 1 or not 8 <= self.texture_table <= 24:
             raise ConfigError("field: texture_cell must be >= 0, texture_features >= 1, texture_table in [8, 24]")
+        if not 0 <= self.texture_snap <= len(TEXTURE_LEVELS):
+            raise ConfigError(f"field: texture_snap {self.texture_snap} must be in [0, {len(TEXTURE_LEVELS)}] (levels snapped)")
         if self.texture_cell > 0 and self.renderer != "ray":
             raise ConfigError("field: texture_cell needs renderer 'ray' (the texture is read where each pixel's ray lands)")
         return self
@@ -426,7 +435,9 @@ class FieldNet(nn.Module):
         return out.reshape(B, W, C).transpose(1, 2)
 
     def render(self, pose: torch.Tensor) -> torch.Tensor:
-        """Poses (B, 4): x, y, z, angle (degrees) -> frames (B, 3, H, W) in [-1, 1]."""
+        """Poses (B, 4): x, y, z, angle (degrees) -> frames (B, 3, H, W) in [-1, 1]. A fifth
+        column is the eye's height over the feet (the recording's, with Doom's walking bob; the
+        "ray" renderer's), else EYE."""
         B = pose.shape[0]
         xy = (pose[:, :2] - self.lo) / (self.hi - self.lo)  # (B, 2) in [0, 1]
         ang = pose[:, 3:4] + self.col_angle[None]  # (B, W)
@@ -461,17 +472,22 @@ class FieldNet(nn.Module):
             enc += [torch.sin(t), torch.cos(t)]
         x = [code[:, :, None, :].expand(B, code.shape[1], H, W), torch.stack(enc, 1)]
         if len(self.textures):
-            x.append(self.texture(self.surface_points(pose, ang, depth, height)))
+            points = self.surface_points(pose, ang, depth, height)
+            normals = self.surface_normals(points, self._sees_floor(depth, self.eye(pose))[0]) if self.config.texture_snap else None
+            x.append(self.texture(points, normals))
         return self.pix(torch.cat(x, 1))
+
+    @staticmethod
+    def eye(pose: torch.Tensor) -> torch.Tensor:
+        """Poses (B, 4 or 5) -> the eye's height over the feet (B,): the fifth column, else EYE."""
+        return pose[:, 4] if pose.shape[1] > 4 else torch.full_like(pose[:, 0], EYE)
 
     def surface_points(self, pose: torch.Tensor, ang: torch.Tensor, depth: torch.Tensor,
                        height: torch.Tensor) -> torch.Tensor:
         """The point each pixel sees (B, H, W, 3): x, y, height in map units. On its column's wall
         (ray angles ``ang`` (B, W), depths ``depth`` (B, W), pixel heights there ``height`` (B, H, W)),
         unless the pixel looks down and its ray meets the pose's floor nearer: then there."""
-        slope = self.row_slopes(depth)[None, :, None]  # (1, H, 1)
-        to_floor = EYE / (-slope).clamp(min=1e-3)  # depth along the view where the row meets the floor
-        floor = (slope < 0) & (to_floor < depth[:, None, :])  # (B, H, W)
+        floor, to_floor = self._sees_floor(depth, self.eye(pose))
         d = torch.where(floor, to_floor, depth[:, None, :]) / self.col_cos  # along each pixel's own ray
         rad = ang[:, None, :] * (math.pi / 180.0)
         x = pose[:, 0, None, None] + d * torch.cos(rad)
@@ -479,17 +495,41 @@ class FieldNet(nn.Module):
         h = torch.where(floor, pose[:, 2, None, None].expand_as(height), height)
         return torch.stack([x, y, h], -1)
 
-    def texture(self, points: torch.Tensor) -> torch.Tensor:
+    def _sees_floor(self, depth: torch.Tensor, eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depths (B, W) and eye heights (B,) -> whether each pixel's ray meets the pose's floor
+        before its column's wall (B, H, W), and the depth along the view where each row meets the
+        floor (B, H, 1)."""
+        slope = self.row_slopes(depth)[None, :, None]  # (1, H, 1)
+        to_floor = eye[:, None, None] / (-slope).clamp(min=1e-3)
+        return (slope < 0) & (to_floor < depth[:, None, :]), to_floor
+
+    def surface_normals(self, points: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+        """The axis (B, H, W) across the surface each of ``points`` (B, H, W, 3) lies on: 2 (height)
+        on the floor (``floor`` (B, H, W)), else x or y, whichever lies nearer a line of the wall
+        map's cells (a wall is the edge of its cells)."""
+        c = self.config.occupancy_cell
+        rel = (points[..., :2] - self.hit_lo) / c
+        off = (rel - rel.round()).abs()  # (B, H, W, 2)
+        return torch.where(floor, torch.full_like(off[..., 0], 2), (off[..., 1] < off[..., 0]).to(off.dtype))
+
+    def texture(self, points: torch.Tensor, normals: torch.Tensor | None = None) -> torch.Tensor:
         """The surface texture's features (B, F x levels, H, W) at ``points`` (B, H, W, 3): each
-        level's hashed trilinear read (gathers of the eight corners, as ``_read``)."""
+        level's hashed trilinear read (gathers of the eight corners, as ``_read``). The first
+        ``texture_snap`` levels read along the surface at their cell's middle, which needs the
+        axis across it, ``normals`` (B, H, W: ``surface_normals``)."""
         B, H, W, _ = points.shape
         cfg = self.config
         origin = torch.stack([self.hit_lo[0], self.hit_lo[1], self.hit_lo.new_tensor(-TEXTURE_FLOOR)])
         out = []
-        for table, level in zip(self.textures, TEXTURE_LEVELS):
+        for n, (table, level) in enumerate(zip(self.textures, TEXTURE_LEVELS)):
             p = ((points - origin) / (cfg.texture_cell * level)).clamp(min=0).reshape(-1, 3)  # (N, 3) in cells
             p0 = p.floor()
             t, i = p - p0, p0.long()
+            if n < cfg.texture_snap:
+                if normals is None:
+                    raise ValueError("texture_snap needs the surface's normals")
+                across = normals.reshape(-1, 1) == torch.arange(3, device=p.device, dtype=normals.dtype)  # (N, 3)
+                t = torch.where(across, t, torch.full_like(t, 0.5))
             # per axis, the two corners' hash terms and weights (N, 2); the eight corners are their sums and products
             k = [torch.stack([i[:, a] * HASH_PRIMES[a], (i[:, a] + 1) * HASH_PRIMES[a]], 1) for a in range(3)]
             w = [torch.stack([1 - t[:, a], t[:, a]], 1) for a in range(3)]
@@ -558,10 +598,10 @@ class FieldNet(nn.Module):
 
     def pixel_heights(self, pose: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Each pixel's height in the world (B, H, W), where its row meets its column's depth (B, W):
-        the eye is EYE above the pose's floor; a row's offset from the horizon scales with depth
+        the eye is ``eye(pose)`` above the pose's floor; a row's offset from the horizon scales with depth
         (a pinhole camera with no pitch, as Doom's)."""
         up = self.row_slopes(depth)[None, :, None] * depth[:, None, :]
-        return pose[:, 2, None, None] + EYE + up
+        return (pose[:, 2] + self.eye(pose))[:, None, None] + up
 
     def row_slopes(self, like: torch.Tensor) -> torch.Tensor:
         """Each pixel row's rise per unit of depth along the view (H,), in ``like``'s dtype and

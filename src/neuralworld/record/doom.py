@@ -22,21 +22,25 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from neuralworld.actions import ActionSpec, Axis
 from neuralworld.data.flow import Camera
-from neuralworld.data.store import DatasetError, DatasetWriter
+from neuralworld.data.store import Dataset, DatasetError, DatasetWriter
 from neuralworld.record.explorer import CELL, coverage_cells, make_policy
 
 TICS_PER_SECOND = 35
 TURN_LIMIT = 15.0  # degrees per recorded frame
 BUTTONS = ("forward", "back", "strafe_left", "strafe_right", "attack", "use")
-POSE_NAMES = ("x", "y", "z", "angle")
-CAMERA = Camera(hfov_deg=90.0, aspect=4.0 / 3.0, depth_unit=100.0 / 14.0)
+POSE_NAMES = ("x", "y", "z", "angle", "eye")
+"""The player's feet (x, y, z), its view's angle, and the eye's height over the feet: 41 map units
+standing, bobbing about 10 either way while walking (the bob moves the whole view)."""
+LEGACY_POSE_NAMES = POSE_NAMES[:4]
+"""What recordings stored before the eye: appending to one keeps its columns."""
+CAMERA = Camera(hfov_deg=90.0, aspect=4.0 / 3.0, depth_unit=100.0 / 14.0, depth_offset=6.2)
 """ViZDoom's view at the 4:3 resolutions ``_render_resolution`` picks; the depth buffer steps
 about 14 per 100 map units (ViZDoom issue #192). Checked on recorded pairs: warping by this
 camera's reprojection, then Farneback on the rest, beats Farneback alone (docs/experiments.md)."""
@@ -78,6 +82,11 @@ def parse_env(env: str) -> tuple[str, Scenario]:
     if name not in SCENARIOS:
         raise DatasetError(f"unknown Doom scenario {name!r}. Scenarios:\n{scenario_help()}")
     return name, SCENARIOS[name]
+
+
+def frame_skip_for(spec: ActionSpec) -> int:
+    """The engine tics per step of a world or dataset whose controls run at ``spec.fps``."""
+    return int(round(TICS_PER_SECOND / spec.fps))
 
 
 def doom_action_spec(frame_skip: int) -> ActionSpec:
@@ -186,7 +195,8 @@ class DoomEngine:
         ])
         V = vzd.GameVariable
         g.set_available_game_variables([
-            V.POSITION_X, V.POSITION_Y, V.POSITION_Z, V.ANGLE, V.HEALTH, V.ARMOR, V.SELECTED_WEAPON_AMMO, V.KILLCOUNT,
+            V.POSITION_X, V.POSITION_Y, V.POSITION_Z, V.ANGLE, V.CAMERA_POSITION_Z,
+            V.HEALTH, V.ARMOR, V.SELECTED_WEAPON_AMMO, V.KILLCOUNT,
         ])
         g.set_seed(int(seed) % (2**31))
         g.init()
@@ -266,7 +276,8 @@ def record_episode(
             frame = engine.frame(state)
             depth = engine.depth(state) if writer.info.camera is not None else None
             gv = np.asarray(state.game_variables, np.float32)
-            pose, game_vars = gv[:4], gv[4:]
+            pose = np.append(gv[:4], gv[4] - gv[2])[: len(writer.info.pose_names)]  # the eye over the feet
+            game_vars = gv[5:]
             xy.append(pose[:2])
             if isinstance(policy, AgentPolicy):
                 want = policy.act_frame(frame)
@@ -344,9 +355,17 @@ def record(cfg: RecordConfig, out: str | os.PathLike, *, progress: bool = True,
     except ImportError:
         raise DatasetError("ViZDoom is not installed: pip install 'neuralworld[doom]' (or run ./setup.sh)") from None
     spec = doom_action_spec(cfg.frame_skip)
+    pose_names, camera = POSE_NAMES, CAMERA
+    try:  # appending to a recording made before the eye or the depth's offset: its columns, its camera
+        old = Dataset(out).info
+        pose_names = LEGACY_POSE_NAMES if old.pose_names == LEGACY_POSE_NAMES else POSE_NAMES
+        if old.camera is not None and replace(old.camera, depth_offset=CAMERA.depth_offset) == CAMERA:
+            camera = old.camera
+    except DatasetError:  # nothing there yet (or not a dataset: the writer says so)
+        pass
     writer = DatasetWriter.create(
-        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=POSE_NAMES, game_variables=GAME_VARIABLES,
-        camera=CAMERA, exist_ok=True,
+        out, spec, cfg.resolution, source=f"vizdoom:{name}", pose_names=pose_names, game_variables=GAME_VARIABLES,
+        camera=camera, exist_ok=True,
     )
     removed = writer.remove_incomplete()
     ids = writer.next_ids(cfg.episodes)

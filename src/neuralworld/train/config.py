@@ -176,7 +176,8 @@ RNN_PRESETS: dict[str, tuple[StageConfig, StageConfig]] = {
     "base": (StageConfig(40_000, 128, 5e-4, warmup=1000, weight_decay=0.0), StageConfig(20_000, 64, 5e-4, warmup=500, weight_decay=0.0)),
 }
 FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "close_share", "close_depth", "player_radius", "locate_steps",
-                   "locate_candidates", "bank_size", "exact_hit", "texture_cell", "texture_features", "texture_table")
+                   "locate_candidates", "bank_size", "exact_hit", "texture_cell", "texture_features", "texture_table",
+                   "texture_snap")
 """``FieldNetConfig`` fields a run may override (``--field-objective NAME=VALUE``)."""
 WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
                   "flow_resolution", "integer_warp", "reveal_paint", "geometry_flow", "residual_flow", "depth_weight", "pose_weight",

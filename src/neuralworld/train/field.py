@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neuralworld.bundle import build_networks, save_bundle
+from neuralworld.data.flow import Camera
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
     MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics, rotation_axes,
@@ -38,6 +39,8 @@ from neuralworld.train.run import training_run
 
 STAGE = "field"
 POSE_NAMES = ("x", "y", "z", "angle")
+EYE_NAME = "eye"
+"""The recording's pose column with the eye's height over the feet, where it has one."""
 MARGIN = 32.0
 """Map units the grids reach beyond the recorded positions."""
 FITTED = ("kinematics", "walls", "floor", "bank", "occupancy")
@@ -76,6 +79,7 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             world.dynamics.hfov = float(ds.info.camera.hfov_deg)
             world.dynamics.aspect = float(ds.info.camera.aspect)
             world.dynamics.depth_unit = float(ds.info.camera.depth_unit)
+            world.dynamics.depth_offset = float(ds.info.camera.depth_offset)
         if cfg.init_world:  # going on from a field: its map area (its grids' cells must stay where they are)
             other = world_to_start_from(cfg.init_world, "--init-world")
             if getattr(other, "model", None) != MODEL_KIND:
@@ -105,11 +109,15 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
 
 def _load(ds: Dataset, episodes: list[int], depth: bool = False) -> list[dict[str, np.ndarray]]:
     """The episodes' frames, poses and actions; with ``depth`` (and a recording that has it) each
-    frame's column depth too (``column_depth``)."""
+    frame's column depth too (``column_depth``). Poses are x, y, z, angle and, where the recording
+    stored it, the eye's height over the feet (the render's fifth column: the view's bob)."""
+    names = tuple(ds.info.pose_names)
+    cols = list(range(4)) + ([names.index(EYE_NAME)] if EYE_NAME in names else [])
     out = []
     for e in episodes:
         ep = ds.episode(e)
         d = ep.load(("frames", "poses", "actions"))
+        d["poses"] = d["poses"][:, cols]
         if depth and ds.info.camera is not None:
             d["depth"] = column_depth(ep.load(("depth",))["depth"])
         out.append(d)
@@ -159,11 +167,12 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     Y = np.concatenate([m[1:] for m in moves])
     error = np.median(np.abs(X @ K - Y), 0)
     frames = np.concatenate([d["frames"] for d in eps])
-    poses = np.concatenate([d["poses"][:, :4] for d in eps]).astype(np.float32)
+    poses = np.concatenate([d["poses"] for d in eps]).astype(np.float32)  # (N, 4 or 5: with the eye)
     keep = np.isfinite(poses).all(1)
     frames, poses = frames[keep], poses[keep]
     if cfg.renderer == "ray":
-        depth = np.concatenate([d["depth"] for d in eps])[keep] * np.float32(cfg.depth_unit)
+        camera = Camera(depth_unit=cfg.depth_unit, depth_offset=cfg.depth_offset)
+        depth = camera.distance(np.concatenate([d["depth"] for d in eps])[keep])
         with torch.no_grad():
             net.occupancy.copy_(torch.from_numpy(fit_occupancy(net, poses, depth)))
         close = np.flatnonzero(faces_a_wall(depth, cfg.close_depth))
@@ -186,7 +195,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         pick = np.linspace(0, len(frames) - 1, cfg.bank_size).astype(np.int64)
         bank = torch.from_numpy(frames[pick]).permute(0, 3, 1, 2).float() / 127.5 - 1
         net.bank_thumbs.copy_(F.avg_pool2d(bank, THUMB))
-        net.bank_poses.copy_(torch.from_numpy(poses[pick]))
+        net.bank_poses.copy_(torch.from_numpy(poses[pick, :4]))
     first_ep = eps[0]
     n = 1 if np.isfinite(first_ep["poses"][0, :4]).all() else 0
     if n == 0:
@@ -202,7 +211,8 @@ def fit_occupancy(net: FieldNet, poses: np.ndarray, depth: np.ndarray, chunk: in
     """The "ray" renderer's wall map (ny, nx) float32 (1: a wall) from recorded poses (N, 4) and
     column depths along the view (N, W) in map units (0: unknown): each column's ray votes
     "wall" in the cell where it met something and "free" in the cells it crossed before (up to
-    a depth step and a cell short of it: the buffer's 8 bits are coarse). A cell is a wall when
+    a cell short of it: with the camera's offset, a reading is the distance within half a step
+    either way, and a margin of a whole step left the walls a few units too near). A cell is a wall when
     at least two rays met it and a quarter of its votes are "wall" (a monster that walked
     through a room is outvoted by the rays that crossed it later)."""
     cfg = net.config
@@ -225,7 +235,7 @@ def fit_occupancy(net: FieldNet, poses: np.ndarray, depth: np.ndarray, chunk: in
         known = d > 0
         c, s = np.cos(ang), np.sin(ang)
         hits += np.bincount(cells((p[:, 0:1] + c * dist)[known], (p[:, 1:2] + s * dist)[known]), minlength=ny * nx)
-        free = known[..., None] & (steps < dist[..., None] - cfg.depth_unit / cos_col[None, :, None] - cell)  # (n, W, S)
+        free = known[..., None] & (steps < dist[..., None] - cell)  # (n, W, S)
         x = p[:, 0, None, None] + c[..., None] * steps
         y = p[:, 1, None, None] + s[..., None] * steps
         passes += np.bincount(cells(x[free], y[free]), minlength=ny * nx)
@@ -239,7 +249,7 @@ def _held_out(data: TrainData) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     eps = _load(data.ds, data.held_episodes)
     frames = np.concatenate([d["frames"] for d in eps])
-    poses = np.concatenate([d["poses"][:, :4] for d in eps]).astype(np.float32)
+    poses = np.concatenate([d["poses"] for d in eps]).astype(np.float32)
     keep = np.isfinite(poses).all(1)
     pick = np.linspace(0, int(keep.sum()) - 1, min(512, int(keep.sum()))).astype(np.int64)
     return (frames[keep][pick], poses[keep][pick]) if keep.any() else None
