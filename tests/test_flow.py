@@ -1,6 +1,7 @@
 """The flow between recorded frames: the engine's geometry (depth + pose) and its combination with Farneback."""
 
 import numpy as np
+import torch
 import pytest
 
 from neuralworld.actions import ActionSpec, Axis
@@ -34,6 +35,20 @@ def test_walking_at_a_wall_expands_the_picture_from_its_centre():
     # seen from 250 units away, every point sat 200/250 as far from the centre
     np.testing.assert_allclose(flow[..., 0], (x - cx) * (200 / 250 - 1), atol=1e-3)
     np.testing.assert_allclose(flow[..., 1], (y - cy) * (200 / 250 - 1), atol=1e-3)
+
+
+def test_the_eye_bobbing_up_moves_the_picture_down_and_the_offset_pushes_the_wall_back():
+    depth = np.full((H, W), 20, np.uint8)  # a wall 200 units ahead
+    old, new = np.array([0, 0, 0, 0.0, 41.0]), np.array([0, 0, 0, 0.0, 46.0])  # the eye 5 units higher
+    _, fy = CAM.focal(H, W)
+    np.testing.assert_allclose(reprojection_flow(depth, new, old, CAM)[..., 1], -fy * 5 / 200, atol=1e-3)  # each pixel was higher in the old view
+    far = Camera(hfov_deg=90.0, aspect=4.0 / 3.0, depth_unit=10.0, depth_offset=50.0)  # the same reading, 250 units
+    np.testing.assert_allclose(reprojection_flow(depth, new, old, far)[..., 1], -fy * 5 / 250, atol=1e-3)
+    np.testing.assert_allclose(reprojection_flow(depth, new[:4], old[:4], CAM), 0.0, atol=1e-6)  # no eye: standing still
+    from neuralworld.model.warp import POSE_SCALE, camera_move
+
+    up = camera_move(torch.from_numpy(new)[None], torch.from_numpy(old)[None])[0, 2] * POSE_SCALE[2]  # the warp world's move
+    assert float(up) == pytest.approx(5.0)
 
 
 def test_what_is_drawn_over_the_view_stays_put():

@@ -73,19 +73,21 @@ def _axes(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
 
 def reprojection_flow(depth_new: np.ndarray, pose_new: np.ndarray, pose_old: np.ndarray, camera: Camera) -> np.ndarray:
     """(H, W, 2) float32 pixels from the new frame's depth buffer (H, W) and the poses
-    (x, y, z, angle in degrees) of the new and the old frame. Pixels at depth 0 (the weapon,
+    (x, y, z, angle in degrees, and the eye's height over the feet where both have it) of the new
+    and the old frame. Pixels at depth 0 (the weapon,
     drawn over the view) keep zero flow, and so does a point that would be behind the old camera."""
     H, W = depth_new.shape
     fx, fy = camera.focal(H, W)
     cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-    Z = depth_new.astype(np.float64) * camera.depth_unit  # distance along the view
+    Z = camera.distance(depth_new).astype(np.float64)  # distance along the view
     X, Y = (u - cx) / fx * Z, -(v - cy) / fy * Z  # right, up
     f1, r1 = _axes(float(pose_new[3]))
     f0, r0 = _axes(float(pose_old[3]))
     dx = pose_new[0] - pose_old[0] + Z * f1[0] + X * r1[0]  # the point, from the old camera
     dy = pose_new[1] - pose_old[1] + Z * f1[1] + X * r1[1]
-    dz = pose_new[2] - pose_old[2] + Y
+    eye = float(pose_new[4]) - float(pose_old[4]) if len(pose_new) > 4 and len(pose_old) > 4 else 0.0  # the bob
+    dz = pose_new[2] - pose_old[2] + eye + Y
     Z0 = dx * f0[0] + dy * f0[1]
     ok = (depth_new > 0) & (Z0 > 1e-3)
     Z0 = np.where(ok, Z0, 1.0)

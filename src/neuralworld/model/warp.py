@@ -210,7 +210,8 @@ MAX_MOVE = 4.0
 
 
 def camera_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
-    """Recorded poses (..., 4): x, y, z, angle in degrees (yaw counter-clockwise) -> the move
+    """Recorded poses (..., 4): x, y, z, angle in degrees (yaw counter-clockwise), and a fifth
+    column, the eye's height over the feet, where both have it -> the move
     (..., 4) from the old camera to the new one in the old camera's frame (forward, left, up,
     yaw turned, wrapped to [-180, 180)), divided by ``POSE_SCALE``."""
     a0 = pose_old[..., 3] * (math.pi / 180.0)
@@ -218,7 +219,10 @@ def camera_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
     fwd = dx * torch.cos(a0) + dy * torch.sin(a0)
     left = -dx * torch.sin(a0) + dy * torch.cos(a0)
     yaw = torch.remainder(pose_new[..., 3] - pose_old[..., 3] + 180.0, 360.0) - 180.0
-    move = torch.stack([fwd, left, pose_new[..., 2] - pose_old[..., 2], yaw], -1)
+    up = pose_new[..., 2] - pose_old[..., 2]
+    if pose_new.shape[-1] > 4 and pose_old.shape[-1] > 4:  # the eye's height over the feet: the view's bob
+        up = up + pose_new[..., 4] - pose_old[..., 4]
+    move = torch.stack([fwd, left, up, yaw], -1)
     return move / move.new_tensor(POSE_SCALE)
 
 
