@@ -115,15 +115,16 @@ def test_the_warp_worlds_reprojection_in_torch_is_the_recordings():
     from neuralworld.model.warp import reprojection_flow as torch_flow
 
     rng = np.random.default_rng(3)
-    for _ in range(5):
+    for k in range(6):
+        cam = CAM if k < 5 else Camera(hfov_deg=90.0, aspect=4.0 / 3.0, depth_unit=10.0, depth_offset=6.0)
         depth = rng.integers(0, 120, (H, W)).astype(np.uint8)
         depth[-8:, 20:44] = 0  # the weapon
         old = np.array([*rng.uniform(-500, 500, 2), rng.uniform(0, 40), rng.uniform(0, 360)])
         new = old + np.array([*rng.uniform(-40, 40, 2), rng.uniform(-8, 8), rng.uniform(-25, 25)])
-        want = reprojection_flow(depth, new, old, CAM)
+        want = reprojection_flow(depth, new, old, cam)
         move = camera_move(torch.tensor(new)[None], torch.tensor(old)[None])
-        got = torch_flow(torch.from_numpy(depth).double()[None, None] / 255.0, move, hfov_deg=CAM.hfov_deg,
-                         aspect=CAM.aspect, depth_unit=CAM.depth_unit)[0].permute(1, 2, 0).numpy()
+        got = torch_flow(torch.from_numpy(depth).double()[None, None] / 255.0, move, hfov_deg=cam.hfov_deg,
+                         aspect=cam.aspect, depth_unit=cam.depth_unit, depth_offset=cam.depth_offset)[0].permute(1, 2, 0).numpy()
         keep = np.abs(want).max(-1) < 200  # beside a point at the old camera's plane the projection runs off
         np.testing.assert_allclose(got[keep], want[keep], atol=1e-3)
         assert np.all(got[-8:, 20:44] == 0)

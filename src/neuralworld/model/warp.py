@@ -113,6 +113,7 @@ class WarpNetConfig:
     """With ``geometry_flow``: the recording's camera (``data.flow.Camera``), set from the dataset by the trainer."""
     camera_aspect: float = 4.0 / 3.0
     depth_unit: float = 100.0 / 14.0
+    depth_offset: float = 0.0
     depth_weight: float = 1.0
     """With ``geometry_flow``: weight of the depth's L1 (depth buffer / 255) to the recorded frame's."""
     pose_weight: float = 1.0
@@ -226,7 +227,8 @@ def camera_move(pose_new: torch.Tensor, pose_old: torch.Tensor) -> torch.Tensor:
     return move / move.new_tensor(POSE_SCALE)
 
 
-def reprojection_flow(depth: torch.Tensor, move: torch.Tensor, *, hfov_deg: float, aspect: float, depth_unit: float) -> torch.Tensor:
+def reprojection_flow(depth: torch.Tensor, move: torch.Tensor, *, hfov_deg: float, aspect: float, depth_unit: float,
+                      depth_offset: float = 0.0) -> torch.Tensor:
     """The backward flow (B, 2, H, W) pixels from the new frame's depth (B, 1, H, W) in depth-buffer
     units / 255 and the camera's move (B, 4) (``camera_move``'s units): each new pixel lifted by
     its depth, moved into the last camera and projected (``data.flow.reprojection_flow``'s geometry,
@@ -239,7 +241,7 @@ def reprojection_flow(depth: torch.Tensor, move: torch.Tensor, *, hfov_deg: floa
     v = torch.arange(H, device=depth.device, dtype=depth.dtype)[:, None].expand(H, W)
     u = torch.arange(W, device=depth.device, dtype=depth.dtype)[None, :].expand(H, W)
     d = depth[:, 0] * 255.0  # (B, H, W) buffer units
-    Z = d * depth_unit
+    Z = d * depth_unit + depth_offset  # distance along the view (``data.flow.Camera.distance``)
     X, Y = (u - cx) / fx * Z, -(v - cy) / fy * Z  # right, up
     m = move * move.new_tensor(POSE_SCALE)
     tf, tl, tz = (m[:, i, None, None] for i in range(3))
@@ -398,7 +400,7 @@ class WarpNet(nn.Module):
             # the geometry learns from the record's depth and poses alone: the frame's loss, through
             # a projection that divides by depth, would tear it apart (the residual flow is the frame's)
             flow = flow + reprojection_flow(depth.detach(), move.detach(), hfov_deg=cfg.camera_hfov, aspect=cfg.camera_aspect,
-                                            depth_unit=cfg.depth_unit)
+                                            depth_unit=cfg.depth_unit, depth_offset=cfg.depth_offset)
             geometry = {"depth": depth, "move": move}
         elif cfg.action_flow:
             flow = flow + self.ego_flow(actions)

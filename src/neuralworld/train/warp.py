@@ -61,7 +61,7 @@ def train_warp(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig
                 raise TrainingError(f"{' and '.join(needs)} need(s) a recording with depth and a camera; {data} has none "
                                     "(neuralworld record with ViZDoom stores both): train without it")
             world.dynamics.camera_hfov, world.dynamics.camera_aspect = camera.hfov_deg, camera.aspect
-            world.dynamics.depth_unit = camera.depth_unit
+            world.dynamics.depth_unit, world.dynamics.depth_offset = camera.depth_unit, camera.depth_offset
         return world
 
     with training_run(data, out, cfg, resume=resume, progress=progress, network_config=network_config,
