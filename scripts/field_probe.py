@@ -56,13 +56,13 @@ def main() -> None:
         first, last = (int(x) for x in a.episodes.split(":"))
         episodes = list(range(first, min(last, ds.num_episodes)))
     names = list(ds.info.pose_names)
+    cols = list(range(4)) + ([names.index("eye")] if "eye" in names and a.eye == "recorded" else [])  # with the eye
     fwd = ds.spec.buttons.index("forward")
     turn = len(ds.spec.buttons) + [x.name for x in ds.spec.axes].index("turn")
     real, gen, copy, r_flow, g_flow, near = [], [], [], [], [], []
     for e in episodes:
         d = ds.episode(e).load(("frames", "poses", "actions", "depth"))
         near.append(faces_a_wall(ds.info.camera.distance(column_depth(d["depth"])), CLOSE))
-        cols = list(range(4)) + ([names.index("eye")] if "eye" in names and a.eye == "recorded" else [])
         poses = torch.from_numpy(d["poses"][:, cols].astype(np.float32))
         with torch.no_grad():
             g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])

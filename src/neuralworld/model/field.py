@@ -126,9 +126,9 @@ class FieldNetConfig:
     march: float = 1024.0
     """"ray": the farthest a column looks (map units); nothing met by then is drawn at that distance."""
     depth_unit: float = 100.0 / 14.0
-    """"ray": map units per step of the recording's depth buffer (``data.flow.Camera``)."""
     depth_offset: float = 0.0
-    """"ray": map units a reading of the recording's depth buffer falls short (``data.flow.Camera``)."""
+    """"ray": the recording's camera (``data.flow.Camera``) its wall map was fitted with: map units per
+    step of the depth buffer, and how far a reading falls short (a record; the fit reads the dataset's)."""
     aspect: float = 4.0 / 3.0
     """"ray": width / height of the engine's render (sets the vertical focal length's start)."""
     exact_hit: bool = False

@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neuralworld.bundle import build_networks, save_bundle
-from neuralworld.data.flow import Camera
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
     MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics, rotation_axes,
@@ -171,8 +170,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     keep = np.isfinite(poses).all(1)
     frames, poses = frames[keep], poses[keep]
     if cfg.renderer == "ray":
-        camera = Camera(depth_unit=cfg.depth_unit, depth_offset=cfg.depth_offset)
-        depth = camera.distance(np.concatenate([d["depth"] for d in eps])[keep])
+        depth = ds.info.camera.distance(np.concatenate([d["depth"] for d in eps])[keep])
         with torch.no_grad():
             net.occupancy.copy_(torch.from_numpy(fit_occupancy(net, poses, depth)))
         close = np.flatnonzero(faces_a_wall(depth, cfg.close_depth))
