@@ -15,7 +15,9 @@ import neuralworld
 from neuralworld.actions import ActionSpec
 from neuralworld.bundle import BundleError, load_bundle, save_bundle
 from neuralworld.model.config import ConfigError
-from neuralworld.model.field import TEXTURE_FLOOR, FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_kinematics
+from neuralworld.model.field import (
+    EYE, TEXTURE_FLOOR, FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_bob, fit_kinematics, walk_speeds,
+)
 from neuralworld.model.unet import PixelCodec
 from neuralworld.state_io import load_tensors
 
@@ -312,6 +314,67 @@ def test_advance_turns_walks_slides_and_stops_at_walls():
     assert torch.allclose(p[0, 0], torch.tensor(124.0)) and p[0, 1] > 45.0 and torch.all(m == 0)
     p, _ = net.advance(torch.tensor([[136.0, 40.0, 0.0, 180.0]]), move, a(forward=1))  # stranded in a wall: walks out
     assert torch.allclose(p[0, :2], torch.tensor([126.0, 40.0]))
+
+
+def test_fit_bob_finds_dooms_law_and_a_standing_eye_has_none():
+    rng = np.random.default_rng(0)
+    eyes, speeds = [], []
+    for _ in range(6):
+        v = np.clip(np.cumsum(rng.normal(0, 2, 300)), 0, 16)  # a walk that speeds up and stops
+        t = np.arange(300)
+        eyes.append(EYE + np.minimum(0.03 * v**2, 7.0) * np.sin(2 * np.pi * t / 10 + 2.8) + rng.normal(0, 0.3, 300))
+        speeds.append(v)
+    bob = fit_bob(eyes, speeds)
+    assert bob["bob_period"] == pytest.approx(10.0, abs=0.06) and bob["bob_phase"] == pytest.approx(2.8, abs=0.1)
+    assert bob["bob_gain"] == pytest.approx(0.03, rel=0.15) and bob["bob_max"] == pytest.approx(7.0, abs=0.6)
+    assert bob["share"] > 0.9
+    standing = fit_bob([EYE + rng.normal(0, 0.3, 300) for _ in range(3)], speeds[:3])
+    assert standing["bob_gain"] == 0.0 and standing["bob_period"] == 0.0
+
+
+def test_walk_speeds_follow_what_the_legs_push_for():
+    s = spec()
+    K = np.zeros((2 + s.size + 1, 3), np.float32)
+    K[2 + s.buttons.index("forward"), 0] = 10.0
+    acts = s.normalize(np.stack([s.make(forward=1)] * 4 + [s.noop()] * 2))
+    moves = np.zeros((5, 3))  # pressed into a wall: no move at all
+    v = walk_speeds(moves, acts, K)
+    assert v[0] == 0 and np.allclose(v[1:5], [5.0, 7.5, 8.75, 9.375]) and np.allclose(v[5], 4.6875)
+
+
+def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
+    net, _ = lively_net(renderer="ray")
+    net.config.player_radius = 14.0
+    hand_kinematics(net)
+    wall_at_x(net, 200.0)
+    s = spec()
+    fwd = torch.from_numpy(s.normalize(s.make(forward=1)))[None]
+    still = torch.from_numpy(s.normalize(s.noop()))[None]
+    pose, move = torch.tensor([[185.0, 60.0, 0.0, 0.0]]), torch.zeros(1, 4)  # 15 units from the wall, facing it
+    latent = torch.zeros(1, 3, 32, 32)
+    frames, eyes = [], []
+    for _ in range(12):  # pressed into the wall: the pose stays, the legs push
+        frames.append(latent - net.step_with_cache_tensors(latent, torch.ones(1), fwd, pose, move)[0])
+        pose2, move = net.advance(pose, move, fwd)
+        assert torch.equal(pose2, pose)
+        eyes.append(float(net.walking_eye(move)))
+    assert float(move[0, 3]) == 12 and float(move[0, 2]) > 9.9  # the clock runs (no period to wrap it)
+    assert all(e == EYE for e in eyes) and all(torch.equal(f, frames[0]) for f in frames)  # no bob fitted: frozen
+    net.config.bob_period, net.config.bob_phase, net.config.bob_gain, net.config.bob_max = 10.0, 0.0, 0.05, 4.0
+    move = torch.zeros(1, 4)
+    frames, eyes = [], []
+    for _ in range(20):
+        frames.append(latent - net.step_with_cache_tensors(latent, torch.ones(1), fwd, pose, move)[0])
+        _, move = net.advance(pose, move, fwd)
+        eyes.append(float(net.walking_eye(move)))
+    assert 0 <= float(move[0, 3]) < 10
+    assert max(eyes[10:]) == pytest.approx(EYE + 4.0, abs=0.3) and min(eyes[10:]) == pytest.approx(EYE - 4.0, abs=0.3)
+    assert np.allclose(eyes[4:10], eyes[14:20], atol=1e-3) and not np.allclose(eyes[4:10], eyes[9:15], atol=1)  # ten frames a cycle
+    moved = lambda a, b: bool((a - b).abs().mean() > 1e-3)  # noqa: E731
+    assert all(moved(a, b) or moved(a, c) for a, b, c in zip(frames[4:], frames[5:], frames[6:]))  # never frozen
+    for _ in range(30):  # standing: the bob dies away
+        _, move = net.advance(pose, move, still)
+    assert abs(float(net.walking_eye(move)) - EYE) < 1e-3
 
 
 def test_the_camera_keeps_its_radius_from_the_wall_map():

@@ -27,6 +27,7 @@ def world_path(request, tmp_path_factory):
     net, poses = lively_net(resolution=(64, 64), renderer=renderer, texture=2.0 if textured else 0.0, exact=textured)
     if renderer == "ray":
         wall_at_x(net, 200.0)
+        net.config.bob_period, net.config.bob_phase, net.config.bob_gain, net.config.bob_max = 10.0, 0.5, 0.08, 6.0
     hand_kinematics(net)
     return save_small(tmp_path_factory.mktemp(request.param), net, poses[19:20])
 

@@ -36,9 +36,10 @@ A field world (``model.field``, ``"model": "field"``) exports two graphs and no 
 
 ``dynamics_step.onnx``  ``FieldNet.step_with_cache_tensors``
     inputs   latent (B, 3, H, W) f32, action (B, A) f32, pose (B, 4) f32 (x, y, z, angle),
-             move (B, 2) f32 (the last move: forward, left)
+             move (B, 4) f32 (the last move: forward, left; the walk: the speed its bob follows,
+             frames since the start)
     outputs  velocity (B, 3, H, W), reward (B,), termination (B,), new_pose (B, 4),
-             new_move (B, 2): where the action took the camera (the host keeps them on append)
+             new_move (B, 4): where the action took the camera (the host keeps them on append)
 ``locate.onnx``  ``FieldNet.nearest``: frame (1, 3, H, W) in [-1, 1] -> pose (1, 4), the
              closest-rendering of the nearest bank poses (start from an image; no gradient steps)
 
@@ -321,7 +322,7 @@ def export_field_onnx(world: Any, out_dir: str | os.PathLike, *, batch_size: int
     B, (H, W) = batch_size, net.latent_size
     poses = torch.tensor(world.start_poses[-1:] if world.start_poses is not None else [[0.0, 0.0, 0.0, 0.0]], dtype=torch.float32)
     step_inputs = (torch.randn(B, 3, H, W, generator=g), torch.ones(B), torch.zeros(B, net.action_size),
-                   poses.expand(B, 4).clone(), torch.zeros(B, 2))
+                   poses.expand(B, 4).clone(), net.new_cache(B, "cpu").move)
     try:
         trace_to_onnx(TracedCall(net, net.step_with_cache_tensors), step_inputs, out / STEP_FILE, FIELD_STEP_INPUTS,
                       FIELD_STEP_OUTPUTS, opset)
@@ -583,7 +584,8 @@ class FieldOnnxBackend(WarpOnnxBackend):
         if batch_size != self.batch_size:
             raise ValueError(f"this ONNX export is for batch {self.batch_size}, not {batch_size}")
         z = lambda *s: torch.zeros(batch_size, *s)  # noqa: E731
-        cache = FieldCache(pose=z(4), move=z(2), home=z(4), fresh=torch.ones(batch_size, dtype=torch.bool),
+        moves = self.meta["step_inputs"]["move"][0][1]  # 4 (2 in an export from before the walk's bob)
+        cache = FieldCache(pose=z(4), move=z(moves), home=z(4), fresh=torch.ones(batch_size, dtype=torch.bool),
                            reward=z(), termination=z())
         cache.stepped = None  # (action, new pose, new move) of the last step
         return cache

@@ -149,6 +149,15 @@ class FieldNetConfig:
     surface (the trilinear read at the middle of the cell the point is in, along the surface's two
     axes; across it, the read stays continuous): Doom draws a texel as one colour, where a
     continuous read ramps between cells and a near wall, whose cells span pixels, comes out blurred."""
+    # -- the walk's bob in play (fitted from the recording's eye: ``fit_bob``) -------------------
+    bob_period: float = 0.0
+    """Frames per cycle of the view's bob while walking; 0: play keeps the eye at ``EYE``."""
+    bob_phase: float = 0.0
+    """The cycle's angle (radians) at an episode's first frame (Doom's bob runs on the level's clock)."""
+    bob_gain: float = 0.0
+    """The bob's amplitude (map units) per squared walking speed (map units per frame, smoothed)."""
+    bob_max: float = 0.0
+    """The largest amplitude (map units): Doom caps the bob."""
 
     def levels(self) -> int:
         return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
@@ -187,6 +196,8 @@ class FieldNetConfig:
             raise ConfigError("field: texture_cell must be >= 0, texture_features >= 1, texture_table in [8, 24]")
         if not 0 <= self.texture_snap <= len(TEXTURE_LEVELS):
             raise ConfigError(f"field: texture_snap {self.texture_snap} must be in [0, {len(TEXTURE_LEVELS)}] (levels snapped)")
+        if min(self.bob_period, self.bob_gain, self.bob_max) < 0 or (self.bob_gain > 0 and self.bob_period <= 0):
+            raise ConfigError("field: bob_period, bob_gain and bob_max must be >= 0, and a bob needs a period")
         if self.texture_cell > 0 and self.renderer != "ray":
             raise ConfigError("field: texture_cell needs renderer 'ray' (the texture is read where each pixel's ray lands)")
         return self
@@ -305,6 +316,63 @@ def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray], *, turns:
     return K.astype(np.float32)
 
 
+BOB_SMOOTH = 0.5
+"""The walking speed the bob follows: this share of the last frame's, the rest the move's (Doom's
+bob follows the body's momentum, which the thrust of one frame only partly turns)."""
+
+
+def walk_speeds(moves: np.ndarray, actions: np.ndarray, kinematics: np.ndarray) -> np.ndarray:
+    """An episode's moves (T-1, 3) (pose t -> t + 1, after action t) and normalised actions (T, A)
+    -> the speed (T,) the bob follows at each frame: the move the kinematics give the action from the last
+    move (what the legs push for, so a player pressed into a wall still bobs a little, as in
+    Doom), smoothed by ``BOB_SMOOTH``; 0 at the first frame."""
+    prev = np.concatenate([np.zeros((1, 2)), moves[:-1, :2]])  # the move before each move
+    X = np.concatenate([prev, actions[: len(moves)], np.ones((len(moves), 1))], 1)
+    push = np.hypot(*(X @ kinematics)[:, :2].T)
+    out = np.zeros(len(moves) + 1)
+    for t, v in enumerate(push, 1):
+        out[t] = BOB_SMOOTH * out[t - 1] + (1 - BOB_SMOOTH) * v
+    return out
+
+
+def fit_bob(eyes: list[np.ndarray], speeds: list[np.ndarray], *, periods: np.ndarray | None = None,
+            min_share: float = 0.05) -> dict[str, float]:
+    """The view's walking bob from recorded episodes: ``eyes[e]`` (T,) the eye over the feet at
+    frame t of episode e, ``speeds[e]`` (T,) its ``walk_speeds``. The law is Doom's:
+    ``EYE + min(gain * speed**2, max) * sin(2 pi t / period + phase)``, on a clock that starts
+    with the episode. Least squares over a grid of periods (frames), then over the cap. Returns
+    ``FieldNetConfig``'s bob_period, bob_phase, bob_gain, bob_max, and ``share``: the eye's
+    variance the law explains; all zero (a standing eye) where it explains under ``min_share``."""
+    none = {"bob_period": 0.0, "bob_phase": 0.0, "bob_gain": 0.0, "bob_max": 0.0, "share": 0.0}
+    t = np.concatenate([np.arange(len(e), dtype=np.float64) for e in eyes])
+    y = np.concatenate(eyes).astype(np.float64) - EYE
+    s2 = np.concatenate(speeds).astype(np.float64) ** 2
+    ok = np.isfinite(y) & np.isfinite(s2)
+    t, y, s2 = t[ok], y[ok], s2[ok]
+    total = float((y * y).sum())
+    if len(y) < 20 or total <= 0:
+        return none
+    best = None
+    for P in np.arange(2.5, 40.0, 0.05) if periods is None else periods:
+        X = np.stack([s2 * np.sin(2 * np.pi * t / P), s2 * np.cos(2 * np.pi * t / P)], 1)
+        c = np.linalg.lstsq(X, y, rcond=None)[0]
+        r = float(((X @ c - y) ** 2).sum())
+        if best is None or r < best[0]:
+            best = (r, float(P), c)
+    _, P, (a, b) = best
+    phase, gain = math.atan2(b, a), math.hypot(a, b)
+    wave = np.sin(2 * np.pi * t / P + phase)
+    fits = []
+    for top in np.quantile(np.abs(y), np.linspace(0.5, 1.0, 26)):  # the cap, and the gain under it
+        for g in gain * np.linspace(0.5, 3.0, 51):
+            fits.append((float(((np.minimum(g * s2, top) * wave - y) ** 2).sum()), float(g), float(top)))
+    r, gain, top = min(fits)
+    share = 1.0 - r / total
+    if share < min_share:
+        return {**none, "share": share}
+    return {"bob_period": P, "bob_phase": phase % (2 * math.pi), "bob_gain": gain, "bob_max": top, "share": share}
+
+
 # ---------------------------------------------------------------------------
 # the memory: where the camera is
 # ---------------------------------------------------------------------------
@@ -314,7 +382,7 @@ class FieldCache(CacheRows):
     there), and whether the next frame appended is its start (not a move)."""
 
     pose: torch.Tensor  # (B, 4) x, y, z, angle
-    move: torch.Tensor  # (B, 2) forward, left of the last move
+    move: torch.Tensor  # (B, 4) forward, left of the last move; the walk: its speed, frames since the start
     home: torch.Tensor  # (B, 4)
     fresh: torch.Tensor  # (B,) bool
     reward: torch.Tensor  # (B,) always 0: the field world has no heads
@@ -648,12 +716,14 @@ class FieldNet(nn.Module):
 
     def advance(self, pose: torch.Tensor, move: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where ``action`` (B, A, normalised) takes the camera at ``pose`` (B, 4) after ``move``
-        (B, 2): (pose (B, 4), move (B, 2)). A move must stay in the walked cells and keep
+        (B, 2 or 4): (pose (B, 4), move (B, 2 or 4)). A move must stay in the walked cells and keep
         ``player_radius`` from the wall map (or, closer already, get no closer); a blocked move
-        slides along one axis or stops."""
+        slides along one axis or stops. A move of four columns carries the walk too (the cache's):
+        the speed the bob follows (``walk_speeds``) and the frames since the start, modulo
+        ``bob_period``."""
         pose, move, action = pose.float(), move.float(), action.float()
         ones = torch.ones_like(pose[:, :1])
-        mv = torch.cat([move, action, ones], 1) @ self.kinematics  # (B, 3) forward, left, yaw
+        mv = torch.cat([move[:, :2], action, ones], 1) @ self.kinematics  # (B, 3) forward, left, yaw
         a = pose[:, 3] * (math.pi / 180.0)
         dx = mv[:, 0] * torch.cos(a) - mv[:, 1] * torch.sin(a)
         dy = mv[:, 0] * torch.sin(a) + mv[:, 1] * torch.cos(a)
@@ -670,7 +740,20 @@ class FieldNet(nn.Module):
         iy, ix = self._cell(new_xy)
         z = self.floor[iy, ix][:, None]
         angle = torch.remainder(pose[:, 3:4] + mv[:, 2:3], 360.0)
+        if move.shape[1] > 2:
+            speed = BOB_SMOOTH * move[:, 2:3] + (1 - BOB_SMOOTH) * torch.linalg.vector_norm(mv[:, :2], dim=1, keepdim=True)
+            clock = move[:, 3:4] + 1
+            if self.config.bob_period > 0:
+                clock = torch.remainder(clock, self.config.bob_period)
+            new_move = torch.cat([new_move, speed, clock], 1)
         return torch.cat([new_xy, z, angle], 1), new_move
+
+    def walking_eye(self, move: torch.Tensor) -> torch.Tensor:
+        """The cache's move (B, 4) -> the eye's height over the feet (B,): ``EYE`` and the bob
+        Doom's view makes at that walking speed and time (``fit_bob``'s law)."""
+        c = self.config
+        amplitude = (c.bob_gain * move[:, 2] ** 2).clamp(max=c.bob_max)
+        return EYE + amplitude * torch.sin(move[:, 3] * (2 * math.pi / max(c.bob_period, 1e-6)) + c.bob_phase)
 
     # -- finding where an image was seen --------------------------------------------------
     def _retrieve(self, frames: torch.Tensor, k: int) -> torch.Tensor:
@@ -738,16 +821,19 @@ class FieldNet(nn.Module):
     def new_cache(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> FieldCache:
         device = device if device is not None else self.pos_embed.device
         z = lambda *s: torch.zeros(batch_size, *s, device=device)  # noqa: E731
-        return FieldCache(pose=z(4), move=z(2), home=z(4), fresh=torch.ones(batch_size, dtype=torch.bool, device=device),
+        return FieldCache(pose=z(4), move=z(4), home=z(4), fresh=torch.ones(batch_size, dtype=torch.bool, device=device),
                           reward=z(), termination=z())
 
     def step_with_cache_tensors(self, latent: torch.Tensor, noise_level: torch.Tensor, action: torch.Tensor,
                                 pose: torch.Tensor, move: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The pure step: (velocity = latent - frame at the pose ``action`` leads to, reward 0,
-        termination logit -20, that pose (B, 4), the move (B, 2)): what ``append`` makes the
+        termination logit -20, that pose (B, 4), the move (B, 4): with the walk): what ``append`` makes the
         cache (a backend without the network's buffers takes them from here)."""
         new_pose, new_move = self.advance(pose, move, action)
-        frame = self.render(new_pose).to(latent.dtype)
+        if self.config.bob_gain > 0 and new_move.shape[1] > 2:  # the walk's bob moves the eye
+            frame = self.render(torch.cat([new_pose, self.walking_eye(new_move)[:, None]], 1)).to(latent.dtype)
+        else:
+            frame = self.render(new_pose).to(latent.dtype)
         zeros = latent[:, 0, 0, 0] * 0
         return latent - frame, zeros, zeros - 20.0, new_pose, new_move
 

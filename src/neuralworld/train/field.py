@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from neuralworld.bundle import build_networks, save_bundle
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
-    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_kinematics, rotation_axes,
+    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_bob, fit_kinematics, rotation_axes,
+    walk_speeds,
 )  # fmt: skip
 from neuralworld.model.autoencoder import tensor_to_frames
 from neuralworld.model.unet import PixelCodec
@@ -95,6 +96,7 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         frames, poses, close, starts = _fit_geometry(net, r.data, r.world)
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
+        r.summary["bob"] = starts.pop("bob")  # the walk's bob fitted from the recording's eye (share: of its variance)
         held = _held_out(r.data)
         net = _train_stage(net.to(r.d.device), cfg, r, frames, poses, close, held).cpu()
         if held is not None:
@@ -151,7 +153,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         raise TrainingError(f"--field-renderer ray fits its walls from the recording's depth buffers; {ds.where} has none "
                             "(neuralworld record with ViZDoom stores them)")
     eps = _load(ds, data.train_episodes, depth=cfg.renderer == "ray")
-    moves, acts = [], []
+    moves, acts, eyes = [], [], []
     for d in eps:
         p = torch.from_numpy(d["poses"][:, :4]).double()
         mv = body_move(p[1:], p[:-1]).numpy()
@@ -159,9 +161,14 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         if ok.all():  # an episode with an unknown pose in it adds no moves (they would straddle the gap)
             moves.append(mv)
             acts.append(ds.spec.normalize(d["actions"]))
+            eyes.append(d["poses"][:, 4] if d["poses"].shape[1] > 4 else None)
     if not moves:
         raise TrainingError("the field world's kinematics need episodes with every pose known")
     K = fit_kinematics(moves, acts, turns=rotation_axes(ds.spec))
+    walked = [(e, walk_speeds(m, a, K)) for e, m, a in zip(eyes, moves, acts) if e is not None]
+    bob = fit_bob([e for e, _ in walked], [v for _, v in walked]) if walked else {}  # a recording without the eye: none
+    for name in ("bob_period", "bob_phase", "bob_gain", "bob_max"):
+        setattr(cfg, name, float(bob.get(name, 0.0)))
     X = np.concatenate([np.concatenate([m[:-1, :2], a[1 : len(m)], np.ones((len(m) - 1, 1))], 1) for m, a in zip(moves, acts)])
     Y = np.concatenate([m[1:] for m in moves])
     error = np.median(np.abs(X @ K - Y), 0)
@@ -201,7 +208,8 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     starts = {"start_frames": first_ep["frames"][:1], "start_actions": ds.spec.noop()[None],
               "start_poses": first_ep["poses"][:1, :4].astype(np.float32),
               "kinematics_error": {"forward": round(float(error[0]), 3), "left": round(float(error[1]), 3),
-                                   "yaw": round(float(error[2]), 4)}}
+                                   "yaw": round(float(error[2]), 4)},
+              "bob": {k: round(v, 4) for k, v in bob.items()}}
     return torch.from_numpy(frames), torch.from_numpy(poses), close, starts
 
 

@@ -210,13 +210,15 @@ class FieldMemory {
   constructor(manifest) {
     this.home = Float32Array.from(manifest.memory.start_pose);  // x, y, z, angle
     this.pose = Float32Array.from(this.home);
-    this.move = new Float32Array(2);  // the last move: forward, left
+    // the last move (forward, left) and the walk (the speed its bob follows, frames since the start)
+    this.moves = manifest.graphs.step.inputs.move[0][1];  // 4 (2 in an export from before the bob)
+    this.move = new Float32Array(this.moves);
     this.fresh = true;
     this.stepped = null;  // {act, pose, move} of the last step
   }
 
   feeds() {
-    return { pose: new ort.Tensor("float32", this.pose, [1, 4]), move: new ort.Tensor("float32", this.move, [1, 2]) };
+    return { pose: new ort.Tensor("float32", this.pose, [1, 4]), move: new ort.Tensor("float32", this.move, [1, this.moves]) };
   }
 
   reset() { this.pose.set(this.home); this.move.fill(0); this.fresh = true; this.stepped = null; }
