@@ -367,7 +367,7 @@ def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
         frames.append(latent - net.step_with_cache_tensors(latent, torch.ones(1), fwd, pose, move)[0])
         _, move = net.advance(pose, move, fwd)
         eyes.append(float(net.walking_eye(move)))
-    assert 0 <= float(move[0, 3]) < 10
+    assert float(move[0, 3]) == 20  # the clock wraps after CLOCK_WRAP periods (160 frames)
     assert max(eyes[10:]) == pytest.approx(EYE + 4.0, abs=0.3) and min(eyes[10:]) == pytest.approx(EYE - 4.0, abs=0.3)
     assert np.allclose(eyes[4:10], eyes[14:20], atol=1e-3) and not np.allclose(eyes[4:10], eyes[9:15], atol=1)  # ten frames a cycle
     moved = lambda a, b: bool((a - b).abs().mean() > 1e-3)  # noqa: E731
@@ -375,6 +375,44 @@ def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
     for _ in range(30):  # standing: the bob dies away
         _, move = net.advance(pose, move, still)
     assert abs(float(net.walking_eye(move)) - EYE) < 1e-3
+
+
+def test_fit_weapon_finds_the_weapons_bob_and_render_moves_the_overlay():
+    from neuralworld.train.field import fit_weapon
+
+    rng = np.random.default_rng(1)
+    H = W = 32
+    period, phase, gx, gy = 10.0, 1.0, 0.4, 0.5
+    frames, amps = [], []
+    for _ in range(4):
+        T = 200
+        amp = np.where(np.arange(T) % 100 < 30, 0.0, 7.0)  # stands, then walks
+        t = np.arange(T)
+        w = 2 * np.pi * t / (3.2 * period) + phase
+        dx, dy = np.round(gx * amp * np.cos(w)).astype(int), np.round(gy * amp * np.abs(np.sin(w))).astype(int)
+        f = rng.integers(0, 120, (T, H, W, 3)).astype(np.uint8)  # a busy background
+        for i in range(T):  # a weapon: a bright block with a dark bar, bottom middle
+            y0, x0 = 22 + dy[i], 13 + dx[i]
+            f[i, y0 : y0 + 8, x0 : x0 + 6] = 230
+            f[i, y0 + 3 : y0 + 5, x0 : x0 + 6] = 20
+        frames.append(f)
+        amps.append(amp)
+    fit = fit_weapon(frames, amps, [np.zeros(len(a), bool) for a in amps], bob_period=period, bob_phase=0.0)
+    assert fit["weapon_x"] == pytest.approx(gx, abs=0.05) and fit["weapon_y"] == pytest.approx(gy, abs=0.07)
+    assert fit["weapon_phase"] == pytest.approx(phase, abs=0.1) and fit["share"] > 0.8
+    still = fit_weapon([f[:, :, :, :] * 0 + 50 for f in frames], amps, [np.zeros(len(a), bool) for a in amps], bob_period=period,
+                       bob_phase=0.0)
+    assert still["weapon_x"] == 0.0 and still["weapon_y"] == 0.0  # nothing moves: no weapon bob
+    net, _ = lively_net()
+    with torch.no_grad():
+        net.overlay[:, 3] = -20.0
+        net.overlay[:, 3, 10, 12] = 20.0  # one opaque overlay pixel
+        net.overlay[:, :3, 10, 12] = 5.0  # white
+    pose = torch.tensor([[60.0, 40.0, 0.0, 0.0]])
+    at_rest = net.render(torch.cat([pose, torch.tensor([[EYE, 0.0, 0.0]])], 1))
+    moved = net.render(torch.cat([pose, torch.tensor([[EYE, 3.0, 2.0]])], 1))
+    assert torch.allclose(at_rest, net.render(pose), atol=1e-5)
+    assert moved[0, :, 12, 15].min() > 0.99 and at_rest[0, :, 10, 12].min() > 0.99 and moved[0, :, 10, 12].max() < 0.99
 
 
 def test_the_camera_keeps_its_radius_from_the_wall_map():
@@ -520,6 +558,7 @@ def test_train_field_plays_and_resumes_exactly(tmp_path, data32):
     args = ["--model", "field", "--preset", "tiny", "--log-every", 5, "--validate-every", 10, "--quiet"]
     out = json.loads(cli("train", data32, "--out", tmp_path / "straight", "--field-steps", 20, *args).stdout.strip().splitlines()[-1])
     assert out["model"] == "field" and out["held_out_psnr"] > 5 and out["kinematics_median_error"]["yaw"] < 0.5
+    assert {"bob_period", "bob_gain", "share"} <= set(out["bob"])  # the walk's bob, fitted to the recorded eye
     cli("train", data32, "--out", tmp_path / "halves", "--field-steps", 10, *args)
     p = cli("train", data32, "--out", tmp_path / "halves", "--field-steps", 20, "--resume", *args)
     assert "resuming at step 10/20" in p.stdout + p.stderr

@@ -158,6 +158,14 @@ class FieldNetConfig:
     """The bob's amplitude (map units) per squared walking speed (map units per frame, smoothed)."""
     bob_max: float = 0.0
     """The largest amplitude (map units): Doom caps the bob."""
+    weapon_x: float = 0.0
+    weapon_y: float = 0.0
+    """The weapon's bob (fitted from the recording's frames: ``train.field.fit_weapon``): pixels it
+    moves across and down per map unit of the view's bob amplitude, on Doom's law: across with the
+    cosine of its own clock, down with the sine's size; 0, 0: a weapon that stays put."""
+    weapon_phase: float = 0.0
+    """The weapon clock's angle (radians) at an episode's first frame. Its period is
+    ``WEAPON_CYCLE`` times ``bob_period`` (Doom: 64 tics against the view's 20)."""
 
     def levels(self) -> int:
         return 3  # the decoder doubles its rows three times: H / 8 rows come out of the column conv
@@ -316,9 +324,23 @@ def fit_kinematics(moves: list[np.ndarray], actions: list[np.ndarray], *, turns:
     return K.astype(np.float32)
 
 
+WEAPON_CYCLE = 3.2
+"""The weapon's bob period over the view's (Doom: 64 tics against 20, both on the level's clock)."""
+CLOCK_WRAP = 16
+"""The walk's clock wraps after this many view-bob periods (5 of the weapon's: both start over)."""
 BOB_SMOOTH = 0.5
 """The walking speed the bob follows: this share of the last frame's, the rest the move's (Doom's
 bob follows the body's momentum, which the thrust of one frame only partly turns)."""
+
+
+def shift_image(image: torch.Tensor, across: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """An image (1, C, H, W) moved (bilinearly) by ``across`` and ``down`` pixels (B,) each: (B, C, H, W),
+    zeros where it moved in from outside. Two matrix products (they export to any ONNX runtime)."""
+    _, _, H, W = image.shape
+    ys, xs = torch.arange(H, dtype=image.dtype, device=image.device), torch.arange(W, dtype=image.dtype, device=image.device)
+    rows = (1 - (ys[None, None, :] - ys[None, :, None] + down[:, None, None]).abs()).clamp(min=0)  # (B, H out, H in)
+    cols = (1 - (xs[None, :, None] - xs[None, None, :] + across[:, None, None]).abs()).clamp(min=0)  # (B, W in, W out)
+    return rows[:, None] @ image @ cols[:, None]
 
 
 def walk_speeds(moves: np.ndarray, actions: np.ndarray, kinematics: np.ndarray) -> np.ndarray:
@@ -505,7 +527,8 @@ class FieldNet(nn.Module):
     def render(self, pose: torch.Tensor) -> torch.Tensor:
         """Poses (B, 4): x, y, z, angle (degrees) -> frames (B, 3, H, W) in [-1, 1]. A fifth
         column is the eye's height over the feet (the recording's, with Doom's walking bob; the
-        "ray" renderer's), else EYE."""
+        "ray" renderer's), else EYE; a sixth and seventh move the overlay (the weapon's bob:
+        pixels across and down)."""
         B = pose.shape[0]
         xy = (pose[:, :2] - self.lo) / (self.hi - self.lo)  # (B, 2) in [0, 1]
         ang = pose[:, 3:4] + self.col_angle[None]  # (B, W)
@@ -521,7 +544,10 @@ class FieldNet(nn.Module):
                 x = blk(F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
         scene = torch.tanh(self.out(x))
         alpha = torch.sigmoid(self.overlay[:, 3:])
-        return scene * (1 - alpha) + torch.tanh(self.overlay[:, :3]) * alpha
+        paint = torch.cat([torch.tanh(self.overlay[:, :3]) * alpha, alpha], 1)  # (1, 4, H, W): premultiplied
+        if pose.shape[1] > 6:  # the weapon's bob: the overlay moved by (across, down) pixels
+            paint = shift_image(paint, pose[:, 5], pose[:, 6])
+        return scene * (1 - paint[:, 3:]) + paint[:, :3]
 
     def _ray(self, pose: torch.Tensor, ang: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """The "ray" renderer's features (B, ch, H, W)."""
@@ -744,16 +770,25 @@ class FieldNet(nn.Module):
             speed = BOB_SMOOTH * move[:, 2:3] + (1 - BOB_SMOOTH) * torch.linalg.vector_norm(mv[:, :2], dim=1, keepdim=True)
             clock = move[:, 3:4] + 1
             if self.config.bob_period > 0:
-                clock = torch.remainder(clock, self.config.bob_period)
+                clock = torch.remainder(clock, self.config.bob_period * CLOCK_WRAP)
             new_move = torch.cat([new_move, speed, clock], 1)
         return torch.cat([new_xy, z, angle], 1), new_move
 
     def walking_eye(self, move: torch.Tensor) -> torch.Tensor:
         """The cache's move (B, 4) -> the eye's height over the feet (B,): ``EYE`` and the bob
         Doom's view makes at that walking speed and time (``fit_bob``'s law)."""
+        return self.walk(move)[:, 0]
+
+    def walk(self, move: torch.Tensor) -> torch.Tensor:
+        """The cache's move (B, 4) -> (B, 3): the eye's height over the feet (``walking_eye``) and
+        the weapon's bob, pixels across and down (``weapon_x``, ``weapon_y``): the pose's columns
+        4 to 6 that ``render`` draws the walk with."""
         c = self.config
         amplitude = (c.bob_gain * move[:, 2] ** 2).clamp(max=c.bob_max)
-        return EYE + amplitude * torch.sin(move[:, 3] * (2 * math.pi / max(c.bob_period, 1e-6)) + c.bob_phase)
+        turn = move[:, 3] * (2 * math.pi / max(c.bob_period, 1e-6))
+        eye = EYE + amplitude * torch.sin(turn + c.bob_phase)
+        weapon = turn / WEAPON_CYCLE + c.weapon_phase
+        return torch.stack([eye, c.weapon_x * amplitude * torch.cos(weapon), c.weapon_y * amplitude * torch.sin(weapon).abs()], 1)
 
     # -- finding where an image was seen --------------------------------------------------
     def _retrieve(self, frames: torch.Tensor, k: int) -> torch.Tensor:
@@ -830,8 +865,10 @@ class FieldNet(nn.Module):
         termination logit -20, that pose (B, 4), the move (B, 4): with the walk): what ``append`` makes the
         cache (a backend without the network's buffers takes them from here)."""
         new_pose, new_move = self.advance(pose, move, action)
-        if self.config.bob_gain > 0 and new_move.shape[1] > 2:  # the walk's bob moves the eye
-            frame = self.render(torch.cat([new_pose, self.walking_eye(new_move)[:, None]], 1)).to(latent.dtype)
+        if self.config.bob_gain > 0 and new_move.shape[1] > 2:  # the walk's bob moves the eye (and the weapon)
+            walk = self.walk(new_move)
+            walk = walk if self.config.weapon_x or self.config.weapon_y else walk[:, :1]
+            frame = self.render(torch.cat([new_pose, walk], 1)).to(latent.dtype)
         else:
             frame = self.render(new_pose).to(latent.dtype)
         zeros = latent[:, 0, 0, 0] * 0

@@ -28,7 +28,7 @@ from neuralworld.bundle import build_networks, save_bundle
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
     MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_bob, fit_kinematics, rotation_axes,
-    walk_speeds,
+    CLOCK_WRAP, WEAPON_CYCLE, walk_speeds,
 )  # fmt: skip
 from neuralworld.model.autoencoder import tensor_to_frames
 from neuralworld.model.unet import PixelCodec
@@ -97,7 +97,7 @@ def train_field(data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         r.summary["parameters"] = count_parameters(net)
         r.summary["kinematics_median_error"] = starts.pop("kinematics_error")
         r.summary["bob"] = starts.pop("bob")  # the walk's bob fitted from the recording's eye (share: of its variance)
-        held = _held_out(r.data)
+        held = _held_out(r.data, net)
         net = _train_stage(net.to(r.d.device), cfg, r, frames, poses, close, held).cpu()
         if held is not None:
             r.summary["held_out_psnr"] = _score(net, *held)
@@ -153,7 +153,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         raise TrainingError(f"--field-renderer ray fits its walls from the recording's depth buffers; {ds.where} has none "
                             "(neuralworld record with ViZDoom stores them)")
     eps = _load(ds, data.train_episodes, depth=cfg.renderer == "ray")
-    moves, acts, eyes = [], [], []
+    moves, acts, whole = [], [], []
     for d in eps:
         p = torch.from_numpy(d["poses"][:, :4]).double()
         mv = body_move(p[1:], p[:-1]).numpy()
@@ -161,14 +161,27 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
         if ok.all():  # an episode with an unknown pose in it adds no moves (they would straddle the gap)
             moves.append(mv)
             acts.append(ds.spec.normalize(d["actions"]))
-            eyes.append(d["poses"][:, 4] if d["poses"].shape[1] > 4 else None)
+            whole.append(d)
     if not moves:
         raise TrainingError("the field world's kinematics need episodes with every pose known")
     K = fit_kinematics(moves, acts, turns=rotation_axes(ds.spec))
-    walked = [(e, walk_speeds(m, a, K)) for e, m, a in zip(eyes, moves, acts) if e is not None]
-    bob = fit_bob([e for e, _ in walked], [v for _, v in walked]) if walked else {}  # a recording without the eye: none
+    with torch.no_grad():
+        net.kinematics.copy_(torch.from_numpy(K))
+    # the walk's bob: the view's from the recorded eye, then the weapon's from the frames
+    walked = [(d, walk_speeds(m, a, K)) for d, m, a in zip(whole, moves, acts) if d["poses"].shape[1] > 4]
+    bob = fit_bob([d["poses"][:, 4] for d, _ in walked], [v for _, v in walked]) if walked else {}  # no eye: none
     for name in ("bob_period", "bob_phase", "bob_gain", "bob_max"):
         setattr(cfg, name, float(bob.get(name, 0.0)))
+    weapon = {}
+    if cfg.bob_gain > 0:
+        amps = [np.minimum(cfg.bob_gain * v**2, cfg.bob_max) for _, v in walked]
+        weapon = fit_weapon([d["frames"] for d, _ in walked], amps, [firing(ds.spec, d["actions"]) for d, _ in walked],
+                            bob_period=cfg.bob_period, bob_phase=cfg.bob_phase)
+    for name in ("weapon_x", "weapon_y", "weapon_phase"):
+        setattr(cfg, name, float(weapon.get(name, 0.0)))
+    if cfg.weapon_x or cfg.weapon_y:  # each frame's pose gets the weapon's bob there (columns 5, 6)
+        for d in eps:
+            d["poses"] = np.concatenate([d["poses"], weapon_columns(net, ds.spec, d)], 1)
     X = np.concatenate([np.concatenate([m[:-1, :2], a[1 : len(m)], np.ones((len(m) - 1, 1))], 1) for m, a in zip(moves, acts)])
     Y = np.concatenate([m[1:] for m in moves])
     error = np.median(np.abs(X @ K - Y), 0)
@@ -184,7 +197,6 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     else:
         close = np.zeros(0, np.int64)
     with torch.no_grad():
-        net.kinematics.copy_(torch.from_numpy(K))
         ny, nx = net.walls.shape
         cell = np.floor((poses[:, :2] - net.lo.numpy()) / cfg.wall_cell).astype(np.int64)
         flat = np.clip(cell[:, 1], 0, ny - 1) * nx + np.clip(cell[:, 0], 0, nx - 1)
@@ -209,7 +221,8 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
               "start_poses": first_ep["poses"][:1, :4].astype(np.float32),
               "kinematics_error": {"forward": round(float(error[0]), 3), "left": round(float(error[1]), 3),
                                    "yaw": round(float(error[2]), 4)},
-              "bob": {k: round(v, 4) for k, v in bob.items()}}
+              "bob": {**{k: round(v, 4) for k, v in bob.items()}, **{f"weapon_{k}" if k == "share" else k: round(v, 4)
+                                                                       for k, v in weapon.items()}}}
     return torch.from_numpy(frames), torch.from_numpy(poses), close, starts
 
 
@@ -249,11 +262,104 @@ def fit_occupancy(net: FieldNet, poses: np.ndarray, depth: np.ndarray, chunk: in
     return wall.reshape(ny, nx).astype(np.float32)
 
 
-def _held_out(data: TrainData) -> tuple[np.ndarray, np.ndarray] | None:
-    """Up to 512 frames of the held-out episodes with known poses, spread evenly."""
+def firing(spec: Any, actions: np.ndarray, near: int = 4) -> np.ndarray:
+    """(T,) bool: the attack button was held within ``near`` frames (none without one)."""
+    if "attack" not in spec.buttons:
+        return np.zeros(len(actions), bool)
+    held = (actions[:, spec.index("attack")] > 0.5).astype(np.float32)
+    return np.convolve(held, np.ones(2 * near + 1), "same") > 0
+
+
+def weapon_columns(net: FieldNet, spec: Any, episode: dict[str, np.ndarray]) -> np.ndarray:
+    """An episode's frames' weapon bob (T, 2), pixels across and down, by the law play uses
+    (``FieldNet.walk`` on the walk's speed and clock); zeros where a pose is unknown."""
+    poses = episode["poses"]
+    p = torch.from_numpy(poses[:, :4]).double()
+    mv = body_move(p[1:], p[:-1]).numpy()
+    if not np.isfinite(mv).all():
+        return np.zeros((len(poses), 2), np.float32)
+    speed = walk_speeds(mv, spec.normalize(episode["actions"]), net.kinematics.numpy())
+    clock = np.arange(len(poses)) % (net.config.bob_period * CLOCK_WRAP)
+    move = torch.from_numpy(np.stack([np.zeros_like(speed), np.zeros_like(speed), speed, clock], 1)).float()
+    with torch.no_grad():
+        return net.walk(move)[:, 1:].numpy()
+
+
+def fit_weapon(frames: list[np.ndarray], amplitudes: list[np.ndarray], firing: list[np.ndarray], *, bob_period: float,
+               bob_phase: float, max_shift: int = 8, sample: int = 1500, min_share: float = 0.3,
+               seed: int = 0) -> dict[str, float]:
+    """The weapon's bob from recorded episodes: ``frames[e]`` (T, H, W, 3) uint8, ``amplitudes[e]``
+    (T,) the view's bob amplitude at each frame (``fit_bob``'s law), ``firing[e]`` (T,) whether the
+    weapon fired near that frame (its recoil is not the bob). The law is Doom's: the weapon moves
+    ``weapon_x * A * cos(w)`` pixels across and ``weapon_y * A * |sin(w)|`` down, on a clock of
+    ``WEAPON_CYCLE`` view periods, ``w = 2 pi t / (WEAPON_CYCLE * bob_period) + weapon_phase``.
+
+    The weapon at rest is the median of the bottom middle of the frames that stand still, and its
+    pixels are those that barely vary among them; each walking frame's shift is the whole-pixel
+    one that matches it best; the law's phase (a grid of 128) and its two gains are least squares
+    on those shifts. Returns ``FieldNetConfig``'s weapon_x, weapon_y, weapon_phase, and ``share``:
+    the shifts' variance the law explains; zeros (a weapon that stays put) under ``min_share``."""
+    none = {"weapon_x": 0.0, "weapon_y": 0.0, "weapon_phase": 0.0, "share": 0.0}
+    if bob_period <= 0 or not frames:
+        return none
+    H, W = frames[0].shape[1:3]
+    grey = [f.astype(np.float32).mean(-1) for f in frames]
+    t = np.concatenate([np.arange(len(f)) for f in frames]).astype(np.float64)
+    A = np.concatenate(amplitudes).astype(np.float64)
+    calm = ~np.concatenate(firing)
+    where = np.concatenate([np.stack([np.full(len(f), e), np.arange(len(f))], 1) for e, f in enumerate(frames)])
+    rest = np.flatnonzero(calm & (A < 0.25))
+    walking = np.flatnonzero(calm & (A > 2.0))
+    if len(rest) < 20 or len(walking) < 50:
+        return none
+    rng = np.random.default_rng(seed)
+    rest = rng.choice(rest, min(len(rest), sample), replace=False)
+    walking = np.sort(rng.choice(walking, min(len(walking), sample), replace=False))
+    box = (slice(H // 2, H), slice(W // 4, W - W // 4))
+    stack = np.stack([grey[e][i][box] for e, i in where[rest]])
+    template = np.median(stack, 0)
+    spread = np.median(np.abs(stack - template), 0)
+    ys, xs = np.nonzero(spread <= min(6.0, float(np.quantile(spread, 0.1))))
+    if len(ys) < 12:
+        return none
+    ys, xs, ref = ys + H // 2, xs + W // 4, template[ys, xs]
+    shifts = [(dx, dy) for dx in range(-max_shift, max_shift + 1) for dy in range(-max_shift // 2, max_shift + 1)]
+    best = np.zeros((len(walking), 2))
+    for n, (e, i) in enumerate(where[walking]):
+        err = []
+        for dx, dy in shifts:
+            yy, xx = ys + dy, xs + dx
+            ok = (yy < H) & (xx >= 0) & (xx < W)
+            err.append(np.abs(grey[e][i][yy[ok], xx[ok]] - ref[ok]).mean() if ok.sum() >= len(ys) // 2 else np.inf)
+        best[n] = shifts[int(np.argmin(err))]
+    a, tt = A[walking], t[walking]
+    total = float(((best - best.mean(0)) ** 2).sum())
+    if total <= 0:
+        return none
+    fits = []
+    for phase in np.linspace(0, 2 * np.pi, 128, endpoint=False):
+        w = 2 * np.pi * tt / (WEAPON_CYCLE * bob_period) + phase
+        cx, cy = a * np.cos(w), a * np.abs(np.sin(w))
+        gx, gy = float(cx @ best[:, 0] / (cx @ cx)), float(cy @ best[:, 1] / (cy @ cy))
+        r = float(((gx * cx - best[:, 0]) ** 2).sum() + ((gy * cy - best[:, 1]) ** 2).sum())
+        if gx >= 0:  # (-gx, phase + pi) is the same law: across is to the right at the clock's start, as Doom's
+            fits.append((r, gx, gy, float(phase)))
+    r, gx, gy, phase = min(fits)
+    share = 1.0 - r / total
+    if share < min_share:
+        return {**none, "share": share}
+    return {"weapon_x": gx, "weapon_y": gy, "weapon_phase": phase, "share": share}
+
+
+def _held_out(data: TrainData, net: FieldNet) -> tuple[np.ndarray, np.ndarray] | None:
+    """Up to 512 frames of the held-out episodes with known poses (and the weapon's bob, where
+    ``net`` has one), spread evenly."""
     if not data.held_episodes:
         return None
     eps = _load(data.ds, data.held_episodes)
+    if net.config.weapon_x or net.config.weapon_y:
+        for d in eps:
+            d["poses"] = np.concatenate([d["poses"], weapon_columns(net, data.ds.spec, d)], 1)
     frames = np.concatenate([d["frames"] for d in eps])
     poses = np.concatenate([d["poses"] for d in eps]).astype(np.float32)
     keep = np.isfinite(poses).all(1)
