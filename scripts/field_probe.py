@@ -13,7 +13,8 @@ their PSNR. ``--episodes held`` (the default): the episodes
 ``neuralworld train`` holds out (``Dataset.split(0.1)``); ``A:B``: episodes A to B - 1.
 ``--strip``: 8 of those frames above their renders (4 facing a wall). ``--eye standing``: render
 at a standing player's eye height, not the recorded one (the view's bob), where the recording
-stores it. For docs/experiments.md; not the package."""
+stores it. A world with a weapon bob (``FieldNetConfig.weapon_x``) draws its weapon where its law
+puts it at each frame, with the recorded eye. For docs/experiments.md; not the package."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import neuralworld
 from neuralworld.data.store import Dataset
 from neuralworld.eval.metrics import psnr, sharpness
 from neuralworld.eval.probes import flows, radial_flow
-from neuralworld.train.field import column_depth, faces_a_wall
+from neuralworld.train.field import column_depth, faces_a_wall, weapon_columns
 
 CLOSE = 48.0
 """Map units: a frame whose columns' median depth is nearer faces a wall."""
@@ -63,7 +64,10 @@ def main() -> None:
     for e in episodes:
         d = ds.episode(e).load(("frames", "poses", "actions", "depth"))
         near.append(faces_a_wall(ds.info.camera.distance(column_depth(d["depth"])), CLOSE))
-        poses = torch.from_numpy(d["poses"][:, cols].astype(np.float32))
+        poses = d["poses"][:, cols].astype(np.float32)
+        if len(cols) > 4 and (w.dynamics.config.weapon_x or w.dynamics.config.weapon_y):  # the weapon's bob, by its law
+            poses = np.concatenate([poses, weapon_columns(w.dynamics, ds.spec, d)], 1)
+        poses = torch.from_numpy(poses)
         with torch.no_grad():
             g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])
         real.append(d["frames"]), gen.append(g)
