@@ -400,8 +400,9 @@ def fit_bob(eyes: list[np.ndarray], speeds: list[np.ndarray], *, periods: np.nda
 # ---------------------------------------------------------------------------
 @dataclass
 class FieldCache(CacheRows):
-    """The camera's pose, its last move, where it started (a restarted element goes back
-    there), and whether the next frame appended is its start (not a move)."""
+    """The camera's pose, its last move and its walk (the speed and clock of the walk's bob),
+    where it started (a restarted element goes back there), and whether the next frame appended
+    is its start (not a move)."""
 
     pose: torch.Tensor  # (B, 4) x, y, z, angle
     move: torch.Tensor  # (B, 4) forward, left of the last move; the walk: its speed, frames since the start
