@@ -29,7 +29,7 @@ import neuralworld
 from neuralworld.data.store import Dataset
 from neuralworld.eval.metrics import psnr, sharpness
 from neuralworld.eval.probes import flows, radial_flow
-from neuralworld.train.field import column_depth, faces_a_wall, weapon_columns
+from neuralworld.train.field import column_depth, episode_speeds, faces_a_wall, weapon_columns
 
 CLOSE = 48.0
 """Map units: a frame whose columns' median depth is nearer faces a wall."""
@@ -66,7 +66,7 @@ def main() -> None:
         near.append(faces_a_wall(ds.info.camera.distance(column_depth(d["depth"])), CLOSE))
         poses = d["poses"][:, cols].astype(np.float32)
         if len(cols) > 4 and (w.dynamics.config.weapon_x or w.dynamics.config.weapon_y):  # the weapon's bob, by its law
-            poses = np.concatenate([poses, weapon_columns(w.dynamics, ds.spec, d)], 1)
+            poses = np.concatenate([poses, weapon_columns(w.dynamics, episode_speeds(w.dynamics, ds.spec, d), len(poses))], 1)
         poses = torch.from_numpy(poses)
         with torch.no_grad():
             g = np.concatenate([to_uint8(w.dynamics.render(poses[i : i + 128])) for i in range(0, len(poses), 128)])

@@ -357,7 +357,7 @@ def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
         frames.append(latent - net.step_with_cache_tensors(latent, torch.ones(1), fwd, pose, move)[0])
         pose2, move = net.advance(pose, move, fwd)
         assert torch.equal(pose2, pose)
-        eyes.append(float(net.walking_eye(move)))
+        eyes.append(float(net.walk(move)[0, 0]))
     assert float(move[0, 3]) == 12 and float(move[0, 2]) > 9.9  # the clock runs (no period to wrap it)
     assert all(e == EYE for e in eyes) and all(torch.equal(f, frames[0]) for f in frames)  # no bob fitted: frozen
     net.config.bob_period, net.config.bob_phase, net.config.bob_gain, net.config.bob_max = 10.0, 0.0, 0.05, 4.0
@@ -366,7 +366,7 @@ def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
     for _ in range(20):
         frames.append(latent - net.step_with_cache_tensors(latent, torch.ones(1), fwd, pose, move)[0])
         _, move = net.advance(pose, move, fwd)
-        eyes.append(float(net.walking_eye(move)))
+        eyes.append(float(net.walk(move)[0, 0]))
     assert float(move[0, 3]) == 20  # the clock wraps after CLOCK_WRAP periods (160 frames)
     assert max(eyes[10:]) == pytest.approx(EYE + 4.0, abs=0.3) and min(eyes[10:]) == pytest.approx(EYE - 4.0, abs=0.3)
     assert np.allclose(eyes[4:10], eyes[14:20], atol=1e-3) and not np.allclose(eyes[4:10], eyes[9:15], atol=1)  # ten frames a cycle
@@ -374,7 +374,7 @@ def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
     assert all(moved(a, b) or moved(a, c) for a, b, c in zip(frames[4:], frames[5:], frames[6:]))  # never frozen
     for _ in range(30):  # standing: the bob dies away
         _, move = net.advance(pose, move, still)
-    assert abs(float(net.walking_eye(move)) - EYE) < 1e-3
+    assert abs(float(net.walk(move)[0, 0]) - EYE) < 1e-3
 
 
 def test_fit_weapon_finds_the_weapons_bob_and_render_moves_the_overlay():

@@ -775,17 +775,18 @@ class FieldNet(nn.Module):
             new_move = torch.cat([new_move, speed, clock], 1)
         return torch.cat([new_xy, z, angle], 1), new_move
 
-    def walking_eye(self, move: torch.Tensor) -> torch.Tensor:
-        """The cache's move (B, 4) -> the eye's height over the feet (B,): ``EYE`` and the bob
-        Doom's view makes at that walking speed and time (``fit_bob``'s law)."""
-        return self.walk(move)[:, 0]
+    def bob_amplitude(self, speed: torch.Tensor) -> torch.Tensor:
+        """Walking speeds (``walk_speeds``) -> the view's bob amplitude there (map units), by
+        ``fit_bob``'s law."""
+        return (self.config.bob_gain * speed**2).clamp(max=self.config.bob_max)
 
     def walk(self, move: torch.Tensor) -> torch.Tensor:
-        """The cache's move (B, 4) -> (B, 3): the eye's height over the feet (``walking_eye``) and
-        the weapon's bob, pixels across and down (``weapon_x``, ``weapon_y``): the pose's columns
-        4 to 6 that ``render`` draws the walk with."""
+        """The cache's move (B, 4) -> (B, 3): the eye's height over the feet (``EYE`` and the bob
+        Doom's view makes at that walking speed and time, ``fit_bob``'s law) and the weapon's bob,
+        pixels across and down (``weapon_x``, ``weapon_y``): the pose's columns 4 to 6 that
+        ``render`` draws the walk with."""
         c = self.config
-        amplitude = (c.bob_gain * move[:, 2] ** 2).clamp(max=c.bob_max)
+        amplitude = self.bob_amplitude(move[:, 2])
         turn = move[:, 3] * (2 * math.pi / max(c.bob_period, 1e-6))
         eye = EYE + amplitude * torch.sin(turn + c.bob_phase)
         weapon = turn / WEAPON_CYCLE + c.weapon_phase

@@ -28,7 +28,7 @@ from neuralworld.bundle import build_networks, save_bundle
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
     MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_bob, fit_kinematics, rotation_axes,
-    CLOCK_WRAP, WEAPON_CYCLE, walk_speeds,
+    WEAPON_CYCLE, walk_speeds,
 )  # fmt: skip
 from neuralworld.model.autoencoder import tensor_to_frames
 from neuralworld.model.unet import PixelCodec
@@ -168,20 +168,22 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     with torch.no_grad():
         net.kinematics.copy_(torch.from_numpy(K))
     # the walk's bob: the view's from the recorded eye, then the weapon's from the frames
-    walked = [(d, walk_speeds(m, a, K)) for d, m, a in zip(whole, moves, acts) if d["poses"].shape[1] > 4]
+    speeds = [walk_speeds(m, a, K) for m, a in zip(moves, acts)]
+    walked = [(d, v) for d, v in zip(whole, speeds) if d["poses"].shape[1] > 4]
     bob = fit_bob([d["poses"][:, 4] for d, _ in walked], [v for _, v in walked]) if walked else {}  # no eye: none
     for name in ("bob_period", "bob_phase", "bob_gain", "bob_max"):
         setattr(cfg, name, float(bob.get(name, 0.0)))
     weapon = {}
     if cfg.bob_gain > 0:
-        amps = [np.minimum(cfg.bob_gain * v**2, cfg.bob_max) for _, v in walked]
+        amps = [net.bob_amplitude(torch.from_numpy(v)).numpy() for _, v in walked]
         weapon = fit_weapon([d["frames"] for d, _ in walked], amps, [firing(ds.spec, d["actions"]) for d, _ in walked],
                             bob_period=cfg.bob_period, bob_phase=cfg.bob_phase)
     for name in ("weapon_x", "weapon_y", "weapon_phase"):
         setattr(cfg, name, float(weapon.get(name, 0.0)))
     if cfg.weapon_x or cfg.weapon_y:  # each frame's pose gets the weapon's bob there (columns 5, 6)
+        walking = {id(d): v for d, v in zip(whole, speeds)}  # an episode with an unknown pose: its weapon at rest
         for d in eps:
-            d["poses"] = np.concatenate([d["poses"], weapon_columns(net, ds.spec, d)], 1)
+            d["poses"] = np.concatenate([d["poses"], weapon_columns(net, walking.get(id(d)), len(d["poses"]))], 1)
     X = np.concatenate([np.concatenate([m[:-1, :2], a[1 : len(m)], np.ones((len(m) - 1, 1))], 1) for m, a in zip(moves, acts)])
     Y = np.concatenate([m[1:] for m in moves])
     error = np.median(np.abs(X @ K - Y), 0)
@@ -270,17 +272,21 @@ def firing(spec: Any, actions: np.ndarray, near: int = 4) -> np.ndarray:
     return np.convolve(held, np.ones(2 * near + 1), "same") > 0
 
 
-def weapon_columns(net: FieldNet, spec: Any, episode: dict[str, np.ndarray]) -> np.ndarray:
-    """An episode's frames' weapon bob (T, 2), pixels across and down, by the law play uses
-    (``FieldNet.walk`` on the walk's speed and clock); zeros where a pose is unknown."""
-    poses = episode["poses"]
-    p = torch.from_numpy(poses[:, :4]).double()
+def episode_speeds(net: FieldNet, spec: Any, episode: dict[str, np.ndarray]) -> np.ndarray | None:
+    """An episode's ``walk_speeds`` (T,) by ``net``'s kinematics; None where a pose is unknown."""
+    p = torch.from_numpy(episode["poses"][:, :4]).double()
     mv = body_move(p[1:], p[:-1]).numpy()
-    if not np.isfinite(mv).all():
-        return np.zeros((len(poses), 2), np.float32)
-    speed = walk_speeds(mv, spec.normalize(episode["actions"]), net.kinematics.numpy())
-    clock = np.arange(len(poses)) % (net.config.bob_period * CLOCK_WRAP)
-    move = torch.from_numpy(np.stack([np.zeros_like(speed), np.zeros_like(speed), speed, clock], 1)).float()
+    return walk_speeds(mv, spec.normalize(episode["actions"]), net.kinematics.numpy()) if np.isfinite(mv).all() else None
+
+
+def weapon_columns(net: FieldNet, speeds: np.ndarray | None, frames: int) -> np.ndarray:
+    """An episode's frames' weapon bob (T, 2), pixels across and down, by the law play uses
+    (``FieldNet.walk`` on the walk's speeds, ``episode_speeds``, and its clock from the episode's
+    start); zeros (the weapon at rest) without speeds."""
+    if speeds is None:
+        return np.zeros((frames, 2), np.float32)
+    zeros = np.zeros_like(speeds)
+    move = torch.from_numpy(np.stack([zeros, zeros, speeds, np.arange(frames, dtype=np.float64)], 1)).float()
     with torch.no_grad():
         return net.walk(move)[:, 1:].numpy()
 
@@ -359,7 +365,7 @@ def _held_out(data: TrainData, net: FieldNet) -> tuple[np.ndarray, np.ndarray] |
     eps = _load(data.ds, data.held_episodes)
     if net.config.weapon_x or net.config.weapon_y:
         for d in eps:
-            d["poses"] = np.concatenate([d["poses"], weapon_columns(net, data.ds.spec, d)], 1)
+            d["poses"] = np.concatenate([d["poses"], weapon_columns(net, episode_speeds(net, data.ds.spec, d), len(d["poses"]))], 1)
     frames = np.concatenate([d["frames"] for d in eps])
     poses = np.concatenate([d["poses"] for d in eps]).astype(np.float32)
     keep = np.isfinite(poses).all(1)
