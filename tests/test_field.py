@@ -16,7 +16,7 @@ from neuralworld.actions import ActionSpec
 from neuralworld.bundle import BundleError, load_bundle, save_bundle
 from neuralworld.model.config import ConfigError
 from neuralworld.model.field import (
-    EYE, TEXTURE_FLOOR, FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_bob, fit_kinematics, walk_speeds,
+    EYE, TEXTURE_FLOOR, FieldConfig, FieldNet, FieldNetConfig, body_move, field_preset, fit_bob, fit_kinematics, fit_stuck, walk_speeds,
 )
 from neuralworld.model.unet import PixelCodec
 from neuralworld.state_io import load_tensors
@@ -340,6 +340,32 @@ def test_walk_speeds_follow_what_the_legs_push_for():
     moves = np.zeros((5, 3))  # pressed into a wall: no move at all
     v = walk_speeds(moves, acts, K)
     assert v[0] == 0 and np.allclose(v[1:5], [5.0, 7.5, 8.75, 9.375]) and np.allclose(v[5], 4.6875)
+    v = walk_speeds(moves, acts, K, stuck=4.0)  # a stuck move counts as its own speed; standing is not stuck
+    assert np.allclose(v[1:5], [2.0, 3.0, 3.5, 3.75]) and np.allclose(v[5], 1.875)
+
+
+def test_fit_stuck_finds_the_bob_of_a_player_pressed_into_a_wall():
+    """Walks that run into walls: the recorded eye bobs at a stuck move as if the walk went at 5
+    units a frame (what Doom's momentum keeps). The push itself (10 from rest) fits worse."""
+    s = spec()
+    K = np.zeros((2 + s.size + 1, 3), np.float32)
+    K[2 + s.buttons.index("forward"), 0] = 10.0
+    rng = np.random.default_rng(2)
+    bob = {"bob_period": 10.0, "bob_phase": 1.0, "bob_gain": 0.03, "bob_max": 7.0}
+    eyes, moves, acts = [], [], []
+    for _ in range(4):
+        a = s.normalize(np.stack([s.make(forward=1) if (t // 40) % 3 else s.noop() for t in range(200)]))
+        m = np.zeros((199, 3))
+        m[:, 0] = np.where((np.arange(199) // 20) % 2 == 1, 0.0, 10.0 * a[:199, s.buttons.index("forward")])  # walls
+        v = walk_speeds(m, a, K, stuck=5.0)
+        t = np.arange(200)
+        eyes.append(EYE + np.minimum(0.03 * v**2, 7.0) * np.sin(2 * np.pi * t / 10 + 1.0) + rng.normal(0, 0.1, 200))
+        moves.append(m), acts.append(a)
+    fit = fit_stuck(eyes, moves, acts, K, bob)
+    assert fit["bob_stuck"] == pytest.approx(5.0, abs=0.15) and fit["stuck_frames"] > 100
+    free = [np.where(m > 0, m, 10.0 * a[:199, s.buttons.index("forward"), None]) for m, a in zip(moves, acts)]
+    assert fit_stuck(eyes, free, acts, K, bob) == {"bob_stuck": 0.0, "stuck_frames": 0.0}  # nothing stuck
+    assert fit_stuck(eyes, moves, acts, K, {**bob, "bob_gain": 0.0})["bob_stuck"] == 0.0  # no bob
 
 
 def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
@@ -375,6 +401,16 @@ def test_the_view_bobs_as_the_camera_walks_even_against_a_wall():
     for _ in range(30):  # standing: the bob dies away
         _, move = net.advance(pose, move, still)
     assert abs(float(net.walk(move)[0, 0]) - EYE) < 1e-3
+    net.config.bob_stuck = 6.0  # a stuck move's own speed (fit_stuck): pressed into the wall, the bob is 0.05 * 36
+    eyes = []
+    for _ in range(20):
+        _, move = net.advance(pose, move, fwd)
+        eyes.append(float(net.walk(move)[0, 0]))
+    assert max(eyes[10:]) == pytest.approx(EYE + 1.8, abs=0.1) and min(eyes[10:]) == pytest.approx(EYE - 1.8, abs=0.1)
+    free = torch.tensor([[185.0, 60.0, 0.0, 180.0]])  # turned away from the wall the walk is not stuck: the push, capped at 4
+    for _ in range(10):
+        free, move = net.advance(free, move, fwd)
+    assert float(free[0, 0]) == pytest.approx(85.0) and float(move[0, 2]) > 9.9 and float(net.bob_amplitude(move[:, 2])[0]) == pytest.approx(4.0)
 
 
 def test_fit_weapon_finds_the_weapons_bob_and_render_moves_the_overlay():

@@ -28,6 +28,7 @@ def world_path(request, tmp_path_factory):
     if renderer == "ray":
         wall_at_x(net, 200.0)
         net.config.bob_period, net.config.bob_phase, net.config.bob_gain, net.config.bob_max = 10.0, 0.5, 0.08, 6.0
+        net.config.bob_stuck = 4.0
         net.config.weapon_x, net.config.weapon_y, net.config.weapon_phase = 0.4, 0.5, 1.0
     hand_kinematics(net)
     return save_small(tmp_path_factory.mktemp(request.param), net, poses[19:20])

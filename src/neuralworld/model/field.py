@@ -158,6 +158,9 @@ class FieldNetConfig:
     """The bob's amplitude (map units) per squared walking speed (map units per frame, smoothed)."""
     bob_max: float = 0.0
     """The largest amplitude (map units): Doom caps the bob."""
+    bob_stuck: float = 0.0
+    """The walking speed (map units per frame) a stuck move (``STUCK_MOVE``: the legs push, the body
+    stays) counts for in the speed the bob follows (fitted: ``fit_stuck``; 0: its push, as any move's)."""
     weapon_x: float = 0.0
     weapon_y: float = 0.0
     """The weapon's bob (fitted from the recording's frames: ``train.field.fit_weapon``): pixels it
@@ -204,8 +207,8 @@ class FieldNetConfig:
             raise ConfigError("field: texture_cell must be >= 0, texture_features >= 1, texture_table in [8, 24]")
         if not 0 <= self.texture_snap <= len(TEXTURE_LEVELS):
             raise ConfigError(f"field: texture_snap {self.texture_snap} must be in [0, {len(TEXTURE_LEVELS)}] (levels snapped)")
-        if min(self.bob_period, self.bob_gain, self.bob_max) < 0 or (self.bob_gain > 0 and self.bob_period <= 0):
-            raise ConfigError("field: bob_period, bob_gain and bob_max must be >= 0, and a bob needs a period")
+        if min(self.bob_period, self.bob_gain, self.bob_max, self.bob_stuck) < 0 or (self.bob_gain > 0 and self.bob_period <= 0):
+            raise ConfigError("field: bob_period, bob_gain and bob_max must be >= 0, and bob_stuck must be >= 0, and a bob needs a period")
         if self.texture_cell > 0 and self.renderer != "ray":
             raise ConfigError("field: texture_cell needs renderer 'ray' (the texture is read where each pixel's ray lands)")
         return self
@@ -331,6 +334,11 @@ CLOCK_WRAP = 16
 BOB_SMOOTH = 0.5
 """The walking speed the bob follows: this share of the last frame's, the rest the move's (Doom's
 bob follows the body's momentum, which the thrust of one frame only partly turns)."""
+EMA_KERNEL = (1 - BOB_SMOOTH) * BOB_SMOOTH ** np.arange(40)
+"""``BOB_SMOOTH``'s running mean as a filter (the weight of a push 40 frames back is under 1e-12)."""
+STUCK_MOVE = 0.5
+"""A stuck move: the legs push for more than this (map units) and the body moves less (pressed
+into a wall). Doom's bob follows the body's momentum, which the wall does not wholly stop."""
 
 
 def shift_image(image: torch.Tensor, across: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -343,18 +351,49 @@ def shift_image(image: torch.Tensor, across: torch.Tensor, down: torch.Tensor) -
     return rows[:, None] @ image @ cols[:, None]
 
 
-def walk_speeds(moves: np.ndarray, actions: np.ndarray, kinematics: np.ndarray) -> np.ndarray:
+def leg_push(moves: np.ndarray, actions: np.ndarray, kinematics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An episode's moves (T-1, 3) (pose t -> t + 1, after action t) and normalised actions (T, A)
-    -> the speed (T,) the bob follows at each frame: the move the kinematics give the action from the last
-    move (what the legs push for, so a player pressed into a wall still bobs a little, as in
-    Doom), smoothed by ``BOB_SMOOTH``; 0 at the first frame."""
+    -> each move's push (T-1,), the move the kinematics give its action from the move before (what
+    the legs push for), and whether it was stuck (T-1,) bool: ``STUCK_MOVE``."""
     prev = np.concatenate([np.zeros((1, 2)), moves[:-1, :2]])  # the move before each move
     X = np.concatenate([prev, actions[: len(moves)], np.ones((len(moves), 1))], 1)
     push = np.hypot(*(X @ kinematics)[:, :2].T)
+    return push, (push > STUCK_MOVE) & (np.hypot(moves[:, 0], moves[:, 1]) < STUCK_MOVE)
+
+
+def walk_speeds(moves: np.ndarray, actions: np.ndarray, kinematics: np.ndarray, stuck: float = 0.0) -> np.ndarray:
+    """An episode's moves (T-1, 3) and normalised actions (T, A) -> the speed (T,) the bob follows
+    at each frame: the legs' push (``leg_push``; so a player pressed into a wall still bobs, as in
+    Doom), a stuck move's counted as ``stuck`` where that is not 0, smoothed by ``BOB_SMOOTH``; 0 at
+    the first frame."""
+    push, stuck_at = leg_push(moves, actions, kinematics)
+    if stuck > 0:
+        push = np.where(stuck_at, stuck, push)
     out = np.zeros(len(moves) + 1)
-    for t, v in enumerate(push, 1):
-        out[t] = BOB_SMOOTH * out[t - 1] + (1 - BOB_SMOOTH) * v
+    out[1:] = np.convolve(push, EMA_KERNEL)[: len(push)]  # BOB_SMOOTH's running mean, from 0
     return out
+
+
+def fit_stuck(eyes: list[np.ndarray], moves: list[np.ndarray], actions: list[np.ndarray], kinematics: np.ndarray,
+              bob: dict[str, float], *, speeds: np.ndarray | None = None) -> dict[str, float]:
+    """The bob of a player pressed into a wall: ``bob_stuck``, the walking speed a stuck move counts
+    for (``walk_speeds``; Doom's wall stops the body but not all of its momentum, and a move that
+    runs into it at full speed keeps no more than one from rest) that fits the recorded eyes
+    ``eyes[e]`` (T,) best under ``bob`` (``fit_bob``'s law), by least squares over ``speeds``; and
+    ``stuck_frames``, how many moves were stuck. No stuck move, no bob, or no speed that fits better
+    than the stuck move's own push: 0 (its push, as any move's)."""
+    stuck = sum(int(leg_push(m, a, kinematics)[1].sum()) for m, a in zip(moves, actions))
+    if not stuck or bob.get("bob_gain", 0.0) <= 0:
+        return {"bob_stuck": 0.0, "stuck_frames": float(stuck)}
+    y = np.concatenate(eyes).astype(np.float64) - EYE
+    t = np.concatenate([np.arange(len(e), dtype=np.float64) for e in eyes])
+    wave = np.sin(2 * np.pi * t / bob["bob_period"] + bob["bob_phase"])
+    ok = np.isfinite(y)
+    errors = []
+    for k in np.concatenate([[0.0], np.arange(0.5, 12.01, 0.1) if speeds is None else speeds]):
+        s2 = np.concatenate([walk_speeds(m, a, kinematics, k) for m, a in zip(moves, actions)]) ** 2
+        errors.append((float(((np.minimum(bob["bob_gain"] * s2, bob["bob_max"]) * wave - y)[ok] ** 2).sum()), float(k)))
+    return {"bob_stuck": round(min(errors)[1], 2), "stuck_frames": float(stuck)}
 
 
 def fit_bob(eyes: list[np.ndarray], speeds: list[np.ndarray], *, periods: np.ndarray | None = None,
@@ -768,7 +807,11 @@ class FieldNet(nn.Module):
         z = self.floor[iy, ix][:, None]
         angle = torch.remainder(pose[:, 3:4] + mv[:, 2:3], 360.0)
         if move.shape[1] > 2:
-            speed = BOB_SMOOTH * move[:, 2:3] + (1 - BOB_SMOOTH) * torch.linalg.vector_norm(mv[:, :2], dim=1, keepdim=True)
+            push = torch.linalg.vector_norm(mv[:, :2], dim=1, keepdim=True)
+            stuck = (push > STUCK_MOVE) & (torch.linalg.vector_norm(new_xy - xy, dim=1, keepdim=True) < STUCK_MOVE)
+            if self.config.bob_stuck > 0:  # walk_speeds' law
+                push = torch.where(stuck, torch.full_like(push, self.config.bob_stuck), push)
+            speed = BOB_SMOOTH * move[:, 2:3] + (1 - BOB_SMOOTH) * push
             clock = move[:, 3:4] + 1
             if self.config.bob_period > 0:
                 clock = torch.remainder(clock, self.config.bob_period * CLOCK_WRAP)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from neuralworld.bundle import build_networks, save_bundle
 from neuralworld.data.store import Dataset
 from neuralworld.model.field import (
-    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_bob, fit_kinematics, rotation_axes,
+    MODEL_KIND, THUMB, FieldConfig, FieldNet, body_move, count_parameters, field_preset, fit_bob, fit_kinematics, fit_stuck, rotation_axes,
     WEAPON_CYCLE, walk_speeds,
 )  # fmt: skip
 from neuralworld.model.autoencoder import tensor_to_frames
@@ -173,6 +173,12 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     bob = fit_bob([d["poses"][:, 4] for d, _ in walked], [v for _, v in walked]) if walked else {}  # no eye: none
     for name in ("bob_period", "bob_phase", "bob_gain", "bob_max"):
         setattr(cfg, name, float(bob.get(name, 0.0)))
+    if walked:  # pressed into a wall: the bob's own factor on the legs' push
+        kept = [(d["poses"][:, 4], m, a) for d, m, a in zip(whole, moves, acts) if d["poses"].shape[1] > 4]
+        bob.update(fit_stuck(*map(list, zip(*kept)), K, bob))
+        cfg.bob_stuck = bob["bob_stuck"]
+        speeds = [walk_speeds(m, a, K, cfg.bob_stuck) for m, a in zip(moves, acts)]
+        walked = [(d, v) for d, v in zip(whole, speeds) if d["poses"].shape[1] > 4]
     weapon = {}
     if cfg.bob_gain > 0:
         amps = [net.bob_amplitude(torch.from_numpy(v)).numpy() for _, v in walked]
@@ -276,7 +282,9 @@ def episode_speeds(net: FieldNet, spec: Any, episode: dict[str, np.ndarray]) -> 
     """An episode's ``walk_speeds`` (T,) by ``net``'s kinematics; None where a pose is unknown."""
     p = torch.from_numpy(episode["poses"][:, :4]).double()
     mv = body_move(p[1:], p[:-1]).numpy()
-    return walk_speeds(mv, spec.normalize(episode["actions"]), net.kinematics.numpy()) if np.isfinite(mv).all() else None
+    if not np.isfinite(mv).all():
+        return None
+    return walk_speeds(mv, spec.normalize(episode["actions"]), net.kinematics.numpy(), net.config.bob_stuck)
 
 
 def weapon_columns(net: FieldNet, speeds: np.ndarray | None, frames: int) -> np.ndarray:
