@@ -156,6 +156,36 @@ def test_surface_points_land_on_the_floor_or_the_wall_and_the_texture_reads_them
     assert table.grad is not None and 0 < int((table.grad.abs().sum(1) > 0).sum()) < table.shape[0]
 
 
+def test_texture_footprint_keeps_the_read_and_shares_out_the_gradient_by_what_a_pixel_resolves():
+    """texture_footprint: a point 200 units from the eye (a pixel spans 200 / 16 = 12.5 units at 32
+    px and 90 degrees) passes back a small share of its gradient, a point 8 units away most of it;
+    the coarse level more than the fine; the read's value is the same. A rendered frame is too."""
+    import math
+
+    net = small_net(renderer="ray", texture=2.0)
+    wall_at_x(net, 200.0)
+    pose = torch.tensor([[0.0, 60.0, 0.0, 0.0]])
+    pts = torch.tensor([[[[200.0, 60.0, 41.0], [8.0, 60.0, 41.0]]]])  # (1, 1, 2, 3): far, near (level with the eye)
+    assert torch.allclose(net.footprint(pose, pts), torch.tensor([[[200.0, 8.0]]]) * 2 / 2)  # 2 tan 45 deg / W (W = 2 here)
+    plain = net.texture(pts)
+    pix = net.footprint(pose, pts) * 2 / 32  # as at 32 columns
+    shared = net.texture(pts, footprint=pix)
+    assert torch.equal(plain, shared)
+    grads = []
+    for p in (pix[..., :1], pix[..., 1:]):
+        net.zero_grad()
+        net.texture(pts[:, :, : 1] if p is pix[..., :1] else pts[:, :, 1:], footprint=p).sum().backward()
+        grads.append([float(t.grad.abs().sum()) for t in net.textures])
+    (far_fine, far_coarse), (near_fine, near_coarse) = grads
+    cell = net.config.texture_cell
+    assert far_fine / near_fine == pytest.approx(math.erf(cell / (math.sqrt(8) * 12.5)) / math.erf(cell / (math.sqrt(8) * 0.5)), rel=1e-3)
+    assert far_fine / near_fine < 0.1 and far_coarse / near_coarse > far_fine / near_fine
+    poses = torch.tensor([[100.0, 60.0, 8.0, 0.0], [150.0, 50.0, 8.0, 20.0]])
+    before = net.render(poses)
+    net.config.texture_footprint = True
+    assert torch.equal(before, net.render(poses))
+
+
 def test_texture_snap_reads_one_value_per_cell_along_the_surface_and_stays_continuous_across_it():
     """texture_snap 1: on a wall (x = const) the finest level's read is the same anywhere in a
     cell along y and height (the read at the cell's middle); across the wall it still ramps. The

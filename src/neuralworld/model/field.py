@@ -149,6 +149,11 @@ class FieldNetConfig:
     surface (the trilinear read at the middle of the cell the point is in, along the surface's two
     axes; across it, the read stays continuous): Doom draws a texel as one colour, where a
     continuous read ramps between cells and a near wall, whose cells span pixels, comes out blurred."""
+    texture_footprint: bool = False
+    """"ray", training only: each texture level learns from a pixel in proportion to how well the
+    pixel resolves its cells (``erf(cell / (sqrt(8) footprint))``, the footprint the map units one
+    pixel spans where it lands): a far wall's pixel averages many cells, and pulling the fine
+    levels toward that average is what blurs a near wall. What the field draws is unchanged."""
     # -- the walk's bob in play (fitted from the recording's eye: ``fit_bob``) -------------------
     bob_period: float = 0.0
     """Frames per cycle of the view's bob while walking; 0: play keeps the eye at ``EYE``."""
@@ -608,7 +613,8 @@ class FieldNet(nn.Module):
         if len(self.textures):
             points = self.surface_points(pose, ang, depth, height)
             normals = self.surface_normals(points, self._sees_floor(depth, self.eye(pose))[0]) if self.config.texture_snap else None
-            x.append(self.texture(points, normals))
+            footprint = self.footprint(pose, points) if self.config.texture_footprint and torch.is_grad_enabled() else None
+            x.append(self.texture(points, normals, footprint))
         return self.pix(torch.cat(x, 1))
 
     @staticmethod
@@ -646,11 +652,21 @@ class FieldNet(nn.Module):
         off = (rel - rel.round()).abs()  # (B, H, W, 2)
         return torch.where(floor, torch.full_like(off[..., 0], 2), (off[..., 1] < off[..., 0]).to(off.dtype))
 
-    def texture(self, points: torch.Tensor, normals: torch.Tensor | None = None) -> torch.Tensor:
+    def footprint(self, pose: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Poses (B, 4+) and the points their pixels see (B, H, W, 3: ``surface_points``) -> the map
+        units one pixel spans there (B, H, W): the distance from the eye times a pixel's angle."""
+        eye = torch.stack([pose[:, 0], pose[:, 1], pose[:, 2] + self.eye(pose)], 1)[:, None, None, :]
+        pixel = 2 * math.tan(math.radians(self.config.hfov / 2)) / points.shape[2]
+        return torch.linalg.vector_norm(points - eye, dim=-1) * pixel
+
+    def texture(self, points: torch.Tensor, normals: torch.Tensor | None = None,
+                footprint: torch.Tensor | None = None) -> torch.Tensor:
         """The surface texture's features (B, F x levels, H, W) at ``points`` (B, H, W, 3): each
         level's hashed trilinear read (gathers of the eight corners, as ``_read``). The first
         ``texture_snap`` levels read along the surface at their cell's middle, which needs the
-        axis across it, ``normals`` (B, H, W: ``surface_normals``)."""
+        axis across it, ``normals`` (B, H, W: ``surface_normals``). With ``footprint`` (B, H, W:
+        ``footprint``) each level's read passes back only the share of its gradient the pixel resolves
+        (``texture_footprint``); its value is unchanged."""
         B, H, W, _ = points.shape
         cfg = self.config
         origin = torch.stack([self.hit_lo[0], self.hit_lo[1], self.hit_lo.new_tensor(-TEXTURE_FLOOR)])
@@ -669,7 +685,11 @@ class FieldNet(nn.Module):
             w = [torch.stack([1 - t[:, a], t[:, a]], 1) for a in range(3)]
             key = (k[0][:, :, None, None] + k[1][:, None, :, None] + k[2][:, None, None, :]).reshape(-1, 8) % table.shape[0]
             weight = (w[0][:, :, None, None] * w[1][:, None, :, None] * w[2][:, None, None, :]).reshape(-1, 8)
-            out.append((table[key] * weight[..., None]).sum(1).reshape(B, H, W, -1))
+            read = (table[key] * weight[..., None]).sum(1).reshape(B, H, W, -1)
+            if footprint is not None:
+                share = torch.erf(cfg.texture_cell * level / (math.sqrt(8.0) * footprint.clamp(min=1e-3)))[..., None]
+                read = read.detach() + share * (read - read.detach())
+            out.append(read)
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
     def march_depth(self, pose: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,7 @@ RNN_PRESETS: dict[str, tuple[StageConfig, StageConfig]] = {
 }
 FIELD_OBJECTIVE = ("adv_weight", "grid_lr_scale", "close_share", "close_depth", "player_radius", "locate_steps",
                    "locate_candidates", "bank_size", "exact_hit", "texture_cell", "texture_features", "texture_table",
-                   "texture_snap")
+                   "texture_snap", "texture_footprint")
 """``FieldNetConfig`` fields a run may override (``--field-objective NAME=VALUE``)."""
 WARP_OBJECTIVE = ("l1_weight", "adv_weight", "flow_weight", "mask_weight", "context_noise_max", "rollout_lowpass", "action_flow",
                   "flow_resolution", "integer_warp", "reveal_paint", "geometry_flow", "residual_flow", "depth_weight", "pose_weight",
