@@ -273,6 +273,11 @@ def test_long_rollout_figures_from_the_stability_traces():
     assert end["drives"] == 1 and end["sharpness_ratio"] == pytest.approx(0.2)
     assert (end["black_frames"], end["white_frames"], end["frozen_frames"]) == (3, 0, 10)
     assert end_of_drives(traces, ["scripted", "tour"], real_sharpness=100.0) is None
+    three = {k: np.concatenate([v, v[1:], v[1:]]) for k, v in traces.items()}  # and two more random drives
+    three["sharpness"][2, -200:], three["sharpness"][3, -200:] = 60.0, 80.0
+    end = end_of_drives(three, ["scripted", "random0", "random1", "random2"], real_sharpness=100.0)
+    assert end["drives"] == 3 and end["sharpness_ratio"] == pytest.approx(0.6) and end["lowest_ratio"] == pytest.approx(0.2)
+    assert end["drive_ratios"] == pytest.approx([0.2, 0.6, 0.8]) and end["frozen_frames"] == 30
 
 
 def test_training_time_from_the_bundle_or_the_run(tmp_path):

@@ -200,7 +200,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         try:
             m = run_report(args.world, args.data, report_dir=args.report, baselines=args.baseline or (), skip=skip,
                            sampler=args.sampler or "fast", seed=args.seed, context=args.context, horizons=horizons,
-                           episodes=args.episodes, stability_frames=args.stability_frames, bench_json=args.bench_json,
+                           episodes=args.episodes, stability_frames=args.stability_frames, random_rollouts=args.drives, bench_json=args.bench_json,
                            idm_steps=args.idm_steps, idm_seconds=args.idm_seconds, log=lambda s: print(s, file=sys.stderr))
         except (EvalError, BundleError) as e:
             raise UserError(str(e)) from None
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", default=None, help="write the full suite (fidelity, control, stability, memory, speed, probes) and the bars of issue 15 (✓/✗) as DIR/report.md + plots + metrics.json")
     e.add_argument("--baseline", action="append", default=None, help="another world (run folder or bundle) measured beside it; repeat for more (with --report)")
     e.add_argument("--stability-frames", type=_positive_int, default=10_000, help="length of the stability rollouts (with --report)")
+    e.add_argument("--drives", type=_positive_int, default=3,
+                   help="random drives of the stability rollouts, each from another held-out window (with --report); the long-rollout bar reads their median")
     e.add_argument("--skip", default="", help="parts to leave out of the report, comma-separated: fidelity,control,stability,memory,speed,probes,heads")
     e.add_argument("--bench-json", default=None, help="a file whose last JSON line is neuralworld bench's output: used instead of a short bench run")
     e.add_argument("--idm-steps", type=_positive_int, default=1500, help="training steps of the inverse-dynamics model (with --report)")

@@ -29,7 +29,7 @@ class Bar:
 
 BARS = {
     "sharpness_start": Bar("sharpness / real, first 200 frames played from the start frames", "≥ 0.8", 0.8),
-    "sharpness_long": Bar("sharpness / real after 10,000 frames of random held controls (the last 200)", "≥ 0.7", 0.7),
+    "sharpness_long": Bar("sharpness / real after 10,000 frames of random held controls (the last 200; median of the drives)", "≥ 0.7", 0.7),
     "collapse_long": Bar("black, white or frozen frames in those 10,000", "none", 0),
     "turn_right": Bar("held turn right 8°/frame: horizontal flow / real, frames 1–12 / 13–24", "≥ 0.75 each", 0.75),
     "turn_left": Bar("held turn left 8°/frame: horizontal flow / real, frames 1–12 / 13–24", "≥ 0.75 each", 0.75),
@@ -123,6 +123,8 @@ def _long_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     note = f"{where}; {frames} frames" + (f" of the {LONG_FRAMES:,} the bar asks for" if short else "")
     engine = m["stability"].get("engine", {})
     sharp_note, collapse_note = note, note
+    if end["drives"] > 1 and end.get("drive_ratios"):
+        sharp_note += f"; each drive: {' / '.join(_f(v) for v in end['drive_ratios'])}"
     if engine.get("sharpness_ratio") is not None:
         sharp_note += f"; the engine under the same drive: {_f(engine['sharpness_ratio'])}"
         collapse_note += (f"; the engine under the same drive: black {engine['black_frames']}, white {engine['white_frames']}, "

@@ -114,7 +114,7 @@ def run_report(
     episodes: int | None = None,
     stability_frames: int = 10_000,
     stability_window: int = 100,
-    random_rollouts: int = 1,
+    random_rollouts: int = 3,
     control_windows: int = 8,
     control_horizon: int = 32,
     memory_starts: int = 8,

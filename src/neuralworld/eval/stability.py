@@ -349,18 +349,22 @@ def run_engine_drives(source: str, resolution: tuple[int, int], spec: Any, real_
 
 
 def end_of_drives(traces: dict[str, np.ndarray], names: list[str], real_sharpness: float, last: int = 200) -> dict[str, Any] | None:
-    """What the long-rollout bar reads off the random drives' traces (B, frames): the lowest
-    median sharpness of their ``last`` frames over ``real_sharpness``, and how many of their
-    frames were black, white or frozen (this module's definitions). None without a random drive."""
+    """What the long-rollout bar reads off the random drives' traces (B, frames): the median
+    sharpness of each drive's ``last`` frames, the median of those over the drives (one drive's end
+    says where it ended as much as how the world has aged) and the lowest, over
+    ``real_sharpness``; and how many of the drives' frames were black, white or frozen (this
+    module's definitions). None without a random drive."""
     rows = [b for b, n in enumerate(names) if n.startswith("random")]
     if not rows:
         return None
     n = min(last, traces["sharpness"].shape[1])
-    sharp = min(float(np.median(traces["sharpness"][b, -n:])) for b in rows)
+    ends = [float(np.median(traces["sharpness"][b, -n:])) for b in rows]
+    sharp = float(np.median(ends))
+    ratio = (lambda v: round(v / real_sharpness, 4) if real_sharpness > 0 else None)  # noqa: E731
     luma = traces["luma"][rows]
     return {
-        "drives": len(rows), "last_frames": n, "sharpness": round(sharp, 3),
-        "sharpness_ratio": round(sharp / real_sharpness, 4) if real_sharpness > 0 else None,
+        "drives": len(rows), "last_frames": n, "sharpness": round(sharp, 3), "sharpness_ratio": ratio(sharp),
+        "lowest_ratio": ratio(min(ends)), "drive_ratios": [ratio(v) for v in ends],
         "black_frames": int((luma < BLACK_LUMA).sum()), "white_frames": int((luma > WHITE_LUMA).sum()),
         "frozen_frames": int(traces["frozen"][rows].sum()),
         "black_below": BLACK_LUMA, "white_above": WHITE_LUMA, "frozen_run": FROZEN_RUN, "frozen_change": FROZEN_CHANGE,
