@@ -228,7 +228,7 @@ def test_report_markdown_plots_and_baseline_column(report):
     saved = json.loads((out / "metrics.json").read_text())
     assert set(saved["control"]["worlds"]) == set(names) and set(saved["stability"]["worlds"]) == set(names)
     assert (out / "rollout.mp4").stat().st_size > 0
-    assert np.load(out / f"stability_{names[0]}.npz")["sharpness"].shape == (2, 120)
+    assert np.load(out / f"stability_{names[0]}.npz")["sharpness"].shape == (4, 120)  # the scripted tour and three random drives
 
 
 def test_report_figures_are_consistent(report):
@@ -241,7 +241,7 @@ def test_report_figures_are_consistent(report):
     assert c["generated"]["pairs"] == c["real_same_windows"]["pairs"] > 0
     assert c["ratio_generated_to_real"] is None or c["ratio_generated_to_real"] > 0
     st = m["stability"]["worlds"][names[0]]
-    assert set(st["drives"]) == {"scripted", "random0"} and st["frames"] == 120
+    assert set(st["drives"]) == {"scripted", "random0", "random1", "random2"} and st["frames"] == 120
     turn = m["memory"]["worlds"][names[0]]["turn"]
     assert turn["frames"] == 24 and turn["degrees"] == 360
     refs = m["memory"]["references"]
@@ -255,7 +255,8 @@ def test_report_figures_are_consistent(report):
     assert m["probes"]["engine"]["forward"]["px"] > 0  # the recording's engine beside them, under the same probes
     engine = m["stability"]["engine"]  # and under the same random drive
     assert engine["frames"] == 120 and engine["sharpness_ratio"] > 0.2 and engine["black_frames"] == 0
-    assert st["end"]["drives"] == 1 and st["end"]["last_frames"] == 120
+    assert st["end"]["drives"] == 3 and st["end"]["last_frames"] == 120 and len(st["end"]["drive_ratios"]) == 3
+    assert engine["drives"] == 3  # the engine plays the same three
     assert "## Bars (issue 15)" in (out / "report.md").read_text()
     heads = m["heads"]["worlds"][names[0]]  # freedoom has no deaths: only false alarms are counted
     assert heads["episodes"] >= 1 and heads["deaths"] == 0 and heads["steps_checked"] > 0 and heads["caught_fraction"] is None
