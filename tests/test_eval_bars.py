@@ -338,3 +338,15 @@ def test_cli_bars_on_the_shipped_world(tmp_path):
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [r["key"] for r in saved["bars"]][:1] == ["sharpness_start"]
     assert saved["probes"]["real"]["turn_pairs"] > 10 and saved["probes"]["real"]["forward_pairs"] > 10
+
+
+def test_opposite_buttons_held_together_do_not_move_the_view():
+    from neuralworld.actions import ActionSpec, Axis
+    from neuralworld.eval.inputs import controls_moving
+
+    spec = ActionSpec(buttons=("forward", "back", "strafe_left", "strafe_right", "attack", "use"),
+                      axes=(Axis("turn", -15.0, 15.0, "deg/frame"),), fps=17.5)
+    rows = [spec.make(forward=1), spec.make(strafe_left=1, strafe_right=1), spec.make(forward=1, back=1),
+            spec.make(strafe_left=1, strafe_right=1, forward=1), spec.make(attack=1), spec.make(turn=3.0),
+            spec.make(strafe_left=1, strafe_right=1, turn=-1.0), spec.noop()]
+    assert controls_moving(spec, np.stack(rows)).tolist() == [True, False, False, True, False, True, True, False]

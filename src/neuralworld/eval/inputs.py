@@ -223,15 +223,17 @@ def default_context(world: World, wanted: int | None = None) -> int:
 
 
 def controls_moving(spec: Any, actions: np.ndarray) -> np.ndarray:
-    """(..., A) -> (...,) bool: the action moves the view (a movement button held or a
-    turning axis off zero). A frozen picture is only a failure while this is true."""
-    move = [i for i, b in enumerate(spec.buttons) if b in ("forward", "back", "strafe_left", "strafe_right")]
+    """(..., A) -> (...,) bool: the action moves the view (a movement button held without its
+    opposite, or a turning axis off zero). Opposite buttons held together cancel, as in Doom,
+    which adds one's move and takes away the other's. A frozen picture is only a failure while
+    this is true."""
     nb = len(spec.buttons)
-    axes = [nb + i for i, ax in enumerate(spec.axes)]
-    out = np.zeros(actions.shape[:-1], bool)
-    if move:
-        out |= actions[..., move].max(-1) > 0.5
-    for j in axes:
+
+    def held(name: str) -> np.ndarray:
+        return actions[..., spec.index(name)] > 0.5 if name in spec.buttons else np.zeros(actions.shape[:-1], bool)
+
+    out = (held("forward") != held("back")) | (held("strafe_left") != held("strafe_right"))
+    for j in range(nb, nb + len(spec.axes)):
         out |= np.abs(actions[..., j]) > 1e-3
     return out
 
