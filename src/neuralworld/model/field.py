@@ -213,7 +213,7 @@ class FieldNetConfig:
         if not 0 <= self.texture_snap <= len(TEXTURE_LEVELS):
             raise ConfigError(f"field: texture_snap {self.texture_snap} must be in [0, {len(TEXTURE_LEVELS)}] (levels snapped)")
         if min(self.bob_period, self.bob_gain, self.bob_max, self.bob_stuck) < 0 or (self.bob_gain > 0 and self.bob_period <= 0):
-            raise ConfigError("field: bob_period, bob_gain and bob_max must be >= 0, and bob_stuck must be >= 0, and a bob needs a period")
+            raise ConfigError("field: bob_period, bob_gain, bob_max and bob_stuck must be >= 0, and a bob needs a period")
         if self.texture_cell > 0 and self.renderer != "ray":
             raise ConfigError("field: texture_cell needs renderer 'ray' (the texture is read where each pixel's ray lands)")
         return self
@@ -828,8 +828,8 @@ class FieldNet(nn.Module):
         angle = torch.remainder(pose[:, 3:4] + mv[:, 2:3], 360.0)
         if move.shape[1] > 2:
             push = torch.linalg.vector_norm(mv[:, :2], dim=1, keepdim=True)
-            stuck = (push > STUCK_MOVE) & (torch.linalg.vector_norm(new_xy - xy, dim=1, keepdim=True) < STUCK_MOVE)
-            if self.config.bob_stuck > 0:  # walk_speeds' law
+            if self.config.bob_stuck > 0:  # a stuck move counts as its own speed: walk_speeds' law
+                stuck = (push > STUCK_MOVE) & (torch.linalg.vector_norm(new_xy - xy, dim=1, keepdim=True) < STUCK_MOVE)
                 push = torch.where(stuck, torch.full_like(push, self.config.bob_stuck), push)
             speed = BOB_SMOOTH * move[:, 2:3] + (1 - BOB_SMOOTH) * push
             clock = move[:, 3:4] + 1

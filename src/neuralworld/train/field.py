@@ -173,7 +173,7 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     bob = fit_bob([d["poses"][:, 4] for d, _ in walked], [v for _, v in walked]) if walked else {}  # no eye: none
     for name in ("bob_period", "bob_phase", "bob_gain", "bob_max"):
         setattr(cfg, name, float(bob.get(name, 0.0)))
-    if walked:  # pressed into a wall: the bob's own factor on the legs' push
+    if walked:  # pressed into a wall: the walking speed a stuck move counts for
         kept = [(d["poses"][:, 4], m, a) for d, m, a in zip(whole, moves, acts) if d["poses"].shape[1] > 4]
         bob.update(fit_stuck(*map(list, zip(*kept)), K, bob))
         cfg.bob_stuck = bob["bob_stuck"]
