@@ -371,10 +371,14 @@ def walk_speeds(moves: np.ndarray, actions: np.ndarray, kinematics: np.ndarray, 
     at each frame: the legs' push (``leg_push``; so a player pressed into a wall still bobs, as in
     Doom), a stuck move's counted as ``stuck`` where that is not 0, smoothed by ``BOB_SMOOTH``; 0 at
     the first frame."""
-    push, stuck_at = leg_push(moves, actions, kinematics)
+    return _smoothed(*leg_push(moves, actions, kinematics), stuck)
+
+
+def _smoothed(push: np.ndarray, stuck_at: np.ndarray, stuck: float) -> np.ndarray:
+    """``walk_speeds`` from ``leg_push``'s pushes (T-1,) and stuck moves (T-1,)."""
     if stuck > 0:
         push = np.where(stuck_at, stuck, push)
-    out = np.zeros(len(moves) + 1)
+    out = np.zeros(len(push) + 1)
     out[1:] = np.convolve(push, EMA_KERNEL)[: len(push)]  # BOB_SMOOTH's running mean, from 0
     return out
 
@@ -387,7 +391,8 @@ def fit_stuck(eyes: list[np.ndarray], moves: list[np.ndarray], actions: list[np.
     ``eyes[e]`` (T,) best under ``bob`` (``fit_bob``'s law), by least squares over ``speeds``; and
     ``stuck_frames``, how many moves were stuck. No stuck move, no bob, or no speed that fits better
     than the stuck move's own push: 0 (its push, as any move's)."""
-    stuck = sum(int(leg_push(m, a, kinematics)[1].sum()) for m, a in zip(moves, actions))
+    pushes = [leg_push(m, a, kinematics) for m, a in zip(moves, actions)]
+    stuck = sum(int(at.sum()) for _, at in pushes)
     if not stuck or bob.get("bob_gain", 0.0) <= 0:
         return {"bob_stuck": 0.0, "stuck_frames": float(stuck)}
     y = np.concatenate(eyes).astype(np.float64) - EYE
@@ -396,7 +401,7 @@ def fit_stuck(eyes: list[np.ndarray], moves: list[np.ndarray], actions: list[np.
     ok = np.isfinite(y)
     errors = []
     for k in np.concatenate([[0.0], np.arange(0.5, 12.01, 0.1) if speeds is None else speeds]):
-        s2 = np.concatenate([walk_speeds(m, a, kinematics, k) for m, a in zip(moves, actions)]) ** 2
+        s2 = np.concatenate([_smoothed(push, at, k) for push, at in pushes]) ** 2
         errors.append((float(((np.minimum(bob["bob_gain"] * s2, bob["bob_max"]) * wave - y)[ok] ** 2).sum()), float(k)))
     return {"bob_stuck": round(min(errors)[1], 2), "stuck_frames": float(stuck)}
 

@@ -168,17 +168,16 @@ def _fit_geometry(net: FieldNet, data: TrainData, world: FieldConfig) -> tuple[t
     with torch.no_grad():
         net.kinematics.copy_(torch.from_numpy(K))
     # the walk's bob: the view's from the recorded eye, then the weapon's from the frames
-    speeds = [walk_speeds(m, a, K) for m, a in zip(moves, acts)]
-    walked = [(d, v) for d, v in zip(whole, speeds) if d["poses"].shape[1] > 4]
-    bob = fit_bob([d["poses"][:, 4] for d, _ in walked], [v for _, v in walked]) if walked else {}  # no eye: none
+    eyed = [i for i, d in enumerate(whole) if d["poses"].shape[1] > 4]  # the episodes with the eye (none: no bob)
+    eyes = [whole[i]["poses"][:, 4] for i in eyed]
+    bob = fit_bob(eyes, [walk_speeds(moves[i], acts[i], K) for i in eyed]) if eyed else {}
     for name in ("bob_period", "bob_phase", "bob_gain", "bob_max"):
         setattr(cfg, name, float(bob.get(name, 0.0)))
-    if walked:  # pressed into a wall: the walking speed a stuck move counts for
-        kept = [(d["poses"][:, 4], m, a) for d, m, a in zip(whole, moves, acts) if d["poses"].shape[1] > 4]
-        bob.update(fit_stuck(*map(list, zip(*kept)), K, bob))
-        cfg.bob_stuck = bob["bob_stuck"]
-        speeds = [walk_speeds(m, a, K, cfg.bob_stuck) for m, a in zip(moves, acts)]
-        walked = [(d, v) for d, v in zip(whole, speeds) if d["poses"].shape[1] > 4]
+    if eyed:  # pressed into a wall: the walking speed a stuck move counts for
+        bob.update(fit_stuck(eyes, [moves[i] for i in eyed], [acts[i] for i in eyed], K, bob))
+    cfg.bob_stuck = float(bob.get("bob_stuck", 0.0))
+    speeds = [walk_speeds(m, a, K, cfg.bob_stuck) for m, a in zip(moves, acts)]
+    walked = [(whole[i], speeds[i]) for i in eyed]
     weapon = {}
     if cfg.bob_gain > 0:
         amps = [net.bob_amplitude(torch.from_numpy(v)).numpy() for _, v in walked]
