@@ -346,6 +346,34 @@ def test_advance_turns_walks_slides_and_stops_at_walls():
     assert torch.allclose(p[0, :2], torch.tensor([126.0, 40.0]))
 
 
+def test_a_placed_camera_keeps_the_momentum_it_had_between_placements():
+    """Teacher forcing places the camera on every real frame: it keeps the move between the last
+    two placements (Doom's player has momentum), unless the frame was seen far from where the
+    camera was expected (a new place), and a start is at rest."""
+    net = small_net()
+    hand_kinematics(net)
+    frames = torch.zeros(1, 3, 32, 32)
+    cache = net.new_cache(1)
+    p0 = torch.tensor([[60.0, 40.0, 0.0, 90.0]])
+    net.place(cache, frames, p0, start=True)
+    assert not cache.move.any() and torch.equal(cache.home, p0)
+    net.append(frames, 0.0, torch.from_numpy(spec().normalize(spec().make(forward=1)))[None], cache)
+    assert torch.equal(cache.last, p0) and cache.move[0, 2] > 0  # the walk's speed
+    walk = cache.move[:, 2:].clone()
+    p1 = torch.tensor([[58.0, 47.0, 0.0, 90.0]])  # 7 forward and 2 left of p0, facing +y
+    net.place(cache, frames, p1)
+    assert torch.allclose(cache.move[:, :2], torch.tensor([[7.0, 2.0]]), atol=1e-4) and torch.equal(cache.move[:, 2:], walk)
+    assert torch.equal(cache.pose, p1) and cache.last is None and torch.equal(cache.home, p0)
+    net.place(cache, frames, p0)  # no frame appended since: nothing to read a move from
+    assert not cache.move.any()
+    net.append(frames, 0.0, torch.from_numpy(spec().normalize(spec().make(forward=1)))[None], cache)
+    net.place(cache, frames, p0 + torch.tensor([[100.0, 0.0, 0.0, 0.0]]))  # far from where the walk took it: a new place
+    assert not cache.move.any()
+    net.append(frames, 0.0, torch.from_numpy(spec().normalize(spec().make(forward=1)))[None], cache)
+    net.place(cache, frames, p1, start=True)
+    assert not cache.move.any()
+
+
 def test_fit_bob_finds_dooms_law_and_a_standing_eye_has_none():
     rng = np.random.default_rng(0)
     eyes, speeds = [], []

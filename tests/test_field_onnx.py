@@ -55,6 +55,7 @@ def test_onnx_session_plays_the_same_frames_and_poses_as_eager(world, batch_size
         f_e, f_o = eager.step(a[t], restart=restart), onnx.step(a[t], restart=restart)
         assert np.abs(f_e.astype(int) - f_o).max() <= 1
         assert torch.allclose(eager.cache.pose, onnx.cache.pose, atol=1e-4)
+        assert torch.allclose(eager.cache.last, onnx.cache.last, atol=1e-4)  # where a placement reads the momentum from
     assert float((eager.cache.pose[..., :2] - torch.from_numpy(world.start_poses[0, :2])).abs().max()) > 20, "it walked"
 
 

@@ -346,6 +346,19 @@ STUCK_MOVE = 0.5
 into a wall). Doom's bob follows the body's momentum, which the wall does not wholly stop."""
 
 
+RELOCATE = 32.0
+"""Map units: a placed frame seen farther than this from where the camera was expected is a new
+place (``FieldNet.place``), not the next step of a walk (two wall cells; Doom's runner covers
+about 12 units a frame)."""
+
+
+LOCATE_LR = (2.0, 1.0)
+"""Adam's first step sizes (map units, degrees) when ``locate`` starts from recorded poses alone,
+decayed to 0 over its steps."""
+TRACK_LR = (1.0, 0.5)
+"""The same when it tracks (starts from where the kinematics took the camera)."""
+
+
 def shift_image(image: torch.Tensor, across: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """An image (1, C, H, W) moved (bilinearly) by ``across`` and ``down`` pixels (B,) each: (B, C, H, W),
     zeros where it moved in from outside. Two matrix products (they export to any ONNX runtime)."""
@@ -450,8 +463,9 @@ def fit_bob(eyes: list[np.ndarray], speeds: list[np.ndarray], *, periods: np.nda
 @dataclass
 class FieldCache(CacheRows):
     """The camera's pose, its last move and its walk (the speed and clock of the walk's bob),
-    where it started (a restarted element goes back there), and whether the next frame appended
-    is its start (not a move)."""
+    where it started (a restarted element goes back there), whether the next frame appended
+    is its start (not a move), and where it was before the last frame appended (``last``: a
+    placement that follows reads the camera's momentum off it)."""
 
     pose: torch.Tensor  # (B, 4) x, y, z, angle
     move: torch.Tensor  # (B, 4) forward, left of the last move; the walk: its speed, frames since the start
@@ -460,6 +474,7 @@ class FieldCache(CacheRows):
     reward: torch.Tensor  # (B,) always 0: the field world has no heads
     termination: torch.Tensor  # (B,)
     frames_seen: int = 0
+    last: torch.Tensor | None = None  # (B, 4): the pose before the last frame appended; None: none since a placement
 
     FORGET: ClassVar[tuple[str, ...]] = ("move", "reward", "termination")
 
@@ -893,8 +908,9 @@ class FieldNet(nn.Module):
 
     def _locate(self, frames: torch.Tensor, guess: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
-        # tracking (a guess: where the kinematics took the camera) needs fewer candidates and steps
+        # tracking (a guess: where the kinematics took the camera) needs fewer candidates and steps, and shorter ones
         k, steps = (cfg.locate_candidates, cfg.locate_steps) if guess is None else (1, max(1, cfg.locate_steps // 3))
+        lr = LOCATE_LR if guess is None else TRACK_LR
         with torch.no_grad():
             cand = self._retrieve(frames, k)  # (B, k, 4)
         if guess is not None:
@@ -903,7 +919,10 @@ class FieldNet(nn.Module):
         target = frames[:, None].expand(B, k, *frames.shape[1:]).reshape(B * k, *frames.shape[1:])
         p = cand.reshape(B * k, 4).clone()
         xy, ang = p[:, :2].clone().requires_grad_(True), p[:, 3:].clone().requires_grad_(True)
-        opt = torch.optim.Adam([{"params": [xy], "lr": 2.0}, {"params": [ang], "lr": 1.0}])
+        opt = torch.optim.Adam([{"params": [xy], "lr": lr[0]}, {"params": [ang], "lr": lr[1]}])
+        # Adam's steps are about lr long whatever the gradient: without the decay the pose wanders
+        # about the optimum by that much (docs/experiments.md: the camera placed on real frames)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         frozen = [q.requires_grad for q in self.parameters()]
         for q in self.parameters():
             q.requires_grad_(False)
@@ -914,6 +933,7 @@ class FieldNet(nn.Module):
                 opt.zero_grad(set_to_none=True)
                 (loss * B * k).backward()
                 opt.step()
+                decay.step()
         finally:
             for q, r in zip(self.parameters(), frozen):
                 q.requires_grad_(r)
@@ -954,6 +974,7 @@ class FieldNet(nn.Module):
         check_batch(cache, latent)
         with torch.no_grad():
             pose, move = self.advance(cache.pose, cache.move, action)
+            cache.last = cache.pose.clone()
             stay = cache.fresh[:, None]
             cache.pose.copy_(torch.where(stay, cache.pose, pose))
             cache.move.copy_(torch.where(stay, torch.zeros_like(move), move))
@@ -964,13 +985,25 @@ class FieldNet(nn.Module):
 
     def place(self, cache: FieldCache, frames: torch.Tensor, poses: torch.Tensor | None = None, *, start: bool = False) -> None:
         """Real frames (B, 3, H, W) were seen: put each camera where its frame was seen (``poses``
-        (B, 4) when known, else ``locate``: from the cache's pose too unless ``start``), with no
-        move. ``start``: that is also where the element restarts."""
+        (B, 4) when known, else ``locate``: from the cache's pose too unless ``start``).
+        ``start``: that is also where the element restarts, at rest. Else (tracking: the frame
+        follows a frame appended since the last placement) the camera keeps the momentum it had
+        between the two placements (``body_move`` from ``cache.last``), and its walk goes on,
+        unless the frame was seen farther than ``RELOCATE`` from where the camera was expected:
+        a new place, at rest."""
         if poses is None:
             poses = self.locate(frames, None if start else cache.pose)
         with torch.no_grad():
-            cache.pose.copy_(poses.to(cache.pose))
-            cache.move.zero_()
+            poses = poses.to(cache.pose)
+            if start or cache.last is None:
+                cache.move.zero_()
+            else:
+                step = body_move(poses, cache.last)[:, :2]  # (B, 2) forward, left
+                near = torch.linalg.vector_norm(poses[:, :2] - cache.pose[:, :2], dim=1, keepdim=True) <= RELOCATE
+                cache.move[:, :2] = torch.where(near, step, torch.zeros_like(step))
+                cache.move[:, 2:] = torch.where(near, cache.move[:, 2:], torch.zeros_like(cache.move[:, 2:]))
+            cache.pose.copy_(poses)
+            cache.last = None
             cache.fresh.zero_()
             if start:
                 cache.home.copy_(cache.pose)
