@@ -602,11 +602,7 @@ class FieldOnnxBackend(WarpOnnxBackend):
         if stepped is None or not torch.equal(stepped[0], action.float().cpu()):
             *_, pose, move = self._run(latent, noise_level, action, cache, list(FIELD_STEP_OUTPUTS))
             stepped = (None, torch.from_numpy(pose), torch.from_numpy(move))
-        cache.last = cache.pose.clone()
-        stay = cache.fresh[:, None]
-        cache.pose.copy_(torch.where(stay, cache.pose, stepped[1]))
-        cache.move.copy_(torch.where(stay, torch.zeros_like(stepped[2]), stepped[2]))
-        cache.fresh.zero_()
+        cache.go(stepped[1], stepped[2])
         cache.stepped = None
         zeros = torch.zeros(latent.shape[0])
         return DynamicsOutput(torch.zeros_like(latent), zeros, zeros - 20.0)

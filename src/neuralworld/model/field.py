@@ -487,6 +487,15 @@ class FieldCache(CacheRows):
     def step_inputs(self) -> tuple[torch.Tensor, ...]:
         return (self.pose, self.move)
 
+    def go(self, pose: torch.Tensor, move: torch.Tensor) -> None:
+        """A frame was appended: the camera goes to ``pose`` (B, 4) after ``move`` (what ``advance``
+        gives), except an element's first frame after a reset (its start: it stays, at rest)."""
+        self.last = self.pose.clone()
+        stay = self.fresh[:, None]
+        self.pose.copy_(torch.where(stay, self.pose, pose))
+        self.move.copy_(torch.where(stay, torch.zeros_like(move), move))
+        self.fresh.zero_()
+
 
 # ---------------------------------------------------------------------------
 # the network
@@ -973,12 +982,7 @@ class FieldNet(nn.Module):
         there); an element's first frame after a reset is its start: it stays put."""
         check_batch(cache, latent)
         with torch.no_grad():
-            pose, move = self.advance(cache.pose, cache.move, action)
-            cache.last = cache.pose.clone()
-            stay = cache.fresh[:, None]
-            cache.pose.copy_(torch.where(stay, cache.pose, pose))
-            cache.move.copy_(torch.where(stay, torch.zeros_like(move), move))
-            cache.fresh.zero_()
+            cache.go(*self.advance(cache.pose, cache.move, action))
         cache.frames_seen += 1
         zeros = torch.zeros(latent.shape[0], device=latent.device)
         return DynamicsOutput(torch.zeros_like(latent), zeros, zeros - 20.0)
@@ -998,10 +1002,8 @@ class FieldNet(nn.Module):
             if start or cache.last is None:
                 cache.move.zero_()
             else:
-                step = body_move(poses, cache.last)[:, :2]  # (B, 2) forward, left
-                near = torch.linalg.vector_norm(poses[:, :2] - cache.pose[:, :2], dim=1, keepdim=True) <= RELOCATE
-                cache.move[:, :2] = torch.where(near, step, torch.zeros_like(step))
-                cache.move[:, 2:] = torch.where(near, cache.move[:, 2:], torch.zeros_like(cache.move[:, 2:]))
+                cache.move[:, :2] = body_move(poses, cache.last)[:, :2]  # forward, left
+                cache.move.mul_(torch.linalg.vector_norm(poses[:, :2] - cache.pose[:, :2], dim=1, keepdim=True) <= RELOCATE)
             cache.pose.copy_(poses)
             cache.last = None
             cache.fresh.zero_()
